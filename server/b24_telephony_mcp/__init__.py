@@ -1,0 +1,3 @@
+"""b24-telephony-mcp: the Bitrix24 telephony REST API as typed MCP tools."""
+
+__version__ = "0.1.0"
