@@ -1,0 +1,5 @@
+import sys
+
+from b24_telephony_mcp.cli import main
+
+sys.exit(main())

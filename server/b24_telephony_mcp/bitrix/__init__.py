@@ -1,0 +1,18 @@
+"""The Bitrix24 REST client. Knows nothing of MCP."""
+
+from b24_telephony_mcp.bitrix.auth import Auth, OAuthAuth, WebhookAuth
+from b24_telephony_mcp.bitrix.client import BitrixClient, BitrixResponse, RetryPolicy
+from b24_telephony_mcp.bitrix.errors import BitrixError
+from b24_telephony_mcp.bitrix.token_store import TokenPair, TokenStore
+
+__all__ = [
+    "Auth",
+    "BitrixClient",
+    "BitrixError",
+    "BitrixResponse",
+    "OAuthAuth",
+    "RetryPolicy",
+    "TokenPair",
+    "TokenStore",
+    "WebhookAuth",
+]

@@ -1,0 +1,144 @@
+"""How requests are addressed and signed: an incoming webhook, or an OAuth application.
+
+Only the OAuth application can renew itself. It refreshes *on demand* (after the portal says
+`expired_token`), never on a schedule, as the Bitrix24 docs require.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Protocol
+
+import anyio
+import anyio.to_thread
+import httpx2
+
+from b24_telephony_mcp.bitrix.errors import TOKEN_REFRESH_FAILED, BitrixError
+from b24_telephony_mcp.bitrix.token_store import TokenPair, TokenStore
+from b24_telephony_mcp.redact import register_secret
+
+log = logging.getLogger(__name__)
+
+
+class Auth(Protocol):
+    def url_for(self, method: str) -> str: ...
+
+    def sign(self, params: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+        """Return the request body and the credential it was signed with (None if not refreshable)."""
+        ...
+
+    async def refresh(self, http: httpx2.AsyncClient, used_credential: str) -> None: ...
+
+
+class WebhookAuth:
+    """`https://portal/rest/<user_id>/<code>/`: the secret lives in the URL, the body is unsigned."""
+
+    def __init__(self, webhook_url: str) -> None:
+        self._base = webhook_url if webhook_url.endswith("/") else webhook_url + "/"
+        register_secret(self._base.rstrip("/").rsplit("/", 1)[-1])
+
+    def url_for(self, method: str) -> str:
+        return self._base + method
+
+    def sign(self, params: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+        return params, None
+
+    async def refresh(self, http: httpx2.AsyncClient, used_credential: str) -> None:
+        raise AssertionError("webhooks are never refreshed")
+
+
+class OAuthAuth:
+    """An application's token pair, persisted in a `TokenStore` and rotated on expiry."""
+
+    def __init__(
+        self,
+        portal_url: str,
+        client_id: str,
+        client_secret: str,
+        token_url: str,
+        store: TokenStore,
+        initial: TokenPair | None,
+    ) -> None:
+        self._rest_base = portal_url.rstrip("/") + "/rest/"
+        self._client_id = client_id
+        self._client_secret = client_secret
+        self._token_url = token_url
+        self._store = store
+        # The token file wins over the environment: after a rotation the environment's pair is dead.
+        pair = store.load() or initial
+        if pair is None:
+            raise ValueError(f"no OAuth tokens: set B24_ACCESS_TOKEN and B24_REFRESH_TOKEN, or provide {store.path}")
+        self._pair = pair
+        self._lock = anyio.Lock()
+        for secret in (client_secret, pair.access_token, pair.refresh_token):
+            register_secret(secret)
+
+    @property
+    def tokens(self) -> TokenPair:
+        return self._pair
+
+    def url_for(self, method: str) -> str:
+        return self._rest_base + method
+
+    def sign(self, params: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+        token = self._pair.access_token
+        return {**params, "auth": token}, token
+
+    async def refresh(self, http: httpx2.AsyncClient, used_credential: str) -> None:
+        """Renew the pair unless someone already did since `used_credential` was sent.
+
+        Concurrent calls that all met `expired_token` queue on one lock; the first refreshes, the
+        rest find a newer token and just retry. The file lock extends that to other processes.
+        """
+        async with self._lock:
+            if self._pair.access_token != used_credential:
+                return
+            file_lock = self._store.lock()
+            await anyio.to_thread.run_sync(file_lock.acquire)
+            try:
+                on_disk = self._store.load()
+                if on_disk is not None and on_disk.access_token != used_credential:
+                    self._pair = on_disk  # another process refreshed first
+                    register_secret(on_disk.access_token)
+                    register_secret(on_disk.refresh_token)
+                    return
+                new_pair = await self._request_new_pair(http)
+                # Persist before use: the old refresh token is already spent.
+                await anyio.to_thread.run_sync(self._store.save, new_pair)
+                self._pair = new_pair
+                log.info("OAuth tokens refreshed and saved to %s", self._store.path)
+            finally:
+                file_lock.release()
+
+    async def _request_new_pair(self, http: httpx2.AsyncClient) -> TokenPair:
+        query = {
+            "grant_type": "refresh_token",
+            "client_id": self._client_id,
+            "client_secret": self._client_secret,
+            "refresh_token": self._pair.refresh_token,
+        }
+        try:
+            response = await http.get(self._token_url, params=query)
+        except httpx2.HTTPError as exc:
+            raise BitrixError(
+                TOKEN_REFRESH_FAILED,
+                f"could not reach the OAuth server ({type(exc).__name__})",
+                retryable=True,
+            ) from None
+        try:
+            body = response.json()
+        except json.JSONDecodeError:
+            body = None
+        if not isinstance(body, dict) or "access_token" not in body or "refresh_token" not in body:
+            code = str(body.get("error")) if isinstance(body, dict) and body.get("error") else TOKEN_REFRESH_FAILED
+            description = (
+                str(body.get("error_description") or code)
+                if isinstance(body, dict)
+                else f"the OAuth server answered HTTP {response.status_code} without JSON"
+            )
+            raise BitrixError(code, f"token refresh failed: {description}", response.status_code)
+        pair = TokenPair(str(body["access_token"]), str(body["refresh_token"]), body.get("expires"))
+        register_secret(pair.access_token)
+        register_secret(pair.refresh_token)
+        return pair

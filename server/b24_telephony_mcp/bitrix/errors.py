@@ -1,0 +1,132 @@
+"""One error type for every way a Bitrix24 call can fail, and the hints that make it actionable.
+
+The portal answers failures as `{"error": CODE, "error_description": TEXT}`. Most telephony
+failures carry an *empty* `error` (the server throws `RestException($msg)` without a code,
+see disagreements.md #1) while the docs call them `ERROR_CORE`; both are reported as
+`ERROR_CORE` so the model sees one stable code.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+# Codes of our own, for failures that never got a Bitrix24 answer.
+INVALID_ARGUMENTS = "INVALID_ARGUMENTS"
+NETWORK_ERROR = "NETWORK_ERROR"
+UNEXPECTED_RESPONSE = "UNEXPECTED_RESPONSE"
+TOKEN_REFRESH_FAILED = "TOKEN_REFRESH_FAILED"
+FILE_REFUSED = "FILE_REFUSED"
+
+ERROR_CORE = "ERROR_CORE"
+
+LOCAL_APP_HINT = (
+    "This method needs an application (OAuth) token, an incoming webhook is refused. In Bitrix24 open "
+    "Applications > Developer resources > Other > Local application, tick 'Uses API only', grant the "
+    "'telephony' scope, save, then run this server with B24_PORTAL_URL, B24_CLIENT_ID, B24_CLIENT_SECRET, "
+    "B24_ACCESS_TOKEN and B24_REFRESH_TOKEN instead of B24_WEBHOOK_URL."
+)
+
+# Hints by Bitrix24 error code: what the model (or its user) can do next.
+_CODE_HINTS: dict[str, str] = {
+    "WRONG_AUTH_TYPE": LOCAL_APP_HINT,
+    "expired_token": "The access token expired and could not be renewed; check B24_CLIENT_ID/B24_CLIENT_SECRET "
+    "and that the refresh token in B24_TOKEN_FILE is current.",
+    "invalid_token": "The portal does not know this access token; reinstall the application or update the tokens.",
+    "NO_AUTH_FOUND": "The portal received no valid credentials; check B24_WEBHOOK_URL or the application tokens.",
+    "INVALID_CREDENTIALS": "The webhook code is wrong or the webhook was deleted; create a new incoming webhook.",
+    "insufficient_scope": "Grant the 'telephony' scope to the application or webhook (callbacks and info-calls "
+    "also need 'call').",
+    "ACCESS_DENIED": "The Bitrix24 user behind these credentials lacks the telephony permission for this action; "
+    "ask a portal administrator.",
+    "user_access_error": "The user behind these credentials has no access to the application.",
+    "QUERY_LIMIT_EXCEEDED": "The portal's request limit was hit even after backing off; wait a few seconds and "
+    "send fewer requests at once.",
+    "OPERATION_TIME_LIMIT": "This method has used up its execution-time budget for this application; do not call "
+    "it again before the reset time.",
+    "OVERLOAD_LIMIT": "The portal's REST API is blocked due to overload; try again later.",
+    "ERROR_METHOD_NOT_FOUND": "The portal has no such method: the telephony module may be missing or disabled.",
+    "INTERNAL_SERVER_ERROR": "The portal failed internally.",
+    "PORTAL_DELETED": "The portal was deleted.",
+    "PAYMENT_REQUIRED": "The portal's plan or the application's subscription does not allow this.",
+    "invalid_grant": "The refresh token was rejected (already used or expired); reinstall the application or "
+    "put a fresh token pair into B24_TOKEN_FILE.",
+    "invalid_client": "B24_CLIENT_ID or B24_CLIENT_SECRET is wrong, or the application is not installed.",
+    NETWORK_ERROR: "The portal could not be reached; check B24_PORTAL_URL / B24_WEBHOOK_URL and the network.",
+    UNEXPECTED_RESPONSE: "Something between this server and the portal (a proxy or gateway) answered instead "
+    "of Bitrix24.",
+    INVALID_ARGUMENTS: "Fix the arguments and call again.",
+}
+
+# Hints for method-specific failures, matched on the description (ERROR_CORE carries no code).
+_DESCRIPTION_HINTS: tuple[tuple[str, str], ...] = (
+    (
+        "should be registered prior to finishing",
+        "The CALL_ID is unknown or that call was already finished. A repeat registration within 30 minutes "
+        "returns the same CALL_ID, so pass a unique EXTERNAL_CALL_ID per physical call.",
+    ),
+    (
+        "not finished yet",
+        "Finish the call with finish_external_call before attaching a recording.",
+    ),
+    (
+        "Is it finished?",
+        "Finish the call with finish_external_call before attaching a transcript.",
+    ),
+    ("Line already exists", "Use update_external_line to change an existing line, or list_external_lines."),
+    ("Could not find line", "Check the number with list_external_lines."),
+    ("User is not found", "Pass the USER_ID or USER_PHONE_INNER of an active Bitrix24 user."),
+    ("Unsupported phone number format", "Pass the phone number as digits, optionally with a leading +."),
+    ("ISO-8601", "Use a timestamp such as 2026-03-07T10:20:30+03:00."),
+    ("Wrong file extension", "Only .wav and .mp3 recordings are accepted."),
+    ("CRM is not installed", "The portal has no CRM module, so calls cannot be matched to clients."),
+)
+
+
+@dataclass(eq=False)
+class BitrixError(Exception):
+    """A failed Bitrix24 call (or one refused before it was sent)."""
+
+    code: str
+    description: str
+    http_status: int | None = None
+    retryable: bool = False
+    hint: str = ""
+    method: str | None = None
+    reset_at: float | None = None
+    """For OPERATION_TIME_LIMIT: unix time when the method's budget frees up, when known."""
+
+    def __post_init__(self) -> None:
+        super().__init__(f"{self.code}: {self.description}")
+        if not self.hint:
+            self.hint = hint_for(self.code, self.description)
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "code": self.code,
+            "description": self.description,
+            "http_status": self.http_status,
+            "retryable": self.retryable,
+            "hint": self.hint,
+        }
+        if self.method:
+            data["method"] = self.method
+        if self.reset_at is not None:
+            data["reset_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.reset_at))
+        return data
+
+
+def hint_for(code: str, description: str) -> str:
+    for needle, hint in _DESCRIPTION_HINTS:
+        if needle in description:
+            return hint
+    return _CODE_HINTS.get(code, "")
+
+
+def error_from_envelope(body: dict[str, Any], http_status: int, method: str, *, retryable: bool) -> BitrixError:
+    """Build the error from a `{error, error_description}` envelope."""
+    raw_code = body.get("error")
+    code = str(raw_code) if raw_code else ERROR_CORE
+    description = str(body.get("error_description") or raw_code or f"HTTP {http_status}")
+    return BitrixError(code, description, http_status, retryable, method=method)

@@ -1,0 +1,161 @@
+"""Command line: parse arguments, load settings, wire the parts together. Nothing more."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import secrets
+import sys
+import tempfile
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import anyio
+
+from b24_telephony_mcp import __version__
+from b24_telephony_mcp.config import (
+    AppConfig,
+    ConfigError,
+    Settings,
+    build_client,
+    is_loopback_host,
+    load_settings,
+)
+from b24_telephony_mcp.redact import RedactingFormatter, register_secret
+
+if TYPE_CHECKING:
+    from b24_telephony_mcp.sandbox import RunningSandbox
+
+PROG = "b24-telephony-mcp"
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="MCP server for the Bitrix24 telephony REST API. Credentials come from the "
+        "environment (B24_WEBHOOK_URL, or B24_PORTAL_URL with B24_CLIENT_ID, B24_CLIENT_SECRET, "
+        "B24_ACCESS_TOKEN, B24_REFRESH_TOKEN); see README.md.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--transport", choices=("stdio", "sse", "http"), default="stdio")
+    parser.add_argument("--host", default="127.0.0.1", help="HTTP transports: address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="HTTP transports: port (default 8000, 0 = any)")
+    parser.add_argument(
+        "--sandbox", action="store_true", help="serve against the built-in sandbox portal (no credentials needed)"
+    )
+    commands = parser.add_subparsers(dest="command")
+    sandbox = commands.add_parser("sandbox", help="run the sandbox Bitrix24 portal alone, as an HTTP server")
+    sandbox.add_argument("--host", default="127.0.0.1")
+    sandbox.add_argument("--port", type=int, default=8024)
+    return parser.parse_args(argv)
+
+
+def configure_logging() -> None:
+    handler = logging.StreamHandler(sys.stderr)  # stdout is the stdio protocol stream
+    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(os.environ.get("B24_LOG_LEVEL", "INFO").upper())
+    # HTTP client logs carry full URLs, and a webhook URL is a credential.
+    for noisy in ("httpx2", "httpcore2", "httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def fail(message: str) -> int:
+    sys.stderr.write(f"{PROG}: {message}\n")
+    return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    configure_logging()
+    if args.command == "sandbox":
+        from b24_telephony_mcp.sandbox import run_sandbox_forever
+
+        run_sandbox_forever(host=args.host, port=args.port)
+        return 0
+
+    token = None
+    if args.transport != "stdio":
+        token = os.environ.get("B24_MCP_AUTH_TOKEN") or None
+        if token is None and not is_loopback_host(args.host):
+            return fail(
+                f"refusing to serve on {args.host} without B24_MCP_AUTH_TOKEN: anyone who can reach the "
+                "port could use your Bitrix24 credentials. Set a long random B24_MCP_AUTH_TOKEN."
+            )
+        if token is None:
+            token = secrets.token_urlsafe(32)
+            # Deliberately shown once on stderr (not logged): the user needs it to connect.
+            sys.stderr.write(
+                f"{PROG}: B24_MCP_AUTH_TOKEN is not set; generated one for this run. Clients must send\n"
+                f"  Authorization: Bearer {token}\n"
+            )
+        register_secret(token)
+
+    try:
+        anyio.run(serve, args, token)
+    except ConfigError as exc:
+        return fail(str(exc))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+async def serve(args: argparse.Namespace, token: str | None) -> None:
+    async with AsyncExitStack() as stack:
+        if args.sandbox:
+            from b24_telephony_mcp.sandbox import start_sandbox
+
+            sandbox = stack.enter_context(start_sandbox())
+            token_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="b24-sandbox-"))
+            settings = sandbox_settings(sandbox, Path(token_dir))
+        else:
+            settings = load_settings()
+        client = build_client(settings)
+        stack.push_async_callback(client.aclose)
+
+        from b24_telephony_mcp.server import build_server
+        from b24_telephony_mcp.tools.base import ToolContext
+        from b24_telephony_mcp.tools.files import FilePolicy
+
+        server = build_server(client, ToolContext(FilePolicy(settings.files_dirs, settings.max_file_bytes)))
+        if args.transport == "stdio":
+            from mcp.server.stdio import stdio_server
+
+            async with stdio_server() as (read_stream, write_stream):
+                await server.run(read_stream, write_stream, server.create_initialization_options())
+        else:
+            from b24_telephony_mcp.http_transport import serve_http
+
+            assert token is not None
+            await serve_http(
+                server,
+                args.transport,
+                args.host,
+                args.port,
+                token,
+                announce=lambda url: sys.stderr.write(f"{PROG}: serving MCP over {args.transport} at {url}\n"),
+            )
+
+
+def sandbox_settings(sandbox: RunningSandbox, token_dir: Path) -> Settings:
+    """App-mode settings pointing at the in-process sandbox portal, tokens in a throwaway file."""
+    from b24_telephony_mcp.bitrix import TokenPair
+
+    return load_settings(
+        portal=AppConfig(
+            portal_url=sandbox.base_url,
+            client_id=sandbox.config.client_id,
+            client_secret=sandbox.config.client_secret,
+            tokens=TokenPair(sandbox.access_token, sandbox.refresh_token),
+            token_file=token_dir / "tokens.json",
+            token_url=sandbox.token_url,
+        )
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

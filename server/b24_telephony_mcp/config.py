@@ -1,0 +1,180 @@
+"""Settings from the environment, checked up front so a bad setup fails with one clear paragraph."""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from b24_telephony_mcp.bitrix import BitrixClient, OAuthAuth, TokenPair, TokenStore, WebhookAuth
+from b24_telephony_mcp.bitrix.limits import DEFAULT_BURST, DEFAULT_RATE
+
+DEFAULT_TOKEN_URL = "https://oauth.bitrix.info/oauth/token/"
+DEFAULT_MAX_FILE_MB = 25.0
+
+_APP_VARS = ("B24_PORTAL_URL", "B24_CLIENT_ID", "B24_CLIENT_SECRET")
+_SETUP_HELP = (
+    "Set either B24_WEBHOOK_URL (https://your.bitrix24.com/rest/<user_id>/<code>/) for an incoming "
+    "webhook, or B24_PORTAL_URL, B24_CLIENT_ID, B24_CLIENT_SECRET, B24_ACCESS_TOKEN and "
+    "B24_REFRESH_TOKEN for a local application (the telephony.externalLine.* and "
+    "externalCall.register/finish methods need the application). To try it without a portal, run "
+    "with --sandbox."
+)
+
+
+class ConfigError(Exception):
+    """A setup mistake, explained for the person who made it."""
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    url: str
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    portal_url: str
+    client_id: str
+    client_secret: str = field(repr=False)
+    tokens: TokenPair | None = field(repr=False)
+    token_file: Path
+    token_url: str = DEFAULT_TOKEN_URL
+
+
+@dataclass(frozen=True)
+class Settings:
+    portal: WebhookConfig | AppConfig
+    files_dirs: tuple[Path, ...] = ()
+    max_file_bytes: int = int(DEFAULT_MAX_FILE_MB * 1024 * 1024)
+    rate: float = DEFAULT_RATE
+    burst: int = DEFAULT_BURST
+
+
+def load_settings(env: Mapping[str, str] = os.environ, portal: WebhookConfig | AppConfig | None = None) -> Settings:
+    """All settings from `env`; `portal` overrides the credentials (the sandbox brings its own)."""
+    files_dirs = tuple(
+        Path(part).expanduser().resolve() for part in env.get("B24_FILES_DIR", "").split(os.pathsep) if part
+    )
+    return Settings(
+        portal=portal or portal_from_env(env),
+        files_dirs=files_dirs,
+        max_file_bytes=int(_number(env, "B24_MAX_FILE_MB", DEFAULT_MAX_FILE_MB) * 1024 * 1024),
+        rate=_number(env, "B24_RATE_LIMIT", DEFAULT_RATE),
+        burst=int(_number(env, "B24_RATE_BURST", DEFAULT_BURST)),
+    )
+
+
+def portal_from_env(env: Mapping[str, str]) -> WebhookConfig | AppConfig:
+    webhook = env.get("B24_WEBHOOK_URL", "").strip()
+    app_given = [name for name in (*_APP_VARS, "B24_ACCESS_TOKEN", "B24_REFRESH_TOKEN") if env.get(name)]
+    if webhook and app_given:
+        raise ConfigError(
+            f"B24_WEBHOOK_URL and {', '.join(app_given)} are both set, so it is unclear whether to use the "
+            "webhook or the application. Unset one of them."
+        )
+    if webhook:
+        check_url("B24_WEBHOOK_URL", webhook)
+        if "/rest/" not in webhook:
+            raise ConfigError(
+                "B24_WEBHOOK_URL must look like https://your.bitrix24.com/rest/<user_id>/<code>/ "
+                "(copy it from the incoming webhook's settings)."
+            )
+        return WebhookConfig(webhook if webhook.endswith("/") else webhook + "/")
+    if not app_given:
+        raise ConfigError(f"No Bitrix24 credentials are set. {_SETUP_HELP}")
+    missing = [name for name in _APP_VARS if not env.get(name)]
+    if missing:
+        raise ConfigError(f"{', '.join(missing)} not set. {_SETUP_HELP}")
+    portal_url = env["B24_PORTAL_URL"].strip().rstrip("/")
+    check_url("B24_PORTAL_URL", portal_url)
+    token_url = env.get("B24_OAUTH_TOKEN_URL", "").strip() or DEFAULT_TOKEN_URL
+    check_url("B24_OAUTH_TOKEN_URL", token_url)
+    token_file = (
+        Path(env["B24_TOKEN_FILE"]).expanduser()
+        if env.get("B24_TOKEN_FILE")
+        else default_token_file(portal_url, env["B24_CLIENT_ID"], env)
+    )
+    access, refresh = env.get("B24_ACCESS_TOKEN"), env.get("B24_REFRESH_TOKEN")
+    if bool(access) != bool(refresh):
+        raise ConfigError("Set both B24_ACCESS_TOKEN and B24_REFRESH_TOKEN (or neither, if the token file exists).")
+    if not access and not token_file.exists():
+        raise ConfigError(
+            f"No OAuth tokens: set B24_ACCESS_TOKEN and B24_REFRESH_TOKEN (from the application's "
+            f"installation), or put them in the token file {token_file}."
+        )
+    return AppConfig(
+        portal_url=portal_url,
+        client_id=env["B24_CLIENT_ID"],
+        client_secret=env["B24_CLIENT_SECRET"],
+        tokens=TokenPair(access, refresh) if access and refresh else None,
+        token_file=token_file,
+        token_url=token_url,
+    )
+
+
+def default_token_file(portal_url: str, client_id: str, env: Mapping[str, str]) -> Path:
+    """Per user, per portal and application: `~/.local/state/b24-telephony-mcp/tokens-<hash>.json`."""
+    state_home = Path(env.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    digest = hashlib.sha256(f"{portal_url}|{client_id}".encode()).hexdigest()[:16]
+    return state_home / "b24-telephony-mcp" / f"tokens-{digest}.json"
+
+
+def is_loopback_host(host: str | None) -> bool:
+    if not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_url(name: str, url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme == "https" and parts.hostname:
+        return
+    if parts.scheme == "http" and is_loopback_host(parts.hostname):
+        return  # local emulators such as the sandbox
+    if parts.scheme == "http":
+        raise ConfigError(
+            f"{name} uses plain http:// for a non-local host; credentials would cross the network "
+            "unencrypted. Use https:// (plain http is accepted only for loopback addresses)."
+        )
+    raise ConfigError(f"{name} is not an http(s) URL.")
+
+
+def build_client(settings: Settings) -> BitrixClient:
+    portal = settings.portal
+    if isinstance(portal, WebhookConfig):
+        auth: WebhookAuth | OAuthAuth = WebhookAuth(portal.url)
+    else:
+        try:
+            auth = OAuthAuth(
+                portal.portal_url,
+                portal.client_id,
+                portal.client_secret,
+                portal.token_url,
+                TokenStore(portal.token_file),
+                portal.tokens,
+            )
+        except ValueError as exc:  # no tokens anywhere, or an unreadable token file
+            raise ConfigError(str(exc)) from None
+    return BitrixClient(auth, rate=settings.rate, burst=settings.burst)
+
+
+def _number(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}.") from None
+    if value <= 0:
+        raise ConfigError(f"{name} must be greater than zero.")
+    return value

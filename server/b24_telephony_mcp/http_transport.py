@@ -1,0 +1,130 @@
+"""Serving the MCP server over streamable HTTP (`/mcp`) or SSE (`/sse`).
+
+Imported only for those transports, so a stdio start does not pay for uvicorn.
+
+The HTTP transports sit behind one guard: a foreign `Host` (DNS rebinding) gets 421, a foreign
+`Origin` (a web page in the user's browser) gets 403, a missing or wrong bearer token gets 401.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import uvicorn
+from mcp.server import Server
+from mcp.server.sse import SseServerTransport
+from mcp.server.transport_security import TransportSecuritySettings
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Mount, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from b24_telephony_mcp.config import is_loopback_host
+
+# The guard below does the Host/Origin checks for every route, so the SDK's copy is switched off.
+_SDK_CHECKS_OFF = TransportSecuritySettings(enable_dns_rebinding_protection=False)
+
+
+@dataclass(frozen=True)
+class HttpGuard:
+    """ASGI middleware: Host, then Origin, then the bearer token."""
+
+    app: ASGIApp
+    token: str
+    allowed_hosts: frozenset[str]
+    allowed_origins: frozenset[str]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope["headers"]}
+        refusal: tuple[int, str, dict[str, str]] | None = None
+        if headers.get("host", "").lower() not in self.allowed_hosts:
+            refusal = (421, "Host not allowed", {})
+        elif "origin" in headers and headers["origin"].lower() not in self.allowed_origins:
+            refusal = (403, "Origin not allowed", {})
+        elif not _bearer_matches(headers.get("authorization", ""), self.token):
+            refusal = (401, "Missing or wrong bearer token", {"WWW-Authenticate": 'Bearer realm="b24-telephony-mcp"'})
+        if refusal is None:
+            await self.app(scope, receive, send)
+            return
+        status, message, extra_headers = refusal
+        body = json.dumps({"error": message}).encode()
+        await Response(body, status, extra_headers, media_type="application/json")(scope, receive, send)
+
+
+def _bearer_matches(header: str, token: str) -> bool:
+    scheme, _, value = header.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), token.encode())
+
+
+def guarded(app: ASGIApp, token: str, host: str, port: int) -> HttpGuard:
+    names = {"127.0.0.1", "localhost", "[::1]"}
+    if not is_loopback_host(host):
+        names.add(f"[{host}]" if ":" in host else host)
+    hosts = {f"{name}:{port}" for name in names} | ({name for name in names} if port == 80 else set())
+    origins = {f"{scheme}://{hostport}" for scheme in ("http", "https") for hostport in hosts}
+    return HttpGuard(app, token, frozenset(hosts), frozenset(origins))
+
+
+def streamable_http_app(server: Server[Any]) -> Starlette:
+    return server.streamable_http_app(streamable_http_path="/mcp", transport_security=_SDK_CHECKS_OFF)
+
+
+def sse_app(server: Server[Any]) -> Starlette:
+    transport = SseServerTransport("/messages/", security_settings=_SDK_CHECKS_OFF)
+
+    async def handle_sse(request: Request) -> Response:
+        async with transport.connect_sse(request.scope, request.receive, request._send) as (read, write):
+            await server.run(read, write, server.create_initialization_options())
+        return Response()
+
+    return Starlette(
+        routes=[
+            Route("/sse", endpoint=handle_sse, methods=["GET"]),
+            Mount("/messages/", app=transport.handle_post_message),
+        ]
+    )
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Bind first, so port 0 resolves to a real port before the Host allow-list is built."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+async def serve_http(
+    server: Server[Any],
+    transport: str,
+    host: str,
+    port: int,
+    token: str,
+    announce: Callable[[str], None],
+) -> None:
+    """Serve until cancelled; `announce` gets the URL once the socket listens."""
+    sock = bind_socket(host, port)
+    actual_port = sock.getsockname()[1]
+    app = streamable_http_app(server) if transport == "http" else sse_app(server)
+    path = "/mcp" if transport == "http" else "/sse"
+    display_host = f"[{host}]" if ":" in host else host
+    url = f"http://{display_host}:{actual_port}{path}"
+    config = uvicorn.Config(
+        guarded(app, token, host, actual_port),
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+    )
+    announce(url)
+    await uvicorn.Server(config).serve(sockets=[sock])

@@ -1,0 +1,32 @@
+"""Keep credentials out of logs and tool results.
+
+Every secret the process learns (webhook code, client secret, each access and refresh token,
+the MCP bearer token) is registered here; `redact` replaces them in any text, and the logging
+formatter applies it to every record, tracebacks included.
+"""
+
+from __future__ import annotations
+
+import logging
+
+_MIN_SECRET_LENGTH = 6  # shorter values would redact ordinary words
+_secrets: set[str] = set()
+
+
+def register_secret(value: str | None) -> None:
+    if value and len(value) >= _MIN_SECRET_LENGTH:
+        _secrets.add(value)
+
+
+def redact(text: str) -> str:
+    for secret in _secrets:
+        if secret in text:
+            text = text.replace(secret, "***")
+    return text
+
+
+class RedactingFormatter(logging.Formatter):
+    """Redacts the fully formatted record, tracebacks included."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))

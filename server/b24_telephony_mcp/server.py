@@ -1,0 +1,154 @@
+"""The MCP layer: turns tool declarations into an MCP server and tool calls into REST calls.
+
+Built on the SDK's low-level `Server` rather than `MCPServer`: `MCPServer` derives schemas from
+function signatures, accepts unknown arguments silently, puts pydantic internals into error texts
+and pretty-prints results twice. Here the schemas come from the declarations, unknown arguments
+are refused, errors are ours, and each result is one compact JSON text.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from mcp.server import Server
+from mcp_types import (
+    CallToolRequestParams,
+    CallToolResult,
+    ListToolsResult,
+    PaginatedRequestParams,
+    TextContent,
+    Tool,
+    ToolAnnotations,
+)
+from pydantic import ValidationError
+
+from b24_telephony_mcp import __version__
+from b24_telephony_mcp.bitrix import BitrixClient, BitrixError
+from b24_telephony_mcp.bitrix.errors import INVALID_ARGUMENTS
+from b24_telephony_mcp.redact import redact
+from b24_telephony_mcp.tools import ALL_TOOLS, ToolContext, ToolSpec
+
+log = logging.getLogger(__name__)
+
+SERVER_NAME = "b24-telephony-mcp"
+UNKNOWN_TOOL = "UNKNOWN_TOOL"
+INTERNAL_ERROR = "INTERNAL_ERROR"
+
+INSTRUCTIONS = (
+    "Bitrix24 telephony. Logging a PBX call: register_external_call (keep CALL_ID), "
+    "search_crm_entities_by_phone to identify the client, finish_external_call, then "
+    "attach_external_call_record and attach_call_transcription. Failed calls return isError with "
+    "the Bitrix24 code, a hint and whether a retry can help."
+)
+
+
+def mcp_tool(spec: ToolSpec) -> Tool:
+    return Tool(
+        name=spec.name,
+        title=spec.title,
+        description=spec.description,
+        input_schema=spec.input_schema,
+        output_schema=spec.output_schema,
+        annotations=ToolAnnotations(
+            title=spec.title,
+            read_only_hint=spec.read_only,
+            destructive_hint=spec.destructive,
+            idempotent_hint=spec.idempotent,
+            open_world_hint=spec.open_world,
+        ),
+        _meta=spec.meta,
+    )
+
+
+def _compact(data: Any) -> str:
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+
+
+def success_result(structured: dict[str, Any]) -> CallToolResult:
+    text = _compact(structured)
+    cleaned = redact(text)
+    if cleaned != text:  # a portal echoing a credential back (e.g. in an upload URL)
+        structured, text = json.loads(cleaned), cleaned
+    return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=structured)
+
+
+def error_result(error: BitrixError) -> CallToolResult:
+    status = f"HTTP {error.http_status}" if error.http_status else "no HTTP response"
+    retry = "a retry can help" if error.retryable else "a retry will not help as is"
+    lines = [f"{error.code}: {error.description}"]
+    if error.hint:
+        lines.append(f"Hint: {error.hint}")
+    lines.append(f"({status}; {retry}{f'; {error.method}' if error.method else ''})")
+    details = error.to_dict()
+    text = redact("\n".join(lines))
+    structured = {"error": {key: redact(v) if isinstance(v, str) else v for key, v in details.items()}}
+    return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=structured, is_error=True)
+
+
+def invalid_arguments(spec: ToolSpec, exc: ValidationError) -> BitrixError:
+    unknown = [str(err["loc"][0]) for err in exc.errors() if err["type"] == "extra_forbidden" and err["loc"]]
+    problems = [_describe(err) for err in exc.errors() if err["type"] != "extra_forbidden"]
+    if unknown:
+        valid = ", ".join(spec.params.model_fields) or "none"
+        problems.insert(0, f"unknown argument(s) {', '.join(unknown)}; valid arguments: {valid}")
+    return BitrixError(INVALID_ARGUMENTS, "; ".join(problems), method=spec.method)
+
+
+def _describe(err: Mapping[str, Any]) -> str:
+    # pydantic's own text minus its URLs, input echoes and "Value error, " prefixes.
+    message = str(err["msg"]).removeprefix("Value error, ")
+    location = ".".join(str(part) for part in err["loc"])
+    return f"{location}: {message}" if location else message
+
+
+async def run_tool(
+    spec: ToolSpec, arguments: Mapping[str, Any], client: BitrixClient, context: ToolContext
+) -> CallToolResult:
+    try:
+        params = spec.params.model_validate(dict(arguments))
+        rest_params = await spec.prepare(params, context)
+        response = await client.call(spec.method, rest_params, read_only=spec.read_only)
+    except ValidationError as exc:
+        return error_result(invalid_arguments(spec, exc))
+    except BitrixError as exc:
+        log.info("%s failed: %s %s", spec.name, exc.code, exc.description)
+        return error_result(exc)
+    except Exception:
+        log.exception("%s: unexpected failure", spec.name)
+        return error_result(
+            BitrixError(INTERNAL_ERROR, "unexpected failure inside the MCP server (details in its log)")
+        )
+    structured: dict[str, Any] = {"result": response.result}
+    if response.total is not None:
+        structured["total"] = response.total
+    if response.next is not None:
+        structured["next"] = response.next
+    return success_result(structured)
+
+
+def build_server(client: BitrixClient, context: ToolContext, tools: Iterable[ToolSpec] = ALL_TOOLS) -> Server[Any]:
+    specs = {spec.name: spec for spec in tools}
+    # Built once: the list never changes while the process runs.
+    listing = ListToolsResult(tools=[mcp_tool(spec) for spec in specs.values()])
+
+    async def list_tools(_ctx: Any, _params: PaginatedRequestParams | None) -> ListToolsResult:
+        return listing
+
+    async def call_tool(_ctx: Any, params: CallToolRequestParams) -> CallToolResult:
+        spec = specs.get(params.name)
+        if spec is None:
+            return error_result(
+                BitrixError(UNKNOWN_TOOL, f"no tool named {params.name!r}; available: {', '.join(specs)}")
+            )
+        return await run_tool(spec, params.arguments or {}, client, context)
+
+    return Server(
+        SERVER_NAME,
+        version=__version__,
+        instructions=INSTRUCTIONS,
+        on_list_tools=list_tools,
+        on_call_tool=call_tool,
+    )

@@ -1,0 +1,351 @@
+"""External telephony: `telephony.externalLine.*`, `telephony.externalCall.*`, transcripts.
+
+Field names are the REST parameter names verbatim; descriptions are condensed from the
+Bitrix24 docs tables. Annotations follow methods.json (`read_only`, `destructive`, `idempotent`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from b24_telephony_mcp.tools.base import RestParams, RestResult, ToolContext, ToolSpec, int_choice
+from b24_telephony_mcp.tools.files import RECORDING_EXTENSIONS
+
+YesNo = Literal["Y", "N"]
+CrmEntityType = Literal["CONTACT", "COMPANY", "LEAD"]
+
+LINE_NUMBER_DESC = "External line number (see list_external_lines)."
+CALL_ID_DESC = "CALL_ID returned by register_external_call."
+USER_ID_DESC = "Bitrix24 user ID. USER_ID or USER_PHONE_INNER is required."
+USER_PHONE_INNER_DESC = "The user's internal extension. USER_ID or USER_PHONE_INNER is required."
+CRM_AUTO_CREATE_DESC = "Create a CRM record for outgoing calls to unknown numbers: Y (default) or N."
+
+
+# --- external lines -----------------------------------------------------------------------------
+
+
+class AddLineParams(RestParams):
+    NUMBER: str = Field(description="External line number; unique per application.")
+    NAME: str | None = Field(None, description="Line name.")
+    CRM_AUTO_CREATE: YesNo | None = Field(None, description=CRM_AUTO_CREATE_DESC)
+
+
+class UpdateLineParams(RestParams):
+    at_least_one_of = (("NAME", "CRM_AUTO_CREATE"),)
+
+    NUMBER: str = Field(description=LINE_NUMBER_DESC + " Identifies the line; cannot be changed.")
+    NAME: str | None = Field(None, description="New name. NAME or CRM_AUTO_CREATE is required.")
+    CRM_AUTO_CREATE: YesNo | None = Field(None, description=CRM_AUTO_CREATE_DESC)
+
+
+class LineNumberParams(RestParams):
+    NUMBER: str = Field(description=LINE_NUMBER_DESC)
+
+
+class NoParams(RestParams):
+    pass
+
+
+class LineId(RestResult):
+    ID: int | str
+
+
+class ExternalLine(RestResult):
+    NUMBER: str
+    NAME: str | None = None
+    CRM_AUTO_CREATE: str | None = None
+
+
+# --- external calls -----------------------------------------------------------------------------
+
+
+class SearchCrmParams(RestParams):
+    PHONE_NUMBER: str = Field(description="The client's phone number.")
+
+
+class AssignedUser(RestResult):
+    ID: int | str
+    TIMEMAN_STATUS: str | None = None
+    USER_PHONE_INNER: str | None = None
+    WORK_PHONE: str | None = None
+    PERSONAL_PHONE: str | None = None
+    PERSONAL_MOBILE: str | None = None
+
+
+class CrmMatch(RestResult):
+    CRM_ENTITY_TYPE: str
+    CRM_ENTITY_ID: int
+    ASSIGNED_BY_ID: int | None = None
+    NAME: str | None = None
+    ASSIGNED_BY: AssignedUser | None = None
+
+
+class RegisterCallParams(RestParams):
+    at_least_one_of = (("USER_ID", "USER_PHONE_INNER"),)
+
+    USER_ID: int | None = Field(None, description=USER_ID_DESC)
+    USER_PHONE_INNER: str | None = Field(None, description=USER_PHONE_INNER_DESC)
+    PHONE_NUMBER: str = Field(description="The client's phone number.")
+    TYPE: int_choice(1, 2, 3, 4, 5) = Field(  # type: ignore[valid-type]
+        description="1 outgoing, 2 incoming, 3 incoming with redirection, 4 callback, 5 informational."
+    )
+    CALL_START_DATE: str | None = Field(
+        None, description="ISO-8601 start time with timezone, e.g. 2026-03-07T10:20:30+03:00. Default: now."
+    )
+    CRM_CREATE: int_choice(0, 1) | None = Field(  # type: ignore[valid-type]
+        None, description="1: create a lead when no CRM record matches the number. Default 0."
+    )
+    CRM_SOURCE: str | None = Field(None, description="CRM source STATUS_ID for a created lead.")
+    CRM_ENTITY_TYPE: CrmEntityType | None = Field(None, description="CRM record type to bind the call to.")
+    CRM_ENTITY_ID: int | None = Field(None, description="ID of the CRM record of CRM_ENTITY_TYPE.")
+    SHOW: int_choice(0, 1) | None = Field(  # type: ignore[valid-type]
+        None, description="1 (default): show the call card to the user."
+    )
+    ADD_TO_CHAT: int_choice(0, 1) | None = Field(  # type: ignore[valid-type]
+        None, description="1 (default): post a message about the call to the user's chat."
+    )
+    CALL_LIST_ID: int | None = Field(None, description="Call list ID (from the ONEXTERNALCALLSTART event).")
+    LINE_NUMBER: str | None = Field(None, description="External line number; recommended, binds the call.")
+    EXTERNAL_CALL_ID: str | None = Field(
+        None,
+        description="Your PBX's unique ID of this call. Without it, a repeat registration within "
+        "30 minutes returns the existing CALL_ID.",
+    )
+
+
+class RegisteredCall(RestResult):
+    CALL_ID: str
+    CRM_CREATED_LEAD: int | None = None
+    CRM_CREATED_ENTITIES: list[Any] | None = None
+    CRM_ENTITY_TYPE: str | None = None
+    CRM_ENTITY_ID: int | None = None
+    LEAD_CREATION_ERROR: str | None = None
+
+
+StatusCode = Literal["200", "304", "603", "603-S", "403", "404", "486", "484", "503", "480", "402", "423", "OTHER"]
+
+
+class FinishCallParams(RestParams):
+    at_least_one_of = (("USER_ID", "USER_PHONE_INNER"),)
+
+    CALL_ID: str = Field(description=CALL_ID_DESC)
+    USER_ID: int | None = Field(None, description=USER_ID_DESC + " Made responsible for created CRM records.")
+    USER_PHONE_INNER: str | None = Field(None, description=USER_PHONE_INNER_DESC)
+    DURATION: int | None = Field(None, description="Call duration in seconds. Default 0.")
+    COST: float | None = Field(None, description="Call cost. Default 0.")
+    COST_CURRENCY: str | None = Field(None, description="Currency of COST, e.g. USD.")
+    STATUS_CODE: StatusCode | None = Field(
+        None,
+        description="200 success, 304 missed, 603 declined, 603-S cancelled, 403 forbidden, 404 invalid "
+        "number, 486 busy, 484/503 direction unavailable, 480 temporarily unavailable, 402 insufficient "
+        "funds, 423 blocked, OTHER. Default 200 if DURATION > 0, else 304.",
+    )
+    FAILED_REASON: str | None = Field(None, description="Why the call failed, as text.")
+    RECORD_URL: str | None = Field(None, description="Deprecated: use attach_external_call_record.")
+    VOTE: int_choice(1, 2, 3, 4, 5) | None = Field(None, description="Call rating 1-5.")  # type: ignore[valid-type]
+    ADD_TO_CHAT: int_choice(0, 1) | None = Field(  # type: ignore[valid-type]
+        None, description="1 (default): post a message about the call to the user's chat."
+    )
+
+
+class FinishedCall(RestResult):
+    CALL_ID: str
+    ID: int | None = None
+    CALL_DURATION: int | None = None
+    CALL_STATUS: int | None = None
+    CALL_FAILED_CODE: str | None = None
+    CRM_ACTIVITY_ID: int | None = None
+    CRM_ENTITY_TYPE: str | None = None
+    CRM_ENTITY_ID: int | None = None
+
+
+class CallCardParams(RestParams):
+    CALL_ID: str = Field(description=CALL_ID_DESC)
+    USER_ID: int | list[int] | None = Field(
+        None, description="User ID or list of IDs. Default: the user the call was registered for."
+    )
+
+
+class AttachRecordParams(RestParams):
+    CALL_ID: str = Field(description=CALL_ID_DESC + " The call must be finished.")
+    RECORD_URL: str | None = Field(None, description="URL Bitrix24 downloads the recording from.")
+    FILENAME: str | None = Field(None, description="Recording file name, .wav or .mp3.")
+    FILE_CONTENT: str | None = Field(None, description="Recording, base64. Prefer file_path.")
+    file_path: str | None = Field(
+        None,
+        description="Path of a local .wav/.mp3 under B24_FILES_DIR; this server reads and encodes it. "
+        "Give one of RECORD_URL, file_path, or FILENAME with FILE_CONTENT.",
+    )
+
+    @model_validator(mode="after")
+    def _one_recording_source(self) -> AttachRecordParams:
+        given = [name for name in ("RECORD_URL", "FILE_CONTENT", "file_path") if getattr(self, name)]
+        if len(given) != 1:
+            problem = "no recording given" if not given else f"{' and '.join(given)} exclude each other"
+            raise ValueError(f"{problem}: pass one of RECORD_URL, FILENAME with FILE_CONTENT, or file_path")
+        if self.FILE_CONTENT and not self.FILENAME:
+            raise ValueError("FILE_CONTENT needs FILENAME (.wav or .mp3)")
+        return self
+
+
+class AttachedFile(RestResult):
+    FILE_ID: int | None = None
+    uploadUrl: str | None = None
+    fieldName: str | None = None
+
+
+class TranscriptMessage(RestParams):
+    SIDE: Literal["User", "Client"] = Field(description="User (the employee) or Client.")
+    START_TIME: int = Field(description="Start, seconds from the call start (>= 0).")
+    STOP_TIME: int = Field(description="End, seconds from the call start (> 0).")
+    MESSAGE: str = Field(description="What was said.")
+
+
+class AttachTranscriptionParams(RestParams):
+    CALL_ID: str = Field(description=CALL_ID_DESC + " The call must be finished.")
+    MESSAGES: list[TranscriptMessage] = Field(description="The utterances, in order.")
+    COST: float | None = Field(None, description="Transcription cost.")
+    COST_CURRENCY: str | None = Field(None, description="Currency of COST.")
+
+
+class Transcript(RestResult):
+    TRANSCRIPT_ID: int
+
+
+async def record_params(params: AttachRecordParams, context: ToolContext) -> dict[str, Any]:
+    """Read a local file into FILENAME + FILE_CONTENT; other sources pass through."""
+    rest = params.to_rest()
+    if params.file_path:
+        name, content = await context.files.read_base64(rest.pop("file_path"), RECORDING_EXTENSIONS)
+        rest.setdefault("FILENAME", name)
+        rest["FILE_CONTENT"] = content
+    return rest
+
+
+TOOLS: tuple[ToolSpec, ...] = (
+    ToolSpec(
+        name="add_external_line",
+        method="telephony.externalLine.add",
+        title="Add external line",
+        description="Add an external telephony line (a PBX or provider number) to the portal for this application.",
+        params=AddLineParams,
+        result=LineId,
+        read_only=False,
+        destructive=False,
+        idempotent=False,
+    ),
+    ToolSpec(
+        name="update_external_line",
+        method="telephony.externalLine.update",
+        title="Update external line",
+        description="Rename an external line or change its CRM auto-creation setting.",
+        params=UpdateLineParams,
+        result=LineId,
+        read_only=False,
+        destructive=True,
+        idempotent=True,
+    ),
+    ToolSpec(
+        name="list_external_lines",
+        method="telephony.externalLine.get",
+        title="List external lines",
+        description="List this application's external lines (NUMBER, NAME, CRM_AUTO_CREATE).",
+        params=NoParams,
+        result=list[ExternalLine],
+        read_only=True,
+        destructive=False,
+        idempotent=True,
+    ),
+    ToolSpec(
+        name="delete_external_line",
+        method="telephony.externalLine.delete",
+        title="Delete external line",
+        description="Delete an external line by its number.",
+        params=LineNumberParams,
+        result=list[Any] | bool,
+        read_only=False,
+        destructive=True,
+        idempotent=False,
+    ),
+    ToolSpec(
+        name="register_external_call",
+        method="telephony.externalCall.register",
+        title="Register external call",
+        description="Register the start of a call made through an external PBX; returns CALL_ID and the "
+        "CRM record the number matched. Then finish_external_call.",
+        params=RegisterCallParams,
+        result=RegisteredCall,
+        read_only=False,
+        destructive=False,
+        idempotent=False,
+    ),
+    ToolSpec(
+        name="finish_external_call",
+        method="telephony.externalCall.finish",
+        title="Finish external call",
+        description="End a registered call: writes call statistics and the CRM call activity. Only once per CALL_ID.",
+        params=FinishCallParams,
+        result=FinishedCall,
+        read_only=False,
+        destructive=True,
+        idempotent=False,
+    ),
+    ToolSpec(
+        name="show_external_call",
+        method="telephony.externalCall.show",
+        title="Show call card",
+        description="Open the call card of an active call for users. False if the call is not active.",
+        params=CallCardParams,
+        result=bool,
+        read_only=False,
+        destructive=False,
+        idempotent=True,
+    ),
+    ToolSpec(
+        name="hide_external_call",
+        method="telephony.externalCall.hide",
+        title="Hide call card",
+        description="Hide the call card of an active call for users. False if the call is not active.",
+        params=CallCardParams,
+        result=bool,
+        read_only=False,
+        destructive=False,
+        idempotent=True,
+    ),
+    ToolSpec(
+        name="attach_external_call_record",
+        method="telephony.externalCall.attachRecord",
+        title="Attach call recording",
+        description="Attach a recording (.wav/.mp3) to a finished call; replaces an earlier one.",
+        params=AttachRecordParams,
+        result=AttachedFile,
+        read_only=False,
+        destructive=True,
+        idempotent=False,
+        prepare=record_params,
+    ),
+    ToolSpec(
+        name="search_crm_entities_by_phone",
+        method="telephony.externalCall.searchCrmEntities",
+        title="Find CRM client by phone",
+        description="Find CRM contacts, leads and companies with this phone number, with their responsible users.",
+        params=SearchCrmParams,
+        result=list[CrmMatch],
+        read_only=True,
+        destructive=False,
+        idempotent=True,
+    ),
+    ToolSpec(
+        name="attach_call_transcription",
+        method="telephony.call.attachTranscription",
+        title="Attach call transcript",
+        description="Attach a transcript (who said what, when) to a finished call.",
+        params=AttachTranscriptionParams,
+        result=Transcript,
+        read_only=False,
+        destructive=False,
+        idempotent=False,
+    ),
+)
