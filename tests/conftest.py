@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from b24_telephony_mcp.sandbox import RunningSandbox, SandboxConfig, start_sandbox
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def sandbox() -> Iterator[RunningSandbox]:
+    """A fresh portal per test, with limits high enough never to throttle ordinary tests."""
+    with start_sandbox(SandboxConfig(rate_limit=1000.0, rate_burst=10000)) as running:
+        yield running
+
+
+@pytest.fixture
+def token_file(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "tokens.json"

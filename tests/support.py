@@ -1,0 +1,160 @@
+"""Shared test plumbing: the real server as a subprocess, reached by the SDK's own client.
+
+Nothing here mocks our code: each helper spawns `python -m b24_telephony_mcp` and talks MCP to it
+over stdio, streamable HTTP or SSE, while it talks HTTP to a sandbox portal on loopback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import httpx2
+from mcp import Client, StdioServerParameters
+from mcp.client.sse import sse_client
+from mcp.client.stdio import stdio_client
+from mcp.client.streamable_http import streamable_http_client
+from mcp_types import CallToolResult
+
+from b24_telephony_mcp.sandbox import RunningSandbox
+
+# Generous limits so ordinary tests never wait on the leaky bucket; limit tests set their own.
+FAST_LIMITS = {"B24_RATE_LIMIT": "1000", "B24_RATE_BURST": "10000"}
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The test process's environment minus any real B24_* credentials a developer may have set."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("B24_")}
+    env["B24_LOG_LEVEL"] = "DEBUG"  # the most talkative logs are the ones to check for secrets
+    env.update(extra)
+    return env
+
+
+def app_env(sandbox: RunningSandbox, token_file: Path, **extra: str) -> dict[str, str]:
+    return clean_env(
+        B24_PORTAL_URL=sandbox.base_url,
+        B24_CLIENT_ID=sandbox.config.client_id,
+        B24_CLIENT_SECRET=sandbox.config.client_secret,
+        B24_ACCESS_TOKEN=sandbox.access_token,
+        B24_REFRESH_TOKEN=sandbox.refresh_token,
+        B24_OAUTH_TOKEN_URL=sandbox.token_url,
+        B24_TOKEN_FILE=str(token_file),
+        **FAST_LIMITS,
+        **extra,
+    )
+
+
+def webhook_env(sandbox: RunningSandbox, **extra: str) -> dict[str, str]:
+    return clean_env(B24_WEBHOOK_URL=sandbox.webhook_url, **FAST_LIMITS, **extra)
+
+
+def server_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "b24_telephony_mcp", *args]
+
+
+@asynccontextmanager
+async def stdio_session(
+    env: Mapping[str, str], *args: str, errlog: IO[str] | None = None, mode: str = "legacy"
+) -> AsyncIterator[Client]:
+    """The server spawned over stdio exactly as an MCP client config would; stderr to `errlog`."""
+    params = StdioServerParameters(command=sys.executable, args=server_command(*args)[1:], env=dict(env))
+    transport = stdio_client(params, errlog=errlog if errlog is not None else sys.stderr)
+    async with Client(transport, mode=mode) as client:
+        yield client
+
+
+@dataclass
+class HttpServer:
+    """A server subprocess on an HTTP transport; `url` is read from its stderr announcement."""
+
+    process: subprocess.Popen[str]
+    url: str
+    stderr_lines: list[str] = field(default_factory=list)
+
+    @property
+    def origin(self) -> str:
+        return self.url.rsplit("/", 1)[0]
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self.stderr_lines)
+
+
+@contextmanager
+def http_server(env: Mapping[str, str], transport: str = "http", *args: str) -> Iterator[HttpServer]:
+    process = subprocess.Popen(
+        server_command("--transport", transport, "--port", "0", *args),
+        env=dict(env),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stderr is not None
+    lines: list[str] = []
+    url = ""
+    for line in process.stderr:
+        lines.append(line)
+        if "serving MCP over" in line:
+            url = line.rsplit(" at ", 1)[1].strip()
+            break
+    if not url:
+        process.wait(5)
+        raise AssertionError(f"server did not start: {''.join(lines)}")
+    # Keep draining stderr so the child never blocks on a full pipe; tests read the lines afterwards.
+    drain = threading.Thread(target=lambda: lines.extend(process.stderr or ()), daemon=True)
+    drain.start()
+    try:
+        yield HttpServer(process, url, lines)
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        drain.join(5)
+
+
+@asynccontextmanager
+async def http_session(url: str, token: str, mode: str = "legacy") -> AsyncIterator[Client]:
+    async with (
+        httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=30) as http,
+        Client(streamable_http_client(url, http_client=http), mode=mode) as client,
+    ):
+        yield client
+
+
+@asynccontextmanager
+async def sse_session(url: str, token: str) -> AsyncIterator[Client]:
+    async with Client(sse_client(url, headers={"Authorization": f"Bearer {token}"}), mode="legacy") as client:
+        yield client
+
+
+def text_of(result: CallToolResult) -> str:
+    return "\n".join(block.text for block in result.content if block.type == "text")
+
+
+def ok(result: CallToolResult) -> Any:
+    """The REST result of a successful call, after checking text and structure agree."""
+    assert not result.is_error, text_of(result)
+    assert result.structured_content is not None
+    assert json.loads(text_of(result)) == result.structured_content
+    return result.structured_content["result"]
+
+
+def error_of(result: CallToolResult) -> dict[str, Any]:
+    """The structured error of a failed call, after checking the text leads with its code."""
+    assert result.is_error, text_of(result)
+    assert result.structured_content is not None
+    error = result.structured_content["error"]
+    assert text_of(result).startswith(f"{error['code']}: {error['description']}")
+    return error
