@@ -1,0 +1,20 @@
+"""A local Bitrix24 portal + OAuth server emulating the telephony REST methods, with state in memory.
+
+Start one with :func:`start_sandbox` (background thread, free loopback port) or
+:func:`run_sandbox_forever` (foreground). See :mod:`.app` for routes and the ``/_sandbox/`` test hooks.
+"""
+
+from .app import create_app
+from .runner import RunningSandbox, run_sandbox_forever, start_sandbox
+from .state import Caller, SandboxConfig, SandboxPortal, SandboxRestError
+
+__all__ = [
+    "Caller",
+    "RunningSandbox",
+    "SandboxConfig",
+    "SandboxPortal",
+    "SandboxRestError",
+    "create_app",
+    "run_sandbox_forever",
+    "start_sandbox",
+]

@@ -1,0 +1,346 @@
+"""HTTP face of the sandbox portal: a Starlette app emulating a Bitrix24 portal and its OAuth server.
+
+Routes
+------
+``GET|POST /rest/<method>[.json]``
+    App mode. Token from ``Authorization: Bearer``, else the ``auth`` param, else ``access_token``.
+``GET|POST /rest/<user_id>/<code>/<method>[.json]``
+    Incoming-webhook mode.
+``GET|POST /oauth/token/``
+    ``grant_type=refresh_token`` only; refresh tokens rotate and are single-use.
+
+Params come from the query string merged with the body (body wins): JSON when Content-Type is
+``application/json``, otherwise form or multipart fields with PHP-style keys (``MESSAGES[0][SIDE]=Client``).
+
+Test-control endpoints (test hooks, answered to loopback clients only; not part of Bitrix24)
+--------------------------------------------------------------------------------------------
+``POST /_sandbox/faults``
+    JSON ``{"method": "<rest method, case-insensitive, or *>", "status": 500, "body": "<text>",
+    "content_type": "text/html", "count": 1}``: the next ``count`` matching REST requests get this canned
+    response instead of being processed (they still count in the stats). ``DELETE`` drops queued faults.
+``POST /_sandbox/expire-tokens``
+    Every access token issued so far is now expired (refresh tokens stay usable).
+``GET /_sandbox/stats``
+    ``{"requests": {"<lower-cased method>": n}, "refreshes": n}``; refreshes = successful refresh grants.
+``POST /_sandbox/reset-stats``
+    Zero the stats.
+
+The leaky bucket applies to REST requests only, never to the OAuth or control endpoints.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from urllib.parse import parse_qsl
+
+from starlette.applications import Starlette
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from .state import METHOD_NOT_FOUND, QUERY_LIMIT_EXCEEDED, Caller, SandboxPortal, SandboxRestError, UploadedFile
+
+logger = logging.getLogger(__name__)
+
+_AUTH_PARAMS = ("auth", "access_token")
+# The operating-limit window the time block reports (limits.md: 10 one-minute buckets).
+_OPERATING_WINDOW = 600
+
+
+# --- request params ---
+
+
+def php_params(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """Decode ``a[b][0]=x`` style keys into nested dicts, like PHP's parse_str.
+
+    Arrays whose keys are exactly 0..n-1 become lists (what json_encode would make of them).
+    """
+    root: dict[str, Any] = {}
+    for key, value in pairs:
+        path = _key_path(key)
+        node = root
+        for segment in path[:-1]:
+            segment = segment if segment != "" else _next_index(node)
+            child = node.get(segment)
+            if not isinstance(child, dict):
+                child = node[segment] = {}
+            node = child
+        last = path[-1] if path[-1] != "" else _next_index(node)
+        node[last] = value
+    return {k: _listify(v) for k, v in root.items()}
+
+
+def _key_path(key: str) -> list[str]:
+    name, bracket, rest = key.partition("[")
+    if not bracket or not name:
+        return [key]
+    segments = [name]
+    while rest:
+        inner, closed, rest = rest.partition("]")
+        if not closed:
+            return [key]  # unbalanced brackets: keep the key as is
+        segments.append(inner)
+        if not rest:
+            break
+        if not rest.startswith("["):
+            break  # PHP ignores anything after the last ]
+        rest = rest[1:]
+    return segments
+
+
+def _next_index(node: dict[str, Any]) -> str:
+    indexes = [int(k) for k in node if k.isdigit()]
+    return str(max(indexes) + 1 if indexes else 0)
+
+
+def _listify(value: Any) -> Any:
+    if not isinstance(value, dict):
+        return value
+    converted = {k: _listify(v) for k, v in value.items()}
+    if converted and list(converted) == [str(i) for i in range(len(converted))]:
+        return list(converted.values())
+    return converted
+
+
+async def _request_params(request: Request) -> dict[str, Any]:
+    """Query string merged with the body, body wins (CRestUtil::getRequestData uses array_replace)."""
+    params = php_params(parse_qsl(request.url.query, keep_blank_values=True))
+    if request.method != "POST":
+        return params
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "application/json":
+        try:
+            body = json.loads(await request.body() or b"{}")
+        except ValueError:
+            body = {}  # invalid JSON silently becomes empty params, like the server
+        params.update(body if isinstance(body, dict) else {})
+    elif content_type == "multipart/form-data":
+        form = await request.form()
+        pairs: list[tuple[str, Any]] = []
+        for key, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                pairs.append((key, UploadedFile(value.filename or "", await value.read())))
+            else:
+                pairs.append((key, value))
+        params.update(php_params(pairs))
+    else:
+        body_text = (await request.body()).decode("utf-8", errors="replace")
+        params.update(php_params(parse_qsl(body_text, keep_blank_values=True)))
+    return params
+
+
+def _take_token(request: Request, params: dict[str, Any]) -> str | None:
+    """Bearer header first, then ``auth``, then ``access_token`` (oauth Auth::getAuthKey order)."""
+    found = [params.pop(name, None) for name in _AUTH_PARAMS]
+    header = request.headers.get("authorization", "")
+    if header[:7].lower() == "bearer " and header[7:].strip():
+        return header[7:].strip()
+    return next((value for value in found if isinstance(value, str) and value), None)
+
+
+# --- responses ---
+
+
+def _error(exc: SandboxRestError) -> JSONResponse:
+    return JSONResponse(exc.payload(), status_code=exc.status)
+
+
+def _time_block(start: float, finish: float) -> dict[str, Any]:
+    def iso(ts: float) -> str:
+        return datetime.fromtimestamp(ts).astimezone().isoformat(timespec="seconds")
+
+    return {
+        "start": start,
+        "finish": finish,
+        "duration": finish - start,
+        "processing": finish - start,
+        "date_start": iso(start),
+        "date_finish": iso(finish),
+        "operating_reset_at": int(start) + _OPERATING_WINDOW,
+        "operating": 0,
+    }
+
+
+# --- HTTP-only behaviour: leaky bucket, fault injection ---
+
+
+class LeakyBucket:
+    """Per-portal request-intensity limiter: +1 per request, drains at ``rate`` per second."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.level = 0.0
+        self._last = time.monotonic()
+
+    def admit(self) -> bool:
+        now = time.monotonic()
+        self.level = max(0.0, self.level - (now - self._last) * self.rate)
+        self._last = now
+        if self.level + 1 > self.burst:
+            return False
+        self.level += 1
+        return True
+
+
+@dataclass
+class Fault:
+    method: str  # lower-cased REST method or "*"
+    status: int
+    body: str
+    content_type: str
+    count: int
+
+    def matches(self, method: str) -> bool:
+        return self.method in ("*", method)
+
+    def response(self) -> Response:
+        return Response(self.body, status_code=self.status, media_type=self.content_type)
+
+    @classmethod
+    def from_json(cls, data: Any) -> Fault:
+        if not isinstance(data, dict):
+            raise ValueError("expected a JSON object")
+        fault = cls(
+            method=str(data.get("method", "*")).lower(),
+            status=int(data.get("status", 500)),
+            body=str(data.get("body", "")),
+            content_type=str(data.get("content_type", "text/html")),
+            count=int(data.get("count", 1)),
+        )
+        if not 100 <= fault.status <= 599 or fault.count < 1:
+            raise ValueError("status must be 100..599 and count >= 1")
+        return fault
+
+
+class SandboxHttp:
+    """Request handlers bound to one portal, plus the HTTP-level state (bucket, queued faults)."""
+
+    def __init__(self, portal: SandboxPortal) -> None:
+        self.portal = portal
+        self.bucket = LeakyBucket(portal.config.rate_limit, portal.config.rate_burst)
+        self.faults: list[Fault] = []
+
+    def _learn_base_url(self, request: Request) -> None:
+        # create_app() may serve a portal the runner did not set up; its URL is then known on first contact.
+        if not self.portal.base_url:
+            self.portal.base_url = str(request.base_url).rstrip("/")
+
+    def _take_fault(self, method: str) -> Fault | None:
+        for fault in self.faults:
+            if fault.matches(method):
+                fault.count -= 1
+                if fault.count == 0:
+                    self.faults.remove(fault)
+                return fault
+        return None
+
+    async def rest(self, request: Request) -> Response:
+        start = time.time()
+        self._learn_base_url(request)
+        segments = request.path_params["path"].strip("/").split("/")
+        method = segments[-1].removesuffix(".json").lower()
+        with self.portal.lock:
+            self.portal.stats.requests[method] += 1
+        fault = self._take_fault(method)
+        if fault is not None:
+            return fault.response()
+        if not self.bucket.admit():
+            return _error(QUERY_LIMIT_EXCEEDED.exc())
+        params = await _request_params(request)
+        token = _take_token(request, params)
+        try:
+            caller = self._authenticate(segments, token)
+            result = self.portal.call(method, params, caller)
+        except SandboxRestError as exc:
+            return _error(exc)
+        return JSONResponse({"result": result, "time": _time_block(start, time.time())})
+
+    def _authenticate(self, segments: list[str], token: str | None) -> Caller:
+        if len(segments) == 3:
+            return self.portal.authenticate_webhook(segments[0], segments[1])
+        if len(segments) == 1:
+            return self.portal.authenticate_token(token)
+        raise METHOD_NOT_FOUND.exc()
+
+    async def oauth_token(self, request: Request) -> Response:
+        self._learn_base_url(request)
+        params = await _request_params(request)
+        try:
+            return JSONResponse(self.portal.oauth_token(params))
+        except SandboxRestError as exc:
+            return _error(exc)
+
+    # --- control endpoints ---
+
+    async def add_fault(self, request: Request) -> Response:
+        try:
+            fault = Fault.from_json(json.loads(await request.body() or b"{}"))
+        except (ValueError, TypeError) as exc:
+            return JSONResponse({"error": "INVALID_FAULT", "error_description": str(exc)}, status_code=400)
+        self.faults.append(fault)
+        return JSONResponse({"result": True, "queued": len(self.faults)})
+
+    async def clear_faults(self, request: Request) -> Response:
+        self.faults.clear()
+        return JSONResponse({"result": True})
+
+    async def expire_tokens(self, request: Request) -> Response:
+        return JSONResponse({"result": True, "expired": self.portal.expire_all_tokens()})
+
+    async def stats(self, request: Request) -> Response:
+        with self.portal.lock:
+            return JSONResponse(self.portal.stats.as_dict())
+
+    async def reset_stats(self, request: Request) -> Response:
+        self.portal.reset_stats()
+        return JSONResponse({"result": True})
+
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def _loopback_only(handler: Endpoint) -> Endpoint:
+    """Control endpoints are test hooks: refuse them to anything but loopback clients."""
+
+    async def guarded(request: Request) -> Response:
+        host = request.client.host if request.client else None
+        if host is not None and not _is_loopback(host):
+            return JSONResponse({"error": "ACCESS_DENIED", "error_description": "Loopback only"}, status_code=403)
+        return await handler(request)
+
+    return guarded
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def create_app(portal: SandboxPortal) -> Starlette:
+    """The Starlette app serving ``portal``. Its HTTP-level state is reachable as ``app.state.sandbox``."""
+    http = SandboxHttp(portal)
+    rest_methods = ["GET", "POST"]
+    routes = [
+        Route("/rest/{path:path}", http.rest, methods=rest_methods),
+        Route("/oauth/token/", http.oauth_token, methods=rest_methods),
+        Route("/oauth/token", http.oauth_token, methods=rest_methods),
+        Route("/_sandbox/faults", _loopback_only(http.add_fault), methods=["POST"]),
+        Route("/_sandbox/faults", _loopback_only(http.clear_faults), methods=["DELETE"]),
+        Route("/_sandbox/expire-tokens", _loopback_only(http.expire_tokens), methods=["POST"]),
+        Route("/_sandbox/stats", _loopback_only(http.stats), methods=["GET"]),
+        Route("/_sandbox/reset-stats", _loopback_only(http.reset_stats), methods=["POST"]),
+    ]
+    app = Starlette(routes=routes)
+    app.state.sandbox = http
+    return app

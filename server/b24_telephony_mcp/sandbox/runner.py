@@ -1,0 +1,152 @@
+"""Serve the sandbox portal with uvicorn on a loopback port, in a background thread or in the foreground."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from types import TracebackType
+
+import uvicorn
+
+from .app import create_app
+from .state import SandboxConfig, SandboxPortal
+
+logger = logging.getLogger(__name__)
+
+_STARTUP_TIMEOUT = 10.0
+_STOP_TIMEOUT = 5.0
+
+
+@dataclass
+class RunningSandbox:
+    """A sandbox being served. ``base_url`` is the portal URL for app mode (REST at ``base_url + "/rest/<m>"``)."""
+
+    base_url: str
+    token_url: str
+    webhook_url: str
+    config: SandboxConfig
+    access_token: str
+    refresh_token: str
+    portal: SandboxPortal
+    _server: uvicorn.Server = field(repr=False)
+    _thread: threading.Thread | None = field(default=None, repr=False)
+    _socket: socket.socket | None = field(default=None, repr=False)
+
+    def stop(self) -> None:
+        """Shut the server down and wait for its thread; safe to call twice."""
+        self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(_STOP_TIMEOUT)
+            if self._thread.is_alive():
+                logger.warning("sandbox server thread did not stop within %.0f s", _STOP_TIMEOUT)
+            self._thread = None
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
+
+    def __enter__(self) -> RunningSandbox:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # proto must be IPPROTO_TCP: asyncio only sets TCP_NODELAY on accepted sockets that say so, and without it
+    # every response pays the 40 ms Nagle/delayed-ACK stall.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _prepare(config: SandboxConfig | None, host: str, port: int) -> tuple[RunningSandbox, socket.socket]:
+    config = config or SandboxConfig()
+    sock = _bind(host, port)
+    bound_port = sock.getsockname()[1]
+    url_host = f"[{host}]" if ":" in host else host
+    base_url = f"http://{url_host}:{bound_port}"
+
+    portal = SandboxPortal(config)
+    portal.base_url = base_url
+    installation = portal.issue_tokens(user_id=1)  # what the app receives on installation
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(portal),
+            log_level="warning",
+            # Webhook codes and tokens travel in URLs: no access log. log_config=None keeps uvicorn from
+            # reconfiguring the host process's logging (and from its stdout access handler).
+            access_log=False,
+            log_config=None,
+            lifespan="off",
+            timeout_graceful_shutdown=1,
+        )
+    )
+    running = RunningSandbox(
+        base_url=base_url,
+        token_url=f"{base_url}/oauth/token/",
+        webhook_url=f"{base_url}/rest/{config.webhook_user_id}/{config.webhook_code}/",
+        config=config,
+        access_token=installation.access_token,
+        refresh_token=installation.refresh_token,
+        portal=portal,
+        _server=server,
+        _socket=sock,
+    )
+    return running, sock
+
+
+def start_sandbox(config: SandboxConfig | None = None, host: str = "127.0.0.1", port: int = 0) -> RunningSandbox:
+    """Start the sandbox in a daemon thread (own event loop) and return once it serves requests.
+
+    ``port=0`` picks a free port. uvicorn installs no signal handlers outside the main thread.
+    """
+    running, sock = _prepare(config, host, port)
+    server = running._server
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name=f"b24-sandbox-{running.base_url}", daemon=True
+    )
+    running._thread = thread
+    thread.start()
+    deadline = time.monotonic() + _STARTUP_TIMEOUT
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            running.stop()
+            raise RuntimeError(f"sandbox portal failed to start on {running.base_url}")
+        time.sleep(0.01)
+    return running
+
+
+def run_sandbox_forever(config: SandboxConfig | None = None, host: str = "127.0.0.1", port: int = 8024) -> None:
+    """Serve in the foreground until Ctrl-C, after printing the connection details to stderr."""
+    running, sock = _prepare(config, host, port)
+    cfg = running.config
+    details = [
+        "Bitrix24 telephony sandbox portal (in-memory; test hooks under /_sandbox/)",
+        f"  portal (app mode): {running.base_url}/rest/",
+        f"  OAuth token URL:   {running.token_url}",
+        f"  webhook URL:       {running.webhook_url}",
+        f"  client_id:         {cfg.client_id}",
+        f"  client_secret:     {cfg.client_secret}",
+        f"  access_token:      {running.access_token}",
+        f"  refresh_token:     {running.refresh_token}",
+        "Press Ctrl-C to stop.",
+    ]
+    print("\n".join(details), file=sys.stderr, flush=True)
+    # uvicorn handles SIGINT itself, then re-raises it once shut down; that KeyboardInterrupt is the normal exit.
+    with contextlib.suppress(KeyboardInterrupt):
+        running._server.run(sockets=[sock])
+    sock.close()
