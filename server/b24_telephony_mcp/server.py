@@ -89,8 +89,10 @@ def error_result(error: BitrixError) -> CallToolResult:
 
 
 def invalid_arguments(spec: ToolSpec, exc: ValidationError) -> BitrixError:
-    unknown = [str(err["loc"][0]) for err in exc.errors() if err["type"] == "extra_forbidden" and err["loc"]]
-    problems = [_describe(err) for err in exc.errors() if err["type"] != "extra_forbidden"]
+    # Only a top-level extra is an unknown *argument*; one nested in an item (MESSAGES.0.X) is described
+    # where it is, or the text would call a valid argument (MESSAGES) unknown.
+    unknown = [str(err["loc"][0]) for err in exc.errors() if err["type"] == "extra_forbidden" and len(err["loc"]) == 1]
+    problems = [_describe(err) for err in exc.errors() if err["type"] != "extra_forbidden" or len(err["loc"]) != 1]
     if unknown:
         valid = ", ".join(spec.params.model_fields) or "none"
         problems.insert(0, f"unknown argument(s) {', '.join(unknown)}; valid arguments: {valid}")
@@ -99,7 +101,7 @@ def invalid_arguments(spec: ToolSpec, exc: ValidationError) -> BitrixError:
 
 def _describe(err: Mapping[str, Any]) -> str:
     # pydantic's own text minus its URLs, input echoes and "Value error, " prefixes.
-    message = str(err["msg"]).removeprefix("Value error, ")
+    message = "unknown field" if err["type"] == "extra_forbidden" else str(err["msg"]).removeprefix("Value error, ")
     location = ".".join(str(part) for part in err["loc"])
     return f"{location}: {message}" if location else message
 
