@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -89,21 +90,40 @@ def error_result(error: BitrixError) -> CallToolResult:
 
 
 def invalid_arguments(spec: ToolSpec, exc: ValidationError) -> BitrixError:
-    # Only a top-level extra is an unknown *argument*; one nested in an item (MESSAGES.0.X) is described
-    # where it is, or the text would call a valid argument (MESSAGES) unknown.
-    unknown = [str(err["loc"][0]) for err in exc.errors() if err["type"] == "extra_forbidden" and len(err["loc"]) == 1]
-    problems = [_describe(err) for err in exc.errors() if err["type"] != "extra_forbidden" or len(err["loc"]) != 1]
+    unknown: list[str] = []
+    messages_by_location: dict[str, list[str]] = {}
+    for err in exc.errors():
+        location = err["loc"]
+        # Only a top-level extra is an unknown *argument*; one nested in an item (MESSAGES.0.X) is described
+        # where it is, or the text would call a valid argument (MESSAGES) unknown.
+        if err["type"] == "extra_forbidden" and len(location) == 1:
+            unknown.append(str(location[0]))
+            continue
+        # pydantic adds union members and model names to the location (USER_ID.list[int]); keep only
+        # what the caller wrote: argument names and list indexes.
+        where = ".".join(str(part) for part in location if isinstance(part, int) or part in spec.argument_names)
+        if err["type"] == "extra_forbidden":
+            where, message = f"{where}.{location[-1]}", "unknown field"
+        else:
+            message = _plain(str(err["msg"]))
+        messages = messages_by_location.setdefault(where, [])
+        if message not in messages:
+            messages.append(message)
+    problems = [
+        f"{where}: {' or '.join(msgs)}" if where else " or ".join(msgs) for where, msgs in messages_by_location.items()
+    ]
     if unknown:
         valid = ", ".join(spec.params.model_fields) or "none"
         problems.insert(0, f"unknown argument(s) {', '.join(unknown)}; valid arguments: {valid}")
     return BitrixError(INVALID_ARGUMENTS, "; ".join(problems), method=spec.method)
 
 
-def _describe(err: Mapping[str, Any]) -> str:
-    # pydantic's own text minus its URLs, input echoes and "Value error, " prefixes.
-    message = "unknown field" if err["type"] == "extra_forbidden" else str(err["msg"]).removeprefix("Value error, ")
-    location = ".".join(str(part) for part in err["loc"])
-    return f"{location}: {message}" if location else message
+_MODEL_NAME = re.compile(r" or instance of \w+")
+
+
+def _plain(message: str) -> str:
+    """pydantic's message minus its "Value error, " prefix and our class names."""
+    return _MODEL_NAME.sub("", message.removeprefix("Value error, "))
 
 
 async def run_tool(
@@ -116,6 +136,7 @@ async def run_tool(
     except ValidationError as exc:
         return error_result(invalid_arguments(spec, exc))
     except BitrixError as exc:
+        exc.method = exc.method or spec.method  # refusals before the request (a local file) name it too
         log.info("%s failed: %s %s", spec.name, exc.code, exc.description)
         return error_result(exc)
     except Exception:

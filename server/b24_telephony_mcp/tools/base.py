@@ -15,7 +15,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, TypeAdapter, model_validator
 
 from b24_telephony_mcp.tools.files import FilePolicy
-from b24_telephony_mcp.tools.schema import lean_schema
+from b24_telephony_mcp.tools.schema import lean_schema, property_names
 
 META_METHOD_KEY = "b24/method"
 
@@ -94,6 +94,11 @@ class ToolSpec:
     @cached_property
     def input_schema(self) -> dict[str, Any]:
         return lean_schema(self.params.model_json_schema())
+
+    @cached_property
+    def argument_names(self) -> frozenset[str]:
+        """Every property name in the input schema, nested ones included."""
+        return property_names(self.input_schema)
 
     @cached_property
     def output_schema(self) -> dict[str, Any]:

@@ -191,9 +191,9 @@ class AttachRecordParams(RestParams):
 
 
 class AttachedFile(RestResult):
-    FILE_ID: int | None = None
-    uploadUrl: str | None = None
-    fieldName: str | None = None
+    # FILENAME without FILE_CONTENT would return {uploadUrl, fieldName} for a multipart upload, a step a
+    # model cannot take; the input rules exclude that mode, so FILE_ID is what comes back.
+    FILE_ID: int
 
 
 class TranscriptMessage(RestParams):

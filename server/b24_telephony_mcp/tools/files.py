@@ -42,15 +42,17 @@ class FilePolicy:
         if path.suffix.lower() not in extensions:
             raise _refused(f"{path.name} is not one of {', '.join(extensions)}", "Attach a .wav or .mp3 file.")
         try:
-            size = path.stat().st_size
-            if not path.is_file():
+            if path.exists() and not path.is_file():
                 raise _refused(f"{raw_path} is not a regular file", "Pass the path of a file.")
-            if size > self.max_bytes:
+            with path.open("rb") as fh:
+                # Read at most one byte past the cap: the size is checked on what was read, not on a
+                # stat() the file could outgrow in between.
+                content = fh.read(self.max_bytes + 1)
+            if len(content) > self.max_bytes:
                 raise _refused(
-                    f"{path.name} is {size} bytes, over the {self.max_bytes}-byte limit",
+                    f"{path.name} is over the {self.max_bytes}-byte limit",
                     "Raise B24_MAX_FILE_MB, or host the file and pass RECORD_URL.",
                 )
-            content = path.read_bytes()
         except FileNotFoundError:
             raise _refused(f"{raw_path} does not exist", "Check the path.") from None
         except PermissionError:

@@ -54,3 +54,20 @@ def _lean(node: dict[str, Any], defs: dict[str, Any], keep_null: bool) -> dict[s
         del out["anyOf"]
         out = {"type": [branch["type"] for branch in branches], **out}
     return out
+
+
+def property_names(schema: dict[str, Any]) -> frozenset[str]:
+    """All property names anywhere in a (lean, ref-free) schema."""
+    names: set[str] = set()
+    stack = [schema]
+    while stack:
+        node = stack.pop()
+        for key, value in node.items():
+            if key in _SCHEMA_MAPS:
+                names.update(value)
+                stack.extend(value.values())
+            elif key in _SCHEMA_LISTS:
+                stack.extend(value)
+            elif key in _SCHEMA_VALUES and isinstance(value, dict):
+                stack.append(value)
+    return frozenset(names)
