@@ -54,11 +54,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def configure_logging() -> None:
+    raw_level = os.environ.get("B24_LOG_LEVEL", "")
+    level = raw_level.strip().upper() or "INFO"
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ConfigError(f"B24_LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {raw_level!r}.")
     handler = logging.StreamHandler(sys.stderr)  # stdout is the stdio protocol stream
     handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(os.environ.get("B24_LOG_LEVEL", "INFO").upper())
+    root.setLevel(level)
     # HTTP client logs carry full URLs, and a webhook URL is a credential.
     for noisy in ("httpx2", "httpcore2", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -71,7 +75,10 @@ def fail(message: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    configure_logging()
+    try:
+        configure_logging()
+    except ConfigError as exc:
+        return fail(str(exc))
     if args.command == "sandbox":
         from b24_telephony_mcp.sandbox import run_sandbox_forever
 

@@ -25,7 +25,7 @@ from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from b24_telephony_mcp.config import is_loopback_host
+from b24_telephony_mcp.config import ConfigError, is_loopback_host
 
 # The guard below does the Host/Origin checks for every route, so the SDK's copy is switched off.
 _SDK_CHECKS_OFF = TransportSecuritySettings(enable_dns_rebinding_protection=False)
@@ -100,8 +100,15 @@ def bind_socket(host: str, port: int) -> socket.socket:
     # IPPROTO_TCP explicitly: with proto 0 asyncio skips TCP_NODELAY and each response waits ~40 ms.
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(128)
+    try:
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(
+            f"cannot listen on {host}:{port} ({exc.strerror or exc}). Choose another --port (0 picks a free one) "
+            "or --host."
+        ) from None
     sock.set_inheritable(True)
     return sock
 
@@ -125,6 +132,8 @@ async def serve_http(
         guarded(app, token, host, actual_port),
         log_level="warning",
         access_log=False,
+        # No handlers of uvicorn's own: its records reach the root handler, whose formatter redacts.
+        log_config=None,
         lifespan="on",
     )
     announce(url)

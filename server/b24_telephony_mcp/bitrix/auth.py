@@ -28,7 +28,9 @@ class Auth(Protocol):
         """Return the request body and the credential it was signed with (None if not refreshable)."""
         ...
 
-    async def refresh(self, http: httpx2.AsyncClient, used_credential: str) -> None: ...
+    async def refresh(self, http: httpx2.AsyncClient, used_credential: str, *, renew: bool = True) -> bool:
+        """Make a credential newer than `used_credential` current; False if none exists and `renew` is off."""
+        ...
 
 
 class WebhookAuth:
@@ -44,7 +46,7 @@ class WebhookAuth:
     def sign(self, params: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
         return params, None
 
-    async def refresh(self, http: httpx2.AsyncClient, used_credential: str) -> None:
+    async def refresh(self, http: httpx2.AsyncClient, used_credential: str, *, renew: bool = True) -> bool:
         raise AssertionError("webhooks are never refreshed")
 
 
@@ -71,7 +73,9 @@ class OAuthAuth:
             raise ValueError(f"no OAuth tokens: set B24_ACCESS_TOKEN and B24_REFRESH_TOKEN, or provide {store.path}")
         self._pair = pair
         self._lock = anyio.Lock()
-        for secret in (client_secret, pair.access_token, pair.refresh_token):
+        # The environment's pair too, even when the file wins: stale, but still credentials.
+        initial_secrets = (initial.access_token, initial.refresh_token) if initial else ()
+        for secret in (client_secret, pair.access_token, pair.refresh_token, *initial_secrets):
             register_secret(secret)
 
     @property
@@ -85,15 +89,17 @@ class OAuthAuth:
         token = self._pair.access_token
         return {**params, "auth": token}, token
 
-    async def refresh(self, http: httpx2.AsyncClient, used_credential: str) -> None:
+    async def refresh(self, http: httpx2.AsyncClient, used_credential: str, *, renew: bool = True) -> bool:
         """Renew the pair unless someone already did since `used_credential` was sent.
 
         Concurrent calls that all met `expired_token` queue on one lock; the first refreshes, the
         rest find a newer token and just retry. The file lock extends that to other processes.
+        With `renew=False` (after `invalid_token`: a refresh elsewhere revokes the old access token)
+        only a newer pair, in memory or in the token file, is adopted; returns whether there was one.
         """
         async with self._lock:
             if self._pair.access_token != used_credential:
-                return
+                return True
             file_lock = self._store.lock()
             await anyio.to_thread.run_sync(file_lock.acquire)
             try:
@@ -102,12 +108,15 @@ class OAuthAuth:
                     self._pair = on_disk  # another process refreshed first
                     register_secret(on_disk.access_token)
                     register_secret(on_disk.refresh_token)
-                    return
+                    return True
+                if not renew:
+                    return False
                 new_pair = await self._request_new_pair(http)
                 # Persist before use: the old refresh token is already spent.
                 await anyio.to_thread.run_sync(self._store.save, new_pair)
                 self._pair = new_pair
                 log.info("OAuth tokens refreshed and saved to %s", self._store.path)
+                return True
             finally:
                 file_lock.release()
 

@@ -2,6 +2,8 @@
 
 Retry policy, in one place:
 - `expired_token`: refresh the OAuth pair once, repeat the call once.
+- `invalid_token`: a refresh by a concurrent call or another process revokes the old access
+  token; if a newer pair exists (in memory or in the token file), repeat the call once with it.
 - 503 `QUERY_LIMIT_EXCEEDED`: the portal refused before running the method, so any call is
   repeated, with bounded exponential backoff and jitter.
 - 5xx and network failures: repeated only for read-only methods. A write that may have run is
@@ -36,6 +38,7 @@ log = logging.getLogger(__name__)
 QUERY_LIMIT_EXCEEDED = "QUERY_LIMIT_EXCEEDED"
 OPERATION_TIME_LIMIT = "OPERATION_TIME_LIMIT"
 EXPIRED_TOKEN = "expired_token"
+INVALID_TOKEN = "invalid_token"
 
 _TITLE = re.compile(r"<title>\s*(.*?)\s*</title>", re.IGNORECASE | re.DOTALL)
 
@@ -109,10 +112,11 @@ class BitrixClient:
             try:
                 return self._parse(response, method, read_only)
             except BitrixError as error:
-                if error.code == EXPIRED_TOKEN and credential is not None and not refreshed:
-                    await self.auth.refresh(self._http, credential)
-                    refreshed = True
-                    continue
+                if error.code in (EXPIRED_TOKEN, INVALID_TOKEN) and credential is not None and not refreshed:
+                    renew = error.code == EXPIRED_TOKEN
+                    if await self.auth.refresh(self._http, credential, renew=renew):
+                        refreshed = True
+                        continue
                 if error.code == QUERY_LIMIT_EXCEEDED and limit_retries < self.retry.limit_retries:
                     await self._backoff(limit_retries, method, error.code)
                     limit_retries += 1

@@ -57,6 +57,8 @@ _CODE_HINTS: dict[str, str] = {
     UNEXPECTED_RESPONSE: "Something between this server and the portal (a proxy or gateway) answered instead "
     "of Bitrix24.",
     INVALID_ARGUMENTS: "Fix the arguments and call again.",
+    TOKEN_REFRESH_FAILED: "The access token expired and the OAuth server did not renew it; check "
+    "B24_OAUTH_TOKEN_URL and the network. The token file is unchanged, so a later call retries the refresh.",
 }
 
 # Hints for method-specific failures, matched on the description (ERROR_CORE carries no code).
