@@ -124,6 +124,7 @@ async def test_gateway_page_and_operation_time_limit(sandbox: RunningSandbox, to
         assert "reset" in error["hint"]
         reset_at = datetime.strptime(error["reset_at"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
         assert int(before) + 600 <= reset_at <= int(after) + 600
+        assert f"a retry can help after {error['reset_at']}" in text_of(result)
         assert requests_seen(sandbox) == {GET.lower(): 2}, "a 429 is not repeated"
 
         # A method with no earlier success has no reset time to report.

@@ -11,16 +11,19 @@ import logging
 
 _MIN_SECRET_LENGTH = 6  # shorter values would redact ordinary words
 _secrets: set[str] = set()
+# Longest first: a secret containing another must not be left half-replaced.
+_ordered: tuple[str, ...] = ()
 
 
 def register_secret(value: str | None) -> None:
-    if value and len(value) >= _MIN_SECRET_LENGTH:
+    global _ordered
+    if value and len(value) >= _MIN_SECRET_LENGTH and value not in _secrets:
         _secrets.add(value)
+        _ordered = tuple(sorted(_secrets, key=len, reverse=True))
 
 
 def redact(text: str) -> str:
-    # Longest first: a secret containing another must not be left half-replaced.
-    for secret in sorted(_secrets, key=len, reverse=True):
+    for secret in _ordered:
         if secret in text:
             text = text.replace(secret, "***")
     return text

@@ -77,13 +77,15 @@ def success_result(structured: dict[str, Any]) -> CallToolResult:
 
 
 def error_result(error: BitrixError) -> CallToolResult:
+    details = error.to_dict()
     status = f"HTTP {error.http_status}" if error.http_status else "no HTTP response"
     retry = "a retry can help" if error.retryable else "a retry will not help as is"
+    if error.retryable and "reset_at" in details:
+        retry += f" after {details['reset_at']}"
     lines = [f"{error.code}: {error.description}"]
     if error.hint:
         lines.append(f"Hint: {error.hint}")
     lines.append(f"({status}; {retry}{f'; {error.method}' if error.method else ''})")
-    details = error.to_dict()
     text = redact("\n".join(lines))
     structured = {"error": {key: redact(v) if isinstance(v, str) else v for key, v in details.items()}}
     return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=structured, is_error=True)

@@ -103,7 +103,7 @@ class OAuthAuth:
             file_lock = self._store.lock()
             await anyio.to_thread.run_sync(file_lock.acquire)
             try:
-                on_disk = self._store.load()
+                on_disk = self._load_store()
                 if on_disk is not None and on_disk.access_token != used_credential:
                     self._pair = on_disk  # another process refreshed first
                     register_secret(on_disk.access_token)
@@ -113,12 +113,32 @@ class OAuthAuth:
                     return False
                 new_pair = await self._request_new_pair(http)
                 # Persist before use: the old refresh token is already spent.
-                await anyio.to_thread.run_sync(self._store.save, new_pair)
+                try:
+                    await anyio.to_thread.run_sync(self._store.save, new_pair)
+                    log.info("OAuth tokens refreshed and saved to %s", self._store.path)
+                except OSError as exc:
+                    # Dropping the pair would lock the application out for good; keep serving from
+                    # memory and say loudly that the file needs fixing.
+                    log.error(
+                        "OAuth tokens refreshed but NOT saved to %s (%s); they live only in this process "
+                        "until a later refresh can save them",
+                        self._store.path,
+                        exc.strerror or type(exc).__name__,
+                    )
                 self._pair = new_pair
-                log.info("OAuth tokens refreshed and saved to %s", self._store.path)
                 return True
             finally:
                 file_lock.release()
+
+    def _load_store(self) -> TokenPair | None:
+        try:
+            return self._store.load()
+        except ValueError as exc:
+            raise BitrixError(
+                TOKEN_REFRESH_FAILED,
+                str(exc),
+                hint=f"Restore {self._store.path} or write a fresh token pair into it, then call again.",
+            ) from None
 
     async def _request_new_pair(self, http: httpx2.AsyncClient) -> TokenPair:
         query = {
@@ -144,7 +164,7 @@ class OAuthAuth:
             description = (
                 str(body.get("error_description") or code)
                 if isinstance(body, dict)
-                else f"the OAuth server answered HTTP {response.status_code} without JSON"
+                else f"the OAuth server answered HTTP {response.status_code} without a JSON object"
             )
             raise BitrixError(code, f"token refresh failed: {description}", response.status_code)
         pair = TokenPair(str(body["access_token"]), str(body["refresh_token"]), body.get("expires"))
