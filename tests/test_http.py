@@ -167,3 +167,22 @@ def test_busy_port_is_a_clean_error(sandbox: RunningSandbox, token_file: Path) -
         port = busy.getsockname()[1]
         process = run_server(env, "--transport", "http", "--port", str(port))
     assert_clean_refusal(process, f"127.0.0.1:{port}", "--port")
+
+
+async def test_allowed_hosts_extend_the_guard(sandbox: RunningSandbox, token_file: Path) -> None:
+    """Behind a TLS proxy the Host is the public name: B24_MCP_ALLOWED_HOSTS admits exactly those values."""
+    token = secrets.token_urlsafe(32)
+    env = app_env(
+        sandbox, token_file, B24_MCP_AUTH_TOKEN=token, B24_MCP_ALLOWED_HOSTS="mcp.example.test, Other.test:8443"
+    )
+    with http_server(env) as server:
+        async with httpx2.AsyncClient(timeout=10) as http:
+            for headers in (
+                {"Host": "mcp.example.test"},
+                {"Host": "other.test:8443", "Origin": "https://other.test:8443"},
+            ):
+                response = await initialize(http, server.url, {**bearer(token), **headers})
+                assert response.status_code == 200, response.text
+            for host in ("mcp.example.test:1", "evil.example"):
+                response = await initialize(http, server.url, {**bearer(token), "Host": host})
+                assert_refused(response, 421, "Host not allowed")

@@ -144,6 +144,7 @@ async def serve(args: argparse.Namespace, token: str | None) -> None:
                 args.host,
                 args.port,
                 token,
+                extra_hosts=os.environ.get("B24_MCP_ALLOWED_HOSTS", "").split(","),
                 announce=lambda url: sys.stderr.write(f"{PROG}: serving MCP over {args.transport} at {url}\n"),
             )
 

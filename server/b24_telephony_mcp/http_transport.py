@@ -11,7 +11,7 @@ from __future__ import annotations
 import hmac
 import json
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,11 +65,14 @@ def _bearer_matches(header: str, token: str) -> bool:
     return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), token.encode())
 
 
-def guarded(app: ASGIApp, token: str, host: str, port: int) -> HttpGuard:
+def guarded(app: ASGIApp, token: str, host: str, port: int, extra_hosts: Iterable[str] = ()) -> HttpGuard:
+    """Allow the loopback names and the bound host on this port, plus `extra_hosts`: exact `Host` values
+    (e.g. `mcp.example.com` behind a TLS proxy) the user vouched for with B24_MCP_ALLOWED_HOSTS."""
     names = {"127.0.0.1", "localhost", "[::1]"}
     if not is_loopback_host(host):
         names.add(f"[{host}]" if ":" in host else host)
     hosts = {f"{name}:{port}" for name in names} | ({name for name in names} if port == 80 else set())
+    hosts |= {extra.strip().lower() for extra in extra_hosts if extra.strip()}
     origins = {f"{scheme}://{hostport}" for scheme in ("http", "https") for hostport in hosts}
     return HttpGuard(app, token, frozenset(hosts), frozenset(origins))
 
@@ -120,6 +123,7 @@ async def serve_http(
     port: int,
     token: str,
     announce: Callable[[str], None],
+    extra_hosts: Iterable[str] = (),
 ) -> None:
     """Serve until cancelled; `announce` gets the URL once the socket listens."""
     sock = bind_socket(host, port)
@@ -129,7 +133,7 @@ async def serve_http(
     display_host = f"[{host}]" if ":" in host else host
     url = f"http://{display_host}:{actual_port}{path}"
     config = uvicorn.Config(
-        guarded(app, token, host, actual_port),
+        guarded(app, token, host, actual_port, extra_hosts),
         log_level="warning",
         access_log=False,
         # No handlers of uvicorn's own: its records reach the root handler, whose formatter redacts.
