@@ -74,15 +74,25 @@ class BitrixClient:
         self.auth = auth
         self.retry = retry or RetryPolicy()
         self._bucket = LeakyBucket(rate, burst)
-        self._http = httpx2.AsyncClient(
-            timeout=httpx2.Timeout(timeout, connect=connect_timeout),
-            headers={"User-Agent": f"b24-telephony-mcp/{__version__}"},
-            follow_redirects=False,  # a followed redirect would turn the POST into a GET and drop the body
-        )
+        self._timeout = httpx2.Timeout(timeout, connect=connect_timeout)
+        self._pool: httpx2.AsyncClient | None = None
         self._operating_reset_at: dict[str, float] = {}
 
+    @property
+    def _http(self) -> httpx2.AsyncClient:
+        # Created on first use: building it (TLS context, CA bundle) costs ~35 ms that a client waiting for
+        # the first tools/list should not pay.
+        if self._pool is None:
+            self._pool = httpx2.AsyncClient(
+                timeout=self._timeout,
+                headers={"User-Agent": f"b24-telephony-mcp/{__version__}"},
+                follow_redirects=False,  # a followed redirect would turn the POST into a GET and drop the body
+            )
+        return self._pool
+
     async def aclose(self) -> None:
-        await self._http.aclose()
+        if self._pool is not None:
+            await self._pool.aclose()
 
     async def call(
         self, method: str, params: Mapping[str, Any] | None = None, *, read_only: bool = False
