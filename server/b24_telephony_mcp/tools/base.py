@@ -109,7 +109,7 @@ class ToolSpec:
         # the schema would be rejected by strict clients (TypeScript SDK, MCP Inspector).
         properties["error"] = {
             "type": "object",
-            "description": "Instead of result on failure: code, description, http_status, retryable, hint",
+            "description": "On failure, instead of result",
         }
         return {
             "type": "object",
