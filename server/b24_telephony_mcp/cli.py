@@ -21,9 +21,9 @@ from b24_telephony_mcp.config import (
     ConfigError,
     Settings,
     build_client,
-    is_loopback_host,
     load_settings,
 )
+from b24_telephony_mcp.net import is_loopback_host
 from b24_telephony_mcp.redact import RedactingFormatter, register_secret
 
 if TYPE_CHECKING:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -12,6 +11,7 @@ from urllib.parse import urlsplit
 
 from b24_telephony_mcp.bitrix import BitrixClient, OAuthAuth, TokenPair, TokenStore, WebhookAuth
 from b24_telephony_mcp.bitrix.limits import DEFAULT_BURST, DEFAULT_RATE
+from b24_telephony_mcp.net import is_loopback_host
 
 DEFAULT_TOKEN_URL = "https://oauth.bitrix.info/oauth/token/"
 DEFAULT_MAX_FILE_MB = 25.0
@@ -121,17 +121,6 @@ def default_token_file(portal_url: str, client_id: str, env: Mapping[str, str]) 
     state_home = Path(env.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
     digest = hashlib.sha256(f"{portal_url}|{client_id}".encode()).hexdigest()[:16]
     return state_home / "b24-telephony-mcp" / f"tokens-{digest}.json"
-
-
-def is_loopback_host(host: str | None) -> bool:
-    if not host:
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def check_url(name: str, url: str) -> None:

@@ -25,7 +25,8 @@ from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from b24_telephony_mcp.config import ConfigError, is_loopback_host
+from b24_telephony_mcp.config import ConfigError
+from b24_telephony_mcp.net import is_loopback_host, listen_socket
 
 # The guard below does the Host/Origin checks for every route, so the SDK's copy is switched off.
 _SDK_CHECKS_OFF = TransportSecuritySettings(enable_dns_rebinding_protection=False)
@@ -102,16 +103,9 @@ def sse_app(server: Server[Any]) -> Starlette:
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
-    """Bind first, so port 0 resolves to a real port before the Host allow-list is built."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # IPPROTO_TCP explicitly: with proto 0 asyncio skips TCP_NODELAY and each response waits ~40 ms.
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind((host, port))
-        sock.listen(128)
+        sock = listen_socket(host, port)
     except OSError as exc:
-        sock.close()
         raise ConfigError(
             f"cannot listen on {host}:{port} ({exc.strerror or exc}). Choose another --port (0 picks a free one) "
             "or --host."

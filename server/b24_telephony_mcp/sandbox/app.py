@@ -30,7 +30,6 @@ The leaky bucket applies to REST requests only, never to the OAuth or control en
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import time
@@ -45,6 +44,8 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from b24_telephony_mcp.net import is_loopback_host
 
 from .state import METHOD_NOT_FOUND, QUERY_LIMIT_EXCEEDED, Caller, SandboxPortal, SandboxRestError, UploadedFile
 
@@ -313,18 +314,11 @@ def _loopback_only(handler: Endpoint) -> Endpoint:
 
     async def guarded(request: Request) -> Response:
         host = request.client.host if request.client else None
-        if host is not None and not _is_loopback(host):
+        if host is not None and not is_loopback_host(host):
             return JSONResponse({"error": "ACCESS_DENIED", "error_description": "Loopback only"}, status_code=403)
         return await handler(request)
 
     return guarded
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
 
 
 def create_app(portal: SandboxPortal) -> Starlette:

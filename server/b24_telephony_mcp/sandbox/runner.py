@@ -13,6 +13,8 @@ from types import TracebackType
 
 import uvicorn
 
+from b24_telephony_mcp.net import listen_socket
+
 from .app import create_app
 from .state import SandboxConfig, SandboxPortal
 
@@ -58,24 +60,9 @@ class RunningSandbox:
         self.stop()
 
 
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # proto must be IPPROTO_TCP: asyncio only sets TCP_NODELAY on accepted sockets that say so, and without it
-    # every response pays the 40 ms Nagle/delayed-ACK stall.
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-        sock.listen(128)
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
 def _prepare(config: SandboxConfig | None, host: str, port: int) -> tuple[RunningSandbox, socket.socket]:
     config = config or SandboxConfig()
-    sock = _bind(host, port)
+    sock = listen_socket(host, port)
     bound_port = sock.getsockname()[1]
     url_host = f"[{host}]" if ":" in host else host
     base_url = f"http://{url_host}:{bound_port}"
