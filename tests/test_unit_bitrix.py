@@ -12,23 +12,20 @@ import json
 import logging
 import os
 import secrets
-import socket
 import stat
 import sys
 import traceback
 from pathlib import Path
 from typing import Any, Literal
 
-import httpx2
 import pytest
 from pydantic import BaseModel, ConfigDict, Field
 
-from b24_telephony_mcp.bitrix import BitrixClient, BitrixError, OAuthAuth, TokenPair, TokenStore
+from b24_telephony_mcp.bitrix import BitrixError, OAuthAuth, TokenPair, TokenStore
 from b24_telephony_mcp.bitrix.client import _page_title
 from b24_telephony_mcp.bitrix.errors import (
     ERROR_CORE,
     LOCAL_APP_HINT,
-    TOKEN_REFRESH_FAILED,
     error_from_envelope,
     hint_for,
 )
@@ -39,11 +36,10 @@ from b24_telephony_mcp.config import (
     build_client,
     check_url,
     default_token_file,
-    is_loopback_host,
     load_settings,
 )
+from b24_telephony_mcp.net import is_loopback_host
 from b24_telephony_mcp.redact import RedactingFormatter, redact, register_secret
-from b24_telephony_mcp.sandbox import RunningSandbox
 from b24_telephony_mcp.tools import ALL_TOOLS
 from b24_telephony_mcp.tools.schema import lean_schema
 
@@ -390,94 +386,6 @@ def test_page_title_of_gateway_pages() -> None:
     assert _page_title("<html><head><TITLE>\n 504 Gateway Time-out </TITLE>") == ": 504 Gateway Time-out"
     assert _page_title("plain text") == ""
     assert _page_title("x" * 5000 + "<title>late</title>") == "", "only the head of a page is searched"
-
-
-# --- two clients, one token file, against the sandbox over HTTP ---------------------------------
-
-
-def _client(sandbox: RunningSandbox, token_file: Path, initial: TokenPair | None) -> BitrixClient:
-    settings = load_settings(
-        {"B24_RATE_LIMIT": "1000", "B24_RATE_BURST": "10000"},
-        portal=AppConfig(
-            portal_url=sandbox.base_url,
-            client_id=sandbox.config.client_id,
-            client_secret=sandbox.config.client_secret,
-            tokens=initial,
-            token_file=token_file,
-            token_url=sandbox.token_url,
-        ),
-    )
-    return build_client(settings)
-
-
-def _stats(sandbox: RunningSandbox) -> dict[str, Any]:
-    stats: dict[str, Any] = httpx2.get(f"{sandbox.base_url}/_sandbox/stats").json()
-    return stats
-
-
-@pytest.mark.anyio
-async def test_a_token_revoked_by_another_clients_refresh_is_replaced_from_the_file(
-    sandbox: RunningSandbox, token_file: Path
-) -> None:
-    installation = TokenPair(sandbox.access_token, sandbox.refresh_token)
-    first, second = _client(sandbox, token_file, installation), _client(sandbox, token_file, installation)
-    try:
-        assert (await first.call("telephony.externalLine.get", read_only=True)).result == []
-        httpx2.post(f"{sandbox.base_url}/_sandbox/expire-tokens")
-        assert (await first.call("telephony.externalLine.get", read_only=True)).result == []  # refreshes
-        assert _stats(sandbox)["refreshes"] == 1
-        assert isinstance(first.auth, OAuthAuth) and isinstance(second.auth, OAuthAuth)
-        assert second.auth.tokens == installation
-
-        # `second` still holds the installation token, which that refresh revoked: it must pick up the new pair.
-        assert (await second.call("telephony.externalLine.get", read_only=True)).result == []
-        assert second.auth.tokens == first.auth.tokens == TokenStore(token_file).load()
-        assert _stats(sandbox)["refreshes"] == 1
-    finally:
-        await first.aclose()
-        await second.aclose()
-
-
-@pytest.mark.anyio
-async def test_an_unknown_token_with_nothing_newer_is_reported(sandbox: RunningSandbox, token_file: Path) -> None:
-    bogus = TokenPair(secrets.token_hex(16), secrets.token_hex(16))
-    client = _client(sandbox, token_file, bogus)
-    try:
-        with pytest.raises(BitrixError) as caught:
-            await client.call("telephony.externalLine.get", read_only=True)
-    finally:
-        await client.aclose()
-    assert (caught.value.code, caught.value.http_status) == ("invalid_token", 401)
-    assert _stats(sandbox) == {"requests": {"telephony.externalline.get": 1}, "refreshes": 0}
-    assert TokenStore(token_file).load() is None, "nothing was rotated"
-
-
-@pytest.mark.anyio
-async def test_an_unreachable_oauth_server_is_reported_with_a_hint(sandbox: RunningSandbox, token_file: Path) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as closed:
-        closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
-        settings = load_settings(
-            {"B24_RATE_LIMIT": "1000", "B24_RATE_BURST": "10000"},
-            portal=AppConfig(
-                portal_url=sandbox.base_url,
-                client_id=sandbox.config.client_id,
-                client_secret=sandbox.config.client_secret,
-                tokens=TokenPair(sandbox.access_token, sandbox.refresh_token),
-                token_file=token_file,
-                token_url=f"http://127.0.0.1:{closed.getsockname()[1]}/oauth/token/",
-            ),
-        )
-        client = build_client(settings)
-        httpx2.post(f"{sandbox.base_url}/_sandbox/expire-tokens")
-        try:
-            with pytest.raises(BitrixError) as caught:
-                await client.call("telephony.externalLine.get", read_only=True)
-        finally:
-            await client.aclose()
-    assert caught.value.code == TOKEN_REFRESH_FAILED
-    assert caught.value.retryable is True
-    assert "B24_OAUTH_TOKEN_URL" in caught.value.hint
-    assert TokenStore(token_file).load() is None
 
 
 def test_stale_environment_tokens_are_secrets_even_when_the_file_wins(tmp_path: Path) -> None:
