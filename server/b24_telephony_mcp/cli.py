@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anyio
+from mcp.server.stdio import stdio_server
 
 from b24_telephony_mcp import __version__
+from b24_telephony_mcp.bitrix import TokenPair
 from b24_telephony_mcp.config import (
     AppConfig,
     ConfigError,
@@ -25,6 +27,9 @@ from b24_telephony_mcp.config import (
 )
 from b24_telephony_mcp.net import is_loopback_host
 from b24_telephony_mcp.redact import RedactingFormatter, register_secret
+from b24_telephony_mcp.server import build_server
+from b24_telephony_mcp.tools import ToolContext
+from b24_telephony_mcp.tools.files import FilePolicy
 
 if TYPE_CHECKING:
     from b24_telephony_mcp.sandbox import RunningSandbox
@@ -124,14 +129,8 @@ async def serve(args: argparse.Namespace, token: str | None) -> None:
         client = build_client(settings)
         stack.push_async_callback(client.aclose)
 
-        from b24_telephony_mcp.server import build_server
-        from b24_telephony_mcp.tools.base import ToolContext
-        from b24_telephony_mcp.tools.files import FilePolicy
-
         server = build_server(client, ToolContext(FilePolicy(settings.files_dirs, settings.max_file_bytes)))
         if args.transport == "stdio":
-            from mcp.server.stdio import stdio_server
-
             async with stdio_server() as (read_stream, write_stream):
                 await server.run(read_stream, write_stream, server.create_initialization_options())
         else:
@@ -151,8 +150,6 @@ async def serve(args: argparse.Namespace, token: str | None) -> None:
 
 def sandbox_settings(sandbox: RunningSandbox, token_dir: Path) -> Settings:
     """App-mode settings pointing at the in-process sandbox portal, tokens in a throwaway file."""
-    from b24_telephony_mcp.bitrix import TokenPair
-
     return load_settings(
         portal=AppConfig(
             portal_url=sandbox.base_url,
