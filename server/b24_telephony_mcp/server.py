@@ -55,9 +55,9 @@ def mcp_tool(spec: ToolSpec) -> Tool:
         output_schema=spec.output_schema,
         annotations=ToolAnnotations(
             title=spec.title,
-            read_only_hint=spec.read_only,
-            destructive_hint=spec.destructive,
-            idempotent_hint=spec.idempotent,
+            read_only_hint=spec.effect.read_only,
+            destructive_hint=spec.effect.destructive,
+            idempotent_hint=spec.effect.idempotent,
             open_world_hint=spec.open_world,
         ),
         _meta=spec.meta,
@@ -134,7 +134,7 @@ async def run_tool(
     try:
         params = spec.params.model_validate(dict(arguments))
         rest_params = await spec.prepare(params, context)
-        response = await client.call(spec.method, rest_params, read_only=spec.read_only)
+        response = await client.call(spec.method, rest_params, read_only=spec.effect.read_only)
     except ValidationError as exc:
         return error_result(invalid_arguments(spec, exc))
     except BitrixError as exc:

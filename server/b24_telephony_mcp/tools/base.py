@@ -73,6 +73,26 @@ async def plain_params(params: RestParams, _: ToolContext) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
+class Effect:
+    """What a call does to the portal, in the terms of MCP's tool annotations (and of methods.json)."""
+
+    read_only: bool
+    destructive: bool
+    """May overwrite or remove what exists, or cannot be undone."""
+    idempotent: bool
+    """Repeating the same successful call changes nothing more."""
+
+
+READS = Effect(read_only=True, destructive=False, idempotent=True)
+CREATES = Effect(read_only=False, destructive=False, idempotent=False)
+SIGNALS = Effect(read_only=False, destructive=False, idempotent=True)
+"""A repeatable nudge with no stored result, such as opening a call card."""
+OVERWRITES = Effect(read_only=False, destructive=True, idempotent=True)
+CONSUMES = Effect(read_only=False, destructive=True, idempotent=False)
+"""Removes or replaces something, so a repeat fails or replaces again."""
+
+
+@dataclass(frozen=True)
 class ToolSpec:
     name: str
     method: str
@@ -81,9 +101,7 @@ class ToolSpec:
     params: type[RestParams]
     result: Any
     """A type describing the REST `result` (only its JSON schema is used)."""
-    read_only: bool
-    destructive: bool
-    idempotent: bool
+    effect: Effect
     paginated: bool = False
     """The method pages its list with `start`; `total` and `next` come back beside the result."""
     open_world: bool = True

@@ -10,7 +10,18 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from b24_telephony_mcp.tools.base import RestParams, RestResult, ToolContext, ToolSpec, int_choice
+from b24_telephony_mcp.tools.base import (
+    CONSUMES,
+    CREATES,
+    OVERWRITES,
+    READS,
+    SIGNALS,
+    RestParams,
+    RestResult,
+    ToolContext,
+    ToolSpec,
+    int_choice,
+)
 from b24_telephony_mcp.tools.files import RECORDING_EXTENSIONS
 
 YesNo = Literal["Y", "N"]
@@ -232,9 +243,7 @@ TOOLS: tuple[ToolSpec, ...] = (
         description="Add an external telephony line (a PBX or provider number) to the portal for this application.",
         params=AddLineParams,
         result=LineId,
-        read_only=False,
-        destructive=False,
-        idempotent=False,
+        effect=CREATES,
     ),
     ToolSpec(
         name="update_external_line",
@@ -243,9 +252,7 @@ TOOLS: tuple[ToolSpec, ...] = (
         description="Rename an external line or change its CRM auto-creation setting.",
         params=UpdateLineParams,
         result=LineId,
-        read_only=False,
-        destructive=True,
-        idempotent=True,
+        effect=OVERWRITES,
     ),
     ToolSpec(
         name="list_external_lines",
@@ -254,9 +261,7 @@ TOOLS: tuple[ToolSpec, ...] = (
         description="List this application's external lines (NUMBER, NAME, CRM_AUTO_CREATE).",
         params=NoParams,
         result=list[ExternalLine],
-        read_only=True,
-        destructive=False,
-        idempotent=True,
+        effect=READS,
     ),
     ToolSpec(
         name="delete_external_line",
@@ -265,9 +270,7 @@ TOOLS: tuple[ToolSpec, ...] = (
         description="Delete an external line by its number.",
         params=LineNumberParams,
         result=list[Any] | bool,
-        read_only=False,
-        destructive=True,
-        idempotent=False,
+        effect=CONSUMES,
     ),
     ToolSpec(
         name="register_external_call",
@@ -277,9 +280,7 @@ TOOLS: tuple[ToolSpec, ...] = (
         "CRM record the number matched. Then finish_external_call.",
         params=RegisterCallParams,
         result=RegisteredCall,
-        read_only=False,
-        destructive=False,
-        idempotent=False,
+        effect=CREATES,
     ),
     ToolSpec(
         name="finish_external_call",
@@ -288,9 +289,7 @@ TOOLS: tuple[ToolSpec, ...] = (
         description="End a registered call: writes call statistics and the CRM call activity. Only once per CALL_ID.",
         params=FinishCallParams,
         result=FinishedCall,
-        read_only=False,
-        destructive=True,
-        idempotent=False,
+        effect=CONSUMES,
     ),
     ToolSpec(
         name="show_external_call",
@@ -299,9 +298,7 @@ TOOLS: tuple[ToolSpec, ...] = (
         description="Open the call card of an active call for users. False if the call is not active.",
         params=CallCardParams,
         result=bool,
-        read_only=False,
-        destructive=False,
-        idempotent=True,
+        effect=SIGNALS,
     ),
     ToolSpec(
         name="hide_external_call",
@@ -310,9 +307,7 @@ TOOLS: tuple[ToolSpec, ...] = (
         description="Hide the call card of an active call for users. False if the call is not active.",
         params=CallCardParams,
         result=bool,
-        read_only=False,
-        destructive=False,
-        idempotent=True,
+        effect=SIGNALS,
     ),
     ToolSpec(
         name="attach_external_call_record",
@@ -321,9 +316,7 @@ TOOLS: tuple[ToolSpec, ...] = (
         description="Attach a recording (.wav/.mp3) to a finished call; replaces an earlier one.",
         params=AttachRecordParams,
         result=AttachedFile,
-        read_only=False,
-        destructive=True,
-        idempotent=False,
+        effect=CONSUMES,
         prepare=record_params,
     ),
     ToolSpec(
@@ -333,9 +326,7 @@ TOOLS: tuple[ToolSpec, ...] = (
         description="Find CRM contacts, leads and companies with this phone number, with their responsible users.",
         params=SearchCrmParams,
         result=list[CrmMatch],
-        read_only=True,
-        destructive=False,
-        idempotent=True,
+        effect=READS,
     ),
     ToolSpec(
         name="attach_call_transcription",
@@ -344,8 +335,6 @@ TOOLS: tuple[ToolSpec, ...] = (
         description="Attach a transcript (who said what, when) to a finished call.",
         params=AttachTranscriptionParams,
         result=Transcript,
-        read_only=False,
-        destructive=False,
-        idempotent=False,
+        effect=CREATES,
     ),
 )
