@@ -139,6 +139,17 @@ async def sse_session(url: str, token: str) -> AsyncIterator[Client]:
         yield client
 
 
+def json_objects(node: Any) -> Iterator[dict[str, Any]]:
+    """Every object in a JSON document, depth first (schemas, results)."""
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from json_objects(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from json_objects(item)
+
+
 def text_of(result: CallToolResult) -> str:
     return "\n".join(block.text for block in result.content if block.type == "text")
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import difflib
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ import jsonschema
 import pytest
 
 from b24_telephony_mcp.sandbox import SandboxConfig, start_sandbox
-from support import app_env, stdio_session
+from support import app_env, json_objects, stdio_session
 
 HERE = Path(__file__).parent
 SNAPSHOT = HERE / "snapshots" / "tools_list.json"
@@ -105,17 +104,6 @@ def test_every_tool_is_fully_described(tools: list[dict[str, Any]]) -> None:
         assert tool["inputSchema"]["additionalProperties"] is False, name
 
 
-def object_schemas(schema: Any) -> Iterator[dict[str, Any]]:
-    if isinstance(schema, dict):
-        if schema.get("type") == "object" or "properties" in schema:
-            yield schema
-        for value in schema.values():
-            yield from object_schemas(value)
-    elif isinstance(schema, list):
-        for item in schema:
-            yield from object_schemas(item)
-
-
 def test_schemas_are_valid_and_inputs_closed(tools: list[dict[str, Any]]) -> None:
     for tool in tools:
         for schema in (tool["inputSchema"], tool["outputSchema"]):
@@ -123,7 +111,7 @@ def test_schemas_are_valid_and_inputs_closed(tools: list[dict[str, Any]]) -> Non
             jsonschema.Draft7Validator.check_schema(schema)
             assert "$ref" not in json.dumps(schema), tool["name"]  # some clients resolve no refs
         # Nested objects (MESSAGES items) refuse unknown fields too.
-        for nested in object_schemas(tool["inputSchema"]):
+        for nested in (node for node in json_objects(tool["inputSchema"]) if "properties" in node):
             assert nested.get("additionalProperties") is False, (tool["name"], nested)
 
 

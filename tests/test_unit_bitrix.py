@@ -16,7 +16,7 @@ import stat
 import sys
 import traceback
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import pytest
 from pydantic import BaseModel, ConfigDict, Field
@@ -42,6 +42,7 @@ from b24_telephony_mcp.net import is_loopback_host
 from b24_telephony_mcp.redact import RedactingFormatter, redact, register_secret
 from b24_telephony_mcp.tools import ALL_TOOLS
 from b24_telephony_mcp.tools.schema import lean_schema
+from support import json_objects
 
 # --- TokenStore ---------------------------------------------------------------------------------
 
@@ -133,16 +134,6 @@ class _Params(BaseModel):
     title: str | None = None  # a property *named* title is not the schema keyword
 
 
-def _walk(node: Any) -> Any:
-    if isinstance(node, dict):
-        yield node
-        for value in node.values():
-            yield from _walk(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from _walk(value)
-
-
 def test_lean_schema_for_inputs() -> None:
     original = _Params.model_json_schema()
     pristine = copy.deepcopy(original)
@@ -188,7 +179,7 @@ def test_lean_schema_drops_only_permissive_additional_properties() -> None:
 def test_every_tool_schema_is_lean() -> None:
     for spec in ALL_TOOLS:
         for schema in (spec.input_schema, spec.output_schema):
-            for node in _walk(schema):
+            for node in json_objects(schema):
                 assert "$ref" not in node and "$defs" not in node, spec.name
                 assert not isinstance(node.get("title"), str), spec.name
                 assert node.get("additionalProperties") is not True, spec.name
