@@ -289,8 +289,8 @@ def test_load_settings_application(tmp_path: Path) -> None:
     assert portal.token_url == "https://oauth.bitrix.info/oauth/token/"
     assert portal.token_file == default_token_file("https://portal.bitrix24.com", "local.app", env)
     assert portal.token_file.parent == tmp_path / "xdg" / "b24-telephony-mcp"
-    assert settings.files_dirs == (files_a.resolve(), files_b.resolve())
-    assert settings.max_file_bytes == 512 * 1024
+    assert settings.files.allowed_dirs == (files_a.resolve(), files_b.resolve())
+    assert settings.files.max_bytes == 512 * 1024
     assert (settings.rate, settings.burst) == (5.0, 250)
     assert "client-secret-value" not in repr(settings) and "token-value" not in repr(settings)
     other_app = default_token_file("https://portal.bitrix24.com", "local.other", env)

@@ -29,7 +29,6 @@ from b24_telephony_mcp.net import is_loopback_host
 from b24_telephony_mcp.redact import RedactingFormatter, register_secret
 from b24_telephony_mcp.server import build_server
 from b24_telephony_mcp.tools import ToolContext
-from b24_telephony_mcp.tools.files import FilePolicy
 
 if TYPE_CHECKING:
     from b24_telephony_mcp.sandbox import RunningSandbox
@@ -129,7 +128,7 @@ async def serve(args: argparse.Namespace, token: str | None) -> None:
         client = build_client(settings)
         stack.push_async_callback(client.aclose)
 
-        server = build_server(client, ToolContext(FilePolicy(settings.files_dirs, settings.max_file_bytes)))
+        server = build_server(client, ToolContext(settings.files))
         if args.transport == "stdio":
             async with stdio_server() as (read_stream, write_stream):
                 await server.run(read_stream, write_stream, server.create_initialization_options())

@@ -12,9 +12,9 @@ from urllib.parse import urlsplit
 from b24_telephony_mcp.bitrix import BitrixClient, OAuthAuth, TokenPair, TokenStore, WebhookAuth
 from b24_telephony_mcp.bitrix.limits import DEFAULT_BURST, DEFAULT_RATE
 from b24_telephony_mcp.net import is_loopback_host
+from b24_telephony_mcp.tools.files import DEFAULT_MAX_MB, MIB, FilePolicy
 
 DEFAULT_TOKEN_URL = "https://oauth.bitrix.info/oauth/token/"
-DEFAULT_MAX_FILE_MB = 25.0
 
 _APP_VARS = ("B24_PORTAL_URL", "B24_CLIENT_ID", "B24_CLIENT_SECRET")
 _SETUP_HELP = (
@@ -48,21 +48,22 @@ class AppConfig:
 @dataclass(frozen=True)
 class Settings:
     portal: WebhookConfig | AppConfig
-    files_dirs: tuple[Path, ...] = ()
-    max_file_bytes: int = int(DEFAULT_MAX_FILE_MB * 1024 * 1024)
+    files: FilePolicy = field(default_factory=FilePolicy)
     rate: float = DEFAULT_RATE
     burst: int = DEFAULT_BURST
 
 
 def load_settings(env: Mapping[str, str] = os.environ, portal: WebhookConfig | AppConfig | None = None) -> Settings:
     """All settings from `env`; `portal` overrides the credentials (the sandbox brings its own)."""
-    files_dirs = tuple(
-        Path(part).expanduser().resolve() for part in env.get("B24_FILES_DIR", "").split(os.pathsep) if part
+    files = FilePolicy(
+        allowed_dirs=tuple(
+            Path(part).expanduser().resolve() for part in env.get("B24_FILES_DIR", "").split(os.pathsep) if part
+        ),
+        max_bytes=int(_number(env, "B24_MAX_FILE_MB", DEFAULT_MAX_MB) * MIB),
     )
     return Settings(
         portal=portal or portal_from_env(env),
-        files_dirs=files_dirs,
-        max_file_bytes=int(_number(env, "B24_MAX_FILE_MB", DEFAULT_MAX_FILE_MB) * 1024 * 1024),
+        files=files,
         rate=_number(env, "B24_RATE_LIMIT", DEFAULT_RATE),
         burst=int(_number(env, "B24_RATE_BURST", DEFAULT_BURST)),
     )

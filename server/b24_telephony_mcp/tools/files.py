@@ -15,12 +15,14 @@ import anyio.to_thread
 from b24_telephony_mcp.bitrix.errors import FILE_REFUSED, BitrixError
 
 RECORDING_EXTENSIONS = (".wav", ".mp3")
+MIB = 1024 * 1024
+DEFAULT_MAX_MB = 25
 
 
 @dataclass(frozen=True)
 class FilePolicy:
     allowed_dirs: tuple[Path, ...] = ()
-    max_bytes: int = 25 * 1024 * 1024
+    max_bytes: int = DEFAULT_MAX_MB * MIB
 
     async def read_base64(self, raw_path: str, extensions: tuple[str, ...]) -> tuple[str, str]:
         """Return (file name, base64 content) of an allowed file, or raise FILE_REFUSED."""
