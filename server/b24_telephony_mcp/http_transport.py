@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hmac
 import json
-import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +25,7 @@ from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from b24_telephony_mcp.config import ConfigError
-from b24_telephony_mcp.net import is_loopback_host, listen_socket
+from b24_telephony_mcp.net import is_loopback_host, listen_socket, url_host
 
 # The guard below does the Host/Origin checks for every route, so the SDK's copy is switched off.
 _SDK_CHECKS_OFF = TransportSecuritySettings(enable_dns_rebinding_protection=False)
@@ -71,7 +70,7 @@ def guarded(app: ASGIApp, token: str, host: str, port: int, extra_hosts: Iterabl
     (e.g. `mcp.example.com` behind a TLS proxy) the user vouched for with B24_MCP_ALLOWED_HOSTS."""
     names = {"127.0.0.1", "localhost", "[::1]"}
     if not is_loopback_host(host):
-        names.add(f"[{host}]" if ":" in host else host)
+        names.add(url_host(host))
     hosts = {f"{name}:{port}" for name in names} | ({name for name in names} if port == 80 else set())
     hosts |= {extra.strip().lower() for extra in extra_hosts if extra.strip()}
     origins = {f"{scheme}://{hostport}" for scheme in ("http", "https") for hostport in hosts}
@@ -102,16 +101,11 @@ def sse_app(server: Server[Any]) -> Starlette:
     )
 
 
-def bind_socket(host: str, port: int) -> socket.socket:
-    try:
-        sock = listen_socket(host, port)
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot listen on {host}:{port} ({exc.strerror or exc}). Choose another --port (0 picks a free one) "
-            "or --host."
-        ) from None
-    sock.set_inheritable(True)
-    return sock
+# Each HTTP transport: the app serving it and the path clients connect to.
+APPS: dict[str, tuple[Callable[[Server[Any]], Starlette], str]] = {
+    "http": (streamable_http_app, "/mcp"),
+    "sse": (sse_app, "/sse"),
+}
 
 
 async def serve_http(
@@ -124,14 +118,18 @@ async def serve_http(
     extra_hosts: Iterable[str] = (),
 ) -> None:
     """Serve until cancelled; `announce` gets the URL once the socket listens."""
-    sock = bind_socket(host, port)
+    try:
+        sock = listen_socket(host, port)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot listen on {host}:{port} ({exc.strerror or exc}). Choose another --port (0 picks a free one) "
+            "or --host."
+        ) from None
     actual_port = sock.getsockname()[1]
-    app = streamable_http_app(server) if transport == "http" else sse_app(server)
-    path = "/mcp" if transport == "http" else "/sse"
-    display_host = f"[{host}]" if ":" in host else host
-    url = f"http://{display_host}:{actual_port}{path}"
+    make_app, path = APPS[transport]
+    url = f"http://{url_host(host)}:{actual_port}{path}"
     config = uvicorn.Config(
-        guarded(app, token, host, actual_port, extra_hosts),
+        guarded(make_app(server), token, host, actual_port, extra_hosts),
         log_level="warning",
         access_log=False,
         # No handlers of uvicorn's own: its records reach the root handler, whose formatter redacts.

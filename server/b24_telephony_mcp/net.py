@@ -18,6 +18,11 @@ def is_loopback_host(host: str | None) -> bool:
         return False
 
 
+def url_host(host: str) -> str:
+    """The host as it appears in a URL or a Host header: IPv6 literals go in brackets."""
+    return f"[{host}]" if ":" in host else host
+
+
 def listen_socket(host: str, port: int) -> socket.socket:
     """A listening TCP socket, bound before the server starts so port 0 resolves to a real port.
 

@@ -13,7 +13,7 @@ from types import TracebackType
 
 import uvicorn
 
-from b24_telephony_mcp.net import listen_socket
+from b24_telephony_mcp.net import listen_socket, url_host
 
 from .app import create_app
 from .state import SandboxConfig, SandboxPortal
@@ -60,12 +60,11 @@ class RunningSandbox:
         self.stop()
 
 
-def _prepare(config: SandboxConfig | None, host: str, port: int) -> tuple[RunningSandbox, socket.socket]:
+def _prepare(config: SandboxConfig | None, host: str, port: int) -> RunningSandbox:
     config = config or SandboxConfig()
     sock = listen_socket(host, port)
     bound_port = sock.getsockname()[1]
-    url_host = f"[{host}]" if ":" in host else host
-    base_url = f"http://{url_host}:{bound_port}"
+    base_url = f"http://{url_host(host)}:{bound_port}"
 
     portal = SandboxPortal(config)
     portal.base_url = base_url
@@ -93,7 +92,7 @@ def _prepare(config: SandboxConfig | None, host: str, port: int) -> tuple[Runnin
         _server=server,
         _socket=sock,
     )
-    return running, sock
+    return running
 
 
 def start_sandbox(config: SandboxConfig | None = None, host: str = "127.0.0.1", port: int = 0) -> RunningSandbox:
@@ -101,10 +100,10 @@ def start_sandbox(config: SandboxConfig | None = None, host: str = "127.0.0.1", 
 
     ``port=0`` picks a free port. uvicorn installs no signal handlers outside the main thread.
     """
-    running, sock = _prepare(config, host, port)
+    running = _prepare(config, host, port)
     server = running._server
     thread = threading.Thread(
-        target=server.run, kwargs={"sockets": [sock]}, name=f"b24-sandbox-{running.base_url}", daemon=True
+        target=server.run, kwargs={"sockets": [running._socket]}, name=f"b24-sandbox-{running.base_url}", daemon=True
     )
     running._thread = thread
     thread.start()
@@ -119,7 +118,7 @@ def start_sandbox(config: SandboxConfig | None = None, host: str = "127.0.0.1", 
 
 def run_sandbox_forever(config: SandboxConfig | None = None, host: str = "127.0.0.1", port: int = 8024) -> None:
     """Serve in the foreground until Ctrl-C, after printing the connection details to stderr."""
-    running, sock = _prepare(config, host, port)
+    running = _prepare(config, host, port)
     cfg = running.config
     details = [
         "Bitrix24 telephony sandbox portal (in-memory; test hooks under /_sandbox/)",
@@ -135,5 +134,5 @@ def run_sandbox_forever(config: SandboxConfig | None = None, host: str = "127.0.
     print("\n".join(details), file=sys.stderr, flush=True)
     # uvicorn handles SIGINT itself, then re-raises it once shut down; that KeyboardInterrupt is the normal exit.
     with contextlib.suppress(KeyboardInterrupt):
-        running._server.run(sockets=[sock])
-    sock.close()
+        running._server.run(sockets=[running._socket])
+    running.stop()
