@@ -71,12 +71,11 @@ class OAuthAuth:
         pair = store.load() or initial
         if pair is None:
             raise ValueError(f"no OAuth tokens: set B24_ACCESS_TOKEN and B24_REFRESH_TOKEN, or provide {store.path}")
-        self._pair = pair
         self._lock = anyio.Lock()
-        # The environment's pair too, even when the file wins: stale, but still credentials.
-        initial_secrets = (initial.access_token, initial.refresh_token) if initial else ()
-        for secret in (client_secret, pair.access_token, pair.refresh_token, *initial_secrets):
-            register_secret(secret)
+        register_secret(client_secret)
+        if initial is not None:
+            _register_pair(initial)  # stale once the file wins, but still credentials
+        self._use(pair)
 
     @property
     def tokens(self) -> TokenPair:
@@ -105,9 +104,7 @@ class OAuthAuth:
             try:
                 on_disk = self._load_store()
                 if on_disk is not None and on_disk.access_token != used_credential:
-                    self._pair = on_disk  # another process refreshed first
-                    register_secret(on_disk.access_token)
-                    register_secret(on_disk.refresh_token)
+                    self._use(on_disk)  # another process refreshed first
                     return True
                 if not renew:
                     return False
@@ -125,10 +122,14 @@ class OAuthAuth:
                         self._store.path,
                         exc.strerror or type(exc).__name__,
                     )
-                self._pair = new_pair
+                self._use(new_pair)
                 return True
             finally:
                 file_lock.release()
+
+    def _use(self, pair: TokenPair) -> None:
+        _register_pair(pair)
+        self._pair = pair
 
     def _load_store(self) -> TokenPair | None:
         try:
@@ -168,6 +169,10 @@ class OAuthAuth:
             )
             raise BitrixError(code, f"token refresh failed: {description}", response.status_code)
         pair = TokenPair(str(body["access_token"]), str(body["refresh_token"]), body.get("expires"))
-        register_secret(pair.access_token)
-        register_secret(pair.refresh_token)
+        _register_pair(pair)  # before anything (a failed save's log line, say) could mention it
         return pair
+
+
+def _register_pair(pair: TokenPair) -> None:
+    register_secret(pair.access_token)
+    register_secret(pair.refresh_token)

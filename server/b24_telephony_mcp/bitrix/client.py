@@ -147,6 +147,8 @@ class BitrixClient:
 
     def _parse(self, response: httpx2.Response, method: str, read_only: bool) -> BitrixResponse:
         status = response.status_code
+        # A server-side failure may have happened after the method ran: only a read is safe to repeat.
+        repeatable = status >= 500 and read_only
         try:
             body = response.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
@@ -156,22 +158,19 @@ class BitrixClient:
                 UNEXPECTED_RESPONSE,
                 f"HTTP {status} with a non-JSON body{_page_title(response.text)}",
                 status,
-                retryable=status >= 500 and read_only,
+                retryable=repeatable,
                 method=method,
             )
         if "error" in body:
-            retryable = (
-                status == 503
-                or body.get("error") in (QUERY_LIMIT_EXCEEDED, OPERATION_TIME_LIMIT)
-                or (status >= 500 and read_only)
-            )
-            raise error_from_envelope(body, status, method, retryable=retryable)
+            # Limits refuse before the method runs, so repeating those is safe for writes too.
+            limited = status == 503 or body.get("error") in (QUERY_LIMIT_EXCEEDED, OPERATION_TIME_LIMIT)
+            raise error_from_envelope(body, status, method, retryable=limited or repeatable)
         if status >= 300 or "result" not in body:
             raise BitrixError(
                 UNEXPECTED_RESPONSE,
                 f"HTTP {status} without a result or an error",
                 status,
-                retryable=status >= 500 and read_only,
+                retryable=repeatable,
                 method=method,
             )
         reset_at = (body.get("time") or {}).get("operating_reset_at")
