@@ -112,26 +112,33 @@ async def test_gateway_page_and_operation_time_limit(sandbox: RunningSandbox, to
         assert not any(mark in text_of(result) for mark in ("<", ">", "nginx"))
         assert requests_seen(sandbox) == {ADD.lower(): 1}
 
-        # OPERATION_TIME_LIMIT carries the reset time the portal's last success for that method announced
-        # (the sandbox's `time.operating_reset_at` is the request start + 600 s).
-        before = time.time()
+        # OPERATION_TIME_LIMIT carries the reset time of the failing answer itself, never a stale one from an
+        # earlier success (whose `time.operating_reset_at` the sandbox sets to the request start + 600 s).
         assert ok(await client.call_tool("list_external_lines", {})) == []
-        after = time.time()
-        fault(sandbox, GET, 429, TIME_LIMIT)
+        reset = int(time.time()) + 90
+        blocked = json.dumps({**json.loads(TIME_LIMIT), "time": {"operating_reset_at": reset, "operating": 480.5}})
+        fault(sandbox, GET, 429, blocked)
         result = await client.call_tool("list_external_lines", {})
         error = error_of(result)
         assert (error["code"], error["http_status"]) == ("OPERATION_TIME_LIMIT", 429)
         assert "reset" in error["hint"]
         reset_at = datetime.strptime(error["reset_at"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
-        assert int(before) + 600 <= reset_at <= int(after) + 600
+        assert reset_at == reset
         assert f"a retry can help after {error['reset_at']}" in text_of(result)
         assert requests_seen(sandbox) == {GET.lower(): 2}, "a 429 is not repeated"
+        # Until the reset time the method is refused here, with the same error, without a request.
+        again = error_of(await client.call_tool("list_external_lines", {}))
+        assert (again["code"], again["reset_at"]) == ("OPERATION_TIME_LIMIT", error["reset_at"])
+        assert requests_seen(sandbox) == {}, "refused without a request"
+        # Other methods are not held back.
+        assert ok(await client.call_tool("search_crm_entities_by_phone", {"PHONE_NUMBER": "+1 000 000 0000"})) == []
 
-        # A method with no earlier success has no reset time to report.
+        # An answer without a time block has no reset time to report, and nothing is held back.
         fault(sandbox, SEARCH, 429, TIME_LIMIT)
         error = error_of(await client.call_tool("search_crm_entities_by_phone", {"PHONE_NUMBER": JOHN_DOE}))
         assert error["code"] == "OPERATION_TIME_LIMIT"
         assert "reset_at" not in error
+        assert ok(await client.call_tool("search_crm_entities_by_phone", {"PHONE_NUMBER": "+1 000 000 0000"})) == []
 
 
 async def test_portal_leaky_bucket_503s_are_absorbed(token_file: Path) -> None:

@@ -225,8 +225,12 @@ async def test_register_and_finish_documented_errors(sandbox: RunningSandbox, to
             await tools.error("finish_external_call", {"CALL_ID": "externalCall.unknown", "USER_ID": OPERATOR}),
             "Call is not found (call should be registered prior to finishing",
         )
-        # "CALL_ID must be a string" cannot reach the portal either.
-        assert_local(await tools.error("finish_external_call", {"CALL_ID": 5, "USER_ID": OPERATOR}), "CALL_ID")
+        # "CALL_ID must be a string" cannot reach the portal: a number is sent as its text, anything else refused.
+        assert_core(
+            await tools.error("finish_external_call", {"CALL_ID": 5, "USER_ID": OPERATOR}),
+            "Call is not found (call should be registered prior to finishing",
+        )
+        assert_local(await tools.error("finish_external_call", {"CALL_ID": 5.5, "USER_ID": OPERATOR}), "CALL_ID")
         # The extension of an active user identifies them: user 2 finishes the call.
         finished = await tools.ok("finish_external_call", {"CALL_ID": call_id, "USER_PHONE_INNER": "101"})
         assert sandbox.portal.statistics[finished["CALL_ID"]].portal_user_id == OPERATOR

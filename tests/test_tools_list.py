@@ -1,8 +1,10 @@
-"""`tools/list` as a client sees it: a reviewed snapshot, invariants against the Bitrix24 docs, a size budget.
+"""`tools/list` as a client sees it: reviewed snapshots, invariants against the Bitrix24 docs, size budgets.
 
-The list is fetched once per module from the real server over stdio. To accept an intended change:
-`UPDATE_SNAPSHOTS=1 .venv/bin/python -m pytest tests/test_tools_list.py`, then review the diff of
-tests/snapshots/tools_list.json.
+The list is fetched once per module from the real server over stdio, for the default selection and for
+`--toolsets all`. Each tool has its own snapshot (`tests/snapshots/tools/<name>.json`, so a schema change is a
+one-file diff), and `tests/snapshots/selections.json` holds the tool names of every toolset / read-only
+combination. To accept an intended change: `UPDATE_SNAPSHOTS=1 .venv/bin/python -m pytest tests/test_tools_list.py`,
+then review the diff.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ import jsonschema
 import pytest
 
 from b24_telephony_mcp.sandbox import SandboxConfig, start_sandbox
+from b24_telephony_mcp.tools import ALL_TOOLS, TOOLSETS, select_tools
 from support import app_env, json_objects, stdio_session
 
 HERE = Path(__file__).parent
-SNAPSHOT = HERE / "snapshots" / "tools_list.json"
+SNAPSHOTS = HERE / "snapshots"
 DOCS = json.loads((HERE / "data" / "bitrix24_methods.json").read_text(encoding="utf-8"))["methods"]
 DOCS_BY_METHOD: dict[str, dict[str, Any]] = {entry["method"]: entry for entry in DOCS}
 
@@ -33,27 +36,39 @@ DOC_TYPES = {
     "integer": {"type": "integer"},
     "double": {"type": "number"},
     "array": {"type": "array"},
+    "object": {"type": "object"},
     "integer | integer[]": {"anyOf": [{"type": "integer"}, {"type": "array", "items": {"type": "integer"}}]},
 }
 
-# Every byte of tools/list is context a model pays for on each turn. Measured 14609 bytes (compact
-# JSON) for the 11 tools; the budget leaves ~10% headroom for wording fixes. Growing past it should be a
-# decision: trim descriptions or schemas, or raise the budget here on purpose.
-SIZE_BUDGET = 16_000
+# Every byte of tools/list is context a model pays for on each turn. Two sizes are held: what a client turns
+# into the model's tool definitions (name, description, inputSchema), and the whole tools/list result on the
+# wire. Growing past a budget should be a decision: trim descriptions or schemas, or raise it here on purpose.
+BUDGETS = {  # selection: (model-visible bytes, wire bytes)
+    "default": (9_000, 16_000),
+    "all": (26_000, 45_000),
+}
+
+
+async def fetch_listing(token_file: Path, *args: str) -> list[dict[str, Any]]:
+    """The list exactly as the SDK client parses it from the real server, dumped the way it goes on the wire."""
+    with start_sandbox(SandboxConfig()) as sandbox:
+        async with stdio_session(app_env(sandbox, token_file), *args) as client:
+            listed = (await client.list_tools()).tools
+    return [tool.model_dump(mode="json", by_alias=True, exclude_none=True) for tool in listed]
 
 
 @pytest.fixture(scope="module")
-def tools(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
-    """The list exactly as the SDK client parses it, dumped the way it goes on the wire."""
+def listings(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str, Any]]]:
     token_file = tmp_path_factory.mktemp("tools-list") / "tokens.json"
+    return {
+        "default": anyio.run(fetch_listing, token_file),
+        "all": anyio.run(fetch_listing, token_file, "--toolsets", "all"),
+    }
 
-    async def fetch() -> list[dict[str, Any]]:
-        with start_sandbox(SandboxConfig()) as sandbox:
-            async with stdio_session(app_env(sandbox, token_file)) as client:
-                listed = (await client.list_tools()).tools
-        return [tool.model_dump(mode="json", by_alias=True, exclude_none=True) for tool in listed]
 
-    return anyio.run(fetch)
+@pytest.fixture(scope="module")
+def tools(listings: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    return listings["all"]
 
 
 @pytest.fixture(scope="module")
@@ -61,31 +76,72 @@ def by_name(tools: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {tool["name"]: tool for tool in tools}
 
 
-def test_snapshot(tools: list[dict[str, Any]]) -> None:
-    current = json.dumps(tools, indent=2, ensure_ascii=False) + "\n"
+def compact_size(data: Any) -> int:
+    return len(json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode())
+
+
+def model_visible(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{key: tool[key] for key in ("name", "description", "inputSchema")} for tool in tools]
+
+
+def check_snapshot(path: Path, current: str) -> str | None:
+    """None when `path` holds `current` (or was just written under UPDATE_SNAPSHOTS=1), else the diff."""
     if os.environ.get("UPDATE_SNAPSHOTS") == "1":
-        SNAPSHOT.parent.mkdir(exist_ok=True)
-        SNAPSHOT.write_text(current, encoding="utf-8")
-        return
-    assert SNAPSHOT.exists(), f"no snapshot yet: run with UPDATE_SNAPSHOTS=1 to create {SNAPSHOT}"
-    expected = SNAPSHOT.read_text(encoding="utf-8")
-    if current != expected:
-        diff = "".join(
-            difflib.unified_diff(
-                expected.splitlines(keepends=True),
-                current.splitlines(keepends=True),
-                fromfile="tests/snapshots/tools_list.json",
-                tofile="tools/list now",
-            )
-        )
-        pytest.fail(f"tools/list changed (UPDATE_SNAPSHOTS=1 accepts it after review):\n{diff}", pytrace=False)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(current, encoding="utf-8")
+        return None
+    expected = path.read_text(encoding="utf-8") if path.exists() else ""
+    if current == expected:
+        return None
+    name = str(path.relative_to(HERE.parent))
+    return "".join(
+        difflib.unified_diff(expected.splitlines(True), current.splitlines(True), fromfile=name, tofile="now")
+    )
+
+
+def test_snapshot_per_tool(tools: list[dict[str, Any]]) -> None:
+    folder = SNAPSHOTS / "tools"
+    diffs = [
+        check_snapshot(folder / f"{tool['name']}.json", json.dumps(tool, indent=2, ensure_ascii=False) + "\n")
+        for tool in tools
+    ]
+    stale = sorted({path.stem for path in folder.glob("*.json")} - {tool["name"] for tool in tools})
+    if os.environ.get("UPDATE_SNAPSHOTS") == "1":
+        for name in stale:
+            (folder / f"{name}.json").unlink()
+        stale = []
+    problems = [diff for diff in diffs if diff] + [f"snapshot of a removed tool: {name}" for name in stale]
+    if problems:
+        pytest.fail("tools/list changed (UPDATE_SNAPSHOTS=1 accepts it after review):\n" + "\n".join(problems), False)
+
+
+def selections() -> dict[str, list[str]]:
+    """Tool names per toolset, read-only or not, plus the default and `all` selections."""
+    combos: dict[str, list[str]] = {}
+    for name in ("default", "all", *(toolset.name for toolset in TOOLSETS)):
+        toolsets = None if name == "default" else [name]
+        for read_only in (False, True):
+            key = f"{name}{' --read-only' if read_only else ''}"
+            combos[key] = [spec.name for spec in select_tools(toolsets, read_only=read_only)]
+    return combos
+
+
+def test_snapshot_of_selections(listings: dict[str, list[dict[str, Any]]]) -> None:
+    combos = selections()
+    # The real server offers exactly what the selection function says.
+    assert [tool["name"] for tool in listings["default"]] == combos["default"]
+    assert [tool["name"] for tool in listings["all"]] == combos["all"] == [spec.name for spec in ALL_TOOLS]
+    diff = check_snapshot(SNAPSHOTS / "selections.json", json.dumps(combos, indent=1) + "\n")
+    if diff:
+        pytest.fail(f"the tools of a selection changed (UPDATE_SNAPSHOTS=1 accepts it after review):\n{diff}", False)
 
 
 def test_one_tool_per_documented_method(tools: list[dict[str, Any]]) -> None:
     names = [tool["name"] for tool in tools]
     assert len(names) == len(set(names)), names
     methods = [tool["_meta"]["b24/method"] for tool in tools]
-    assert sorted(methods) == sorted(DOCS_BY_METHOD), "each REST method in the docs extract has exactly one tool"
+    assert len(methods) == len(set(methods)), "one tool per REST method"
+    assert set(methods) <= set(DOCS_BY_METHOD), "every tool calls a documented method"
 
 
 def test_every_tool_is_fully_described(tools: list[dict[str, Any]]) -> None:
@@ -156,7 +212,11 @@ def test_annotations_follow_the_documented_semantics(tools: list[dict[str, Any]]
         ), tool["name"]
 
 
-def test_size_budget(tools: list[dict[str, Any]]) -> None:
-    size = len(json.dumps(tools, ensure_ascii=False, separators=(",", ":")).encode())
-    print(f"tools/list: {len(tools)} tools, {size} bytes of compact JSON (budget {SIZE_BUDGET})")
-    assert size <= SIZE_BUDGET, f"tools/list is {size} bytes, over the {SIZE_BUDGET}-byte budget"
+@pytest.mark.parametrize("selection", sorted(BUDGETS))
+def test_size_budgets(listings: dict[str, list[dict[str, Any]]], selection: str) -> None:
+    tools = listings[selection]
+    visible, wire = compact_size(model_visible(tools)), compact_size({"tools": tools})
+    visible_budget, wire_budget = BUDGETS[selection]
+    print(f"{selection}: {len(tools)} tools, {visible} B model-visible, {wire} B wire")
+    assert visible <= visible_budget, f"{selection}: {visible} model-visible bytes, over {visible_budget}"
+    assert wire <= wire_budget, f"{selection}: {wire} wire bytes, over {wire_budget}"

@@ -21,14 +21,16 @@ from b24_telephony_mcp.bitrix import TokenPair
 from b24_telephony_mcp.config import (
     AppConfig,
     ConfigError,
+    Selection,
     Settings,
     build_client,
     load_settings,
+    split_names,
 )
 from b24_telephony_mcp.net import is_loopback_host
 from b24_telephony_mcp.redact import RedactingFormatter, register_secret
 from b24_telephony_mcp.server import build_server
-from b24_telephony_mcp.tools import ToolContext
+from b24_telephony_mcp.tools import DEFAULT_TOOLSETS, TOOLSETS, ToolContext
 
 if TYPE_CHECKING:
     from b24_telephony_mcp.sandbox import RunningSandbox
@@ -49,6 +51,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=8000, help="HTTP transports: port (default 8000, 0 = any)")
     parser.add_argument(
         "--sandbox", action="store_true", help="serve against the built-in sandbox portal (no credentials needed)"
+    )
+    toolsets = ", ".join(toolset.name for toolset in TOOLSETS)
+    parser.add_argument(
+        "--toolsets",
+        type=split_names,
+        help=f"comma-separated toolsets to offer, or 'all' (default: {', '.join(DEFAULT_TOOLSETS)}; "
+        f"env B24_TOOLSETS). Toolsets: {toolsets}",
+    )
+    parser.add_argument(
+        "--read-only", action="store_true", default=None, help="offer only read-only tools (env B24_READ_ONLY=1)"
+    )
+    parser.add_argument(
+        "--tools", type=split_names, help="comma-separated tool names: offer exactly these (env B24_TOOLS)"
+    )
+    parser.add_argument(
+        "--dynamic-toolsets",
+        action="store_true",
+        help="start with the default toolsets plus list_toolsets and enable_toolset, to enable more on demand",
     )
     commands = parser.add_subparsers(dest="command")
     sandbox = commands.add_parser("sandbox", help="run the sandbox Bitrix24 portal alone, as an HTTP server")
@@ -125,10 +145,13 @@ async def serve(args: argparse.Namespace, token: str | None) -> None:
             settings = sandbox_settings(sandbox, Path(token_dir))
         else:
             settings = load_settings()
+        selection = selection_from(args, settings.selection)
+        tools = selection.tool_specs()
         client = build_client(settings)
         stack.push_async_callback(client.aclose)
 
-        server = build_server(client, ToolContext(settings.files))
+        context = ToolContext(settings.files, reveal_sip_passwords=settings.reveal_sip_passwords)
+        server = build_server(client, context, tools)
         if args.transport == "stdio":
             async with stdio_server() as (read_stream, write_stream):
                 await server.run(read_stream, write_stream, server.create_initialization_options())
@@ -145,6 +168,16 @@ async def serve(args: argparse.Namespace, token: str | None) -> None:
                 extra_hosts=os.environ.get("B24_MCP_ALLOWED_HOSTS", "").split(","),
                 announce=lambda url: sys.stderr.write(f"{PROG}: serving MCP over {args.transport} at {url}\n"),
             )
+
+
+def selection_from(args: argparse.Namespace, from_env: Selection) -> Selection:
+    """Flags win over the environment."""
+    return Selection(
+        toolsets=args.toolsets if args.toolsets is not None else from_env.toolsets,
+        read_only=args.read_only if args.read_only is not None else from_env.read_only,
+        tools=args.tools if args.tools is not None else from_env.tools,
+        dynamic=args.dynamic_toolsets or from_env.dynamic,
+    )
 
 
 def sandbox_settings(sandbox: RunningSandbox, token_dir: Path) -> Settings:

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 from b24_telephony_mcp.bitrix import BitrixClient, OAuthAuth, TokenPair, TokenStore, WebhookAuth
 from b24_telephony_mcp.bitrix.limits import DEFAULT_BURST, DEFAULT_RATE
 from b24_telephony_mcp.net import is_loopback_host
+from b24_telephony_mcp.tools import ToolSpec, UnknownNameError, select_tools
 from b24_telephony_mcp.tools.files import DEFAULT_MAX_MB, MIB, FilePolicy
 
 DEFAULT_TOKEN_URL = "https://oauth.bitrix.info/oauth/token/"
@@ -46,11 +47,31 @@ class AppConfig:
 
 
 @dataclass(frozen=True)
+class Selection:
+    """Which tools the server offers (`--toolsets`, `--read-only`, `--tools`, `--dynamic-toolsets`)."""
+
+    toolsets: tuple[str, ...] | None = None
+    """None: the default toolsets."""
+    read_only: bool = False
+    tools: tuple[str, ...] | None = None
+    """When given, exactly these tools (read-only mode still applies)."""
+    dynamic: bool = False
+
+    def tool_specs(self) -> tuple[ToolSpec, ...]:
+        try:
+            return select_tools(self.toolsets, read_only=self.read_only, tools=self.tools)
+        except UnknownNameError as exc:
+            raise ConfigError(f"{exc}.") from None
+
+
+@dataclass(frozen=True)
 class Settings:
     portal: WebhookConfig | AppConfig
     files: FilePolicy = field(default_factory=FilePolicy)
     rate: float = DEFAULT_RATE
     burst: int = DEFAULT_BURST
+    selection: Selection = field(default_factory=Selection)
+    reveal_sip_passwords: bool = False
 
 
 def load_settings(env: Mapping[str, str] = os.environ, portal: WebhookConfig | AppConfig | None = None) -> Settings:
@@ -61,12 +82,39 @@ def load_settings(env: Mapping[str, str] = os.environ, portal: WebhookConfig | A
         ),
         max_bytes=int(_number(env, "B24_MAX_FILE_MB", DEFAULT_MAX_MB) * MIB),
     )
+    selection = Selection(
+        toolsets=_names(env, "B24_TOOLSETS"),
+        read_only=_flag(env, "B24_READ_ONLY"),
+        tools=_names(env, "B24_TOOLS"),
+    )
+    selection.tool_specs()  # unknown names fail at start, not at the first tools/list
     return Settings(
         portal=portal or portal_from_env(env),
         files=files,
         rate=_number(env, "B24_RATE_LIMIT", DEFAULT_RATE),
         burst=int(_number(env, "B24_RATE_BURST", DEFAULT_BURST)),
+        selection=selection,
+        reveal_sip_passwords=_flag(env, "B24_REVEAL_SIP_PASSWORDS"),
     )
+
+
+def split_names(raw: str) -> tuple[str, ...]:
+    """`a, b,c` -> ("a", "b", "c")."""
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _names(env: Mapping[str, str], name: str) -> tuple[str, ...] | None:
+    raw = env.get(name, "").strip()
+    return split_names(raw) if raw else None
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise ConfigError(f"{name} must be 1 or 0, got {raw!r}.")
 
 
 def portal_from_env(env: Mapping[str, str]) -> WebhookConfig | AppConfig:

@@ -29,8 +29,9 @@ from pydantic import ValidationError
 from b24_telephony_mcp import __version__
 from b24_telephony_mcp.bitrix import BitrixClient, BitrixError
 from b24_telephony_mcp.bitrix.errors import INVALID_ARGUMENTS
-from b24_telephony_mcp.redact import redact
-from b24_telephony_mcp.tools import ALL_TOOLS, ToolContext, ToolSpec
+from b24_telephony_mcp.redact import redact, register_secret
+from b24_telephony_mcp.tools import TOOLS_BY_NAME, TOOLSETS, ToolContext, ToolSpec, select_tools
+from b24_telephony_mcp.tools.base import SECRET_ARGUMENTS, ToolRun, mask_secrets
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +39,26 @@ SERVER_NAME = "b24-telephony-mcp"
 UNKNOWN_TOOL = "UNKNOWN_TOOL"
 INTERNAL_ERROR = "INTERNAL_ERROR"
 
-INSTRUCTIONS = (
-    "Bitrix24 telephony. Logging a PBX call: register_external_call (keep CALL_ID), "
-    "search_crm_entities_by_phone to identify the client, finish_external_call, then "
-    "attach_external_call_record and attach_call_transcription. Failed calls return isError with "
-    "the Bitrix24 code, a hint and whether a retry can help."
+INSTRUCTIONS_HEAD = (
+    "Bitrix24 telephony. Failed calls return isError with the Bitrix24 code, a hint and whether a retry can help."
 )
+SCOPE_CODES = ("insufficient_scope", "BITRIX_REST_V3_EXCEPTION_INSUFFICIENTSCOPEEXCEPTION")
+
+
+def instructions_for(offered: Iterable[ToolSpec]) -> str:
+    """The server's instructions for what it offers: each toolset's line only if every tool it names is
+    offered, and the toolsets that are off, so the model can tell the user how to get them."""
+    names = {spec.name for spec in offered}
+    lines = [INSTRUCTIONS_HEAD]
+    off: list[str] = []
+    for toolset in TOOLSETS:
+        if not any(spec.name in names for spec in toolset.tools):
+            off.append(toolset.name)
+        elif toolset.instructions and all(tool in names for tool in TOOLS_BY_NAME if tool in toolset.instructions):
+            lines.append(toolset.instructions)
+    if off:
+        lines.append(f"Toolsets not enabled here (the user can add them with --toolsets): {', '.join(off)}.")
+    return " ".join(lines)
 
 
 def mcp_tool(spec: ToolSpec) -> Tool:
@@ -66,6 +81,14 @@ def mcp_tool(spec: ToolSpec) -> Tool:
 
 def _compact(data: Any) -> str:
     return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+
+
+def scope_hint(spec: ToolSpec) -> str:
+    scopes = " and ".join(f"'{scope}'" for scope in spec.scopes)
+    return (
+        f"{spec.name} needs the {scopes} scope. Add it to the application (Applications > Developer resources > "
+        "your local application > scopes; then reinstall or log in again) or to the incoming webhook's scopes."
+    )
 
 
 def success_result(structured: dict[str, Any]) -> CallToolResult:
@@ -128,17 +151,30 @@ def _plain(message: str) -> str:
     return _MODEL_NAME.sub("", message.removeprefix("Value error, "))
 
 
-async def run_tool(
-    spec: ToolSpec, arguments: Mapping[str, Any], client: BitrixClient, context: ToolContext
-) -> CallToolResult:
+async def run_tool(spec: ToolSpec, arguments: Mapping[str, Any], run: ToolRun) -> CallToolResult:
+    context = run.context
     try:
         params = spec.params.model_validate(dict(arguments))
-        rest_params = await spec.prepare(params, context)
-        response = await client.call(spec.method, rest_params, read_only=spec.effect.read_only)
+        for name in SECRET_ARGUMENTS & params.model_fields_set:
+            register_secret(getattr(params, name))  # a SIP password never reaches a log line
+        if spec.run is not None:
+            structured = await spec.run(params, run)
+        else:
+            rest_params = await spec.prepare(params, context)
+            response = await run.client.call(
+                spec.method, rest_params, read_only=spec.effect.read_only, rest_api=spec.rest_api
+            )
+            structured = {"result": spec.shape_result(params, response.result)}
+            if response.total is not None:
+                structured["total"] = response.total
+            if response.next is not None:
+                structured["next"] = response.next
     except ValidationError as exc:
         return error_result(invalid_arguments(spec, exc))
     except BitrixError as exc:
         exc.method = exc.method or spec.method  # refusals before the request (a local file) name it too
+        if exc.code in SCOPE_CODES:
+            exc.hint = scope_hint(spec)
         log.info("%s failed: %s %s", spec.name, exc.code, exc.description)
         return error_result(exc)
     except Exception:
@@ -146,16 +182,12 @@ async def run_tool(
         return error_result(
             BitrixError(INTERNAL_ERROR, "unexpected failure inside the MCP server (details in its log)")
         )
-    structured: dict[str, Any] = {"result": response.result}
-    if response.total is not None:
-        structured["total"] = response.total
-    if response.next is not None:
-        structured["next"] = response.next
-    return success_result(structured)
+    return success_result(structured if context.reveal_sip_passwords else mask_secrets(structured))
 
 
-def build_server(client: BitrixClient, context: ToolContext, tools: Iterable[ToolSpec] = ALL_TOOLS) -> Server[Any]:
-    specs = {spec.name: spec for spec in tools}
+def build_server(client: BitrixClient, context: ToolContext, tools: Iterable[ToolSpec] | None = None) -> Server[Any]:
+    """The MCP server offering `tools` (default: the default toolsets)."""
+    specs = {spec.name: spec for spec in (select_tools() if tools is None else tools)}
     # Built once: the list never changes while the process runs.
     listing = ListToolsResult(tools=[mcp_tool(spec) for spec in specs.values()])
 
@@ -168,12 +200,12 @@ def build_server(client: BitrixClient, context: ToolContext, tools: Iterable[Too
             return error_result(
                 BitrixError(UNKNOWN_TOOL, f"no tool named {params.name!r}; available: {', '.join(specs)}")
             )
-        return await run_tool(spec, params.arguments or {}, client, context)
+        return await run_tool(spec, params.arguments or {}, ToolRun(client, context, specs))
 
     return Server(
         SERVER_NAME,
         version=__version__,
-        instructions=INSTRUCTIONS,
+        instructions=instructions_for(specs.values()),
         on_list_tools=list_tools,
         on_call_tool=call_tool,
     )

@@ -21,8 +21,16 @@ from b24_telephony_mcp.redact import register_secret
 log = logging.getLogger(__name__)
 
 
+def rest_url(base: str, method: str, rest_api: int) -> str:
+    """`<base>/rest/[...]<method>`; REST 3.0 lives under `/rest/api/` (webhook path included)."""
+    if rest_api == 3:
+        head, _, tail = base.partition("/rest/")
+        base = f"{head}/rest/api/{tail}"
+    return base + method
+
+
 class Auth(Protocol):
-    def url_for(self, method: str) -> str: ...
+    def url_for(self, method: str, rest_api: int = 2) -> str: ...
 
     def sign(self, params: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
         """Return the request body and the credential it was signed with (None if not refreshable)."""
@@ -40,8 +48,8 @@ class WebhookAuth:
         self._base = webhook_url if webhook_url.endswith("/") else webhook_url + "/"
         register_secret(self._base.rstrip("/").rsplit("/", 1)[-1])
 
-    def url_for(self, method: str) -> str:
-        return self._base + method
+    def url_for(self, method: str, rest_api: int = 2) -> str:
+        return rest_url(self._base, method, rest_api)
 
     def sign(self, params: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
         return params, None
@@ -81,8 +89,8 @@ class OAuthAuth:
     def tokens(self) -> TokenPair:
         return self._pair
 
-    def url_for(self, method: str) -> str:
-        return self._rest_base + method
+    def url_for(self, method: str, rest_api: int = 2) -> str:
+        return rest_url(self._rest_base, method, rest_api)
 
     def sign(self, params: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
         token = self._pair.access_token

@@ -8,7 +8,12 @@ Retry policy, in one place:
   repeated, with bounded exponential backoff and jitter.
 - 5xx and network failures: repeated only for read-only methods. A write that may have run is
   never repeated blindly; the one exception is a connection that was never established.
-- 429 `OPERATION_TIME_LIMIT`: not repeated; reported with the reset time the portal last gave.
+- 429 `OPERATION_TIME_LIMIT`: not repeated; reported with the reset time of that answer, and until then
+  further calls of that method are refused here without a request.
+- A 3xx redirect (the portal changed its address): the request is repeated once at the new address.
+
+REST 2 (`/rest/`) and REST 3.0 (`/rest/api/`) differ in the URL and the error envelope only; auth,
+limits and retries are the same, and `parse_response` reads both envelopes.
 """
 
 from __future__ import annotations
@@ -16,9 +21,11 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 import httpx2
@@ -32,6 +39,7 @@ from b24_telephony_mcp.bitrix.errors import (
     error_from_envelope,
 )
 from b24_telephony_mcp.bitrix.limits import DEFAULT_BURST, DEFAULT_RATE, LeakyBucket, backoff_delay
+from b24_telephony_mcp.net import is_loopback_host
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +47,7 @@ QUERY_LIMIT_EXCEEDED = "QUERY_LIMIT_EXCEEDED"
 OPERATION_TIME_LIMIT = "OPERATION_TIME_LIMIT"
 EXPIRED_TOKEN = "expired_token"
 INVALID_TOKEN = "invalid_token"
+OPERATION_BLOCKED = "Method is blocked due to operation time limit (refused here until the reset time)."
 
 _TITLE = re.compile(r"<title>\s*(.*?)\s*</title>", re.IGNORECASE | re.DOTALL)
 
@@ -76,7 +85,8 @@ class BitrixClient:
         self._bucket = LeakyBucket(rate, burst)
         self._timeout = httpx2.Timeout(timeout, connect=connect_timeout)
         self._pool: httpx2.AsyncClient | None = None
-        self._operating_reset_at: dict[str, float] = {}
+        self._blocked_until: dict[str, float] = {}
+        """Methods the portal blocked with OPERATION_TIME_LIMIT, until their reset time: refused here meanwhile."""
 
     @property
     def _http(self) -> httpx2.AsyncClient:
@@ -95,17 +105,29 @@ class BitrixClient:
             await self._pool.aclose()
 
     async def call(
-        self, method: str, params: Mapping[str, Any] | None = None, *, read_only: bool = False
+        self,
+        method: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        read_only: bool = False,
+        rest_api: int = 2,
     ) -> BitrixResponse:
-        """Call a REST method; raise `BitrixError` on any failure."""
+        """Call a REST method (REST 2, or REST 3.0 with `rest_api=3`); raise `BitrixError` on any failure."""
+        blocked = self._blocked_until.get(method)
+        if blocked is not None:
+            if blocked > time.time():
+                raise BitrixError(OPERATION_TIME_LIMIT, OPERATION_BLOCKED, 429, True, method=method, reset_at=blocked)
+            del self._blocked_until[method]
         params = dict(params or {})
-        refreshed = False
+        refreshed = redirected = False
         limit_retries = transient_retries = 0
+        url: str | None = None
         while True:
             await self._bucket.acquire()
             body, credential = self.auth.sign(params)
+            url = url if redirected else self.auth.url_for(method, rest_api)
             try:
-                response = await self._http.post(self.auth.url_for(method), json=body)
+                response = await self._http.post(url, json=body)
             except httpx2.HTTPError as exc:
                 never_sent = isinstance(exc, httpx2.ConnectError | httpx2.ConnectTimeout)
                 safe = read_only or never_sent
@@ -119,8 +141,14 @@ class BitrixClient:
                     retryable=safe,
                     method=method,
                 ) from None
+            if response.status_code in _REDIRECTS and not redirected:
+                # A portal whose address changed answers 302 to the new one (change-domen.md): repeat the POST
+                # there once, body and all; a followed redirect would have turned it into a GET.
+                url = _redirect_target(response, url, method)
+                redirected = True
+                continue
             try:
-                return self._parse(response, method, read_only)
+                return parse_response(response, method, read_only)
             except BitrixError as error:
                 if error.code in (EXPIRED_TOKEN, INVALID_TOKEN) and credential is not None and not refreshed:
                     renew = error.code == EXPIRED_TOKEN
@@ -136,8 +164,8 @@ class BitrixClient:
                     await self._backoff(transient_retries, method, f"HTTP {error.http_status}")
                     transient_retries += 1
                     continue
-                if error.code == OPERATION_TIME_LIMIT:
-                    error.reset_at = self._operating_reset_at.get(method)
+                if error.code == OPERATION_TIME_LIMIT and error.reset_at is not None:
+                    self._blocked_until[method] = error.reset_at
                 raise
 
     async def _backoff(self, attempt: int, method: str, reason: str) -> None:
@@ -145,38 +173,66 @@ class BitrixClient:
         log.info("%s: %s, retrying in %.2fs", method, reason, delay)
         await anyio.sleep(delay)
 
-    def _parse(self, response: httpx2.Response, method: str, read_only: bool) -> BitrixResponse:
-        status = response.status_code
-        # A server-side failure may have happened after the method ran: only a read is safe to repeat.
-        repeatable = status >= 500 and read_only
-        try:
-            body = response.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            body = None
-        if not isinstance(body, dict):
-            raise BitrixError(
-                UNEXPECTED_RESPONSE,
-                f"HTTP {status} with a non-JSON body{_page_title(response.text)}",
-                status,
-                retryable=repeatable,
-                method=method,
-            )
-        if "error" in body:
-            # Limits refuse before the method runs, so repeating those is safe for writes too.
-            limited = status == 503 or body.get("error") in (QUERY_LIMIT_EXCEEDED, OPERATION_TIME_LIMIT)
-            raise error_from_envelope(body, status, method, retryable=limited or repeatable)
-        if status >= 300 or "result" not in body:
-            raise BitrixError(
-                UNEXPECTED_RESPONSE,
-                f"HTTP {status} without a result or an error",
-                status,
-                retryable=repeatable,
-                method=method,
-            )
-        reset_at = (body.get("time") or {}).get("operating_reset_at")
-        if isinstance(reset_at, int | float):
-            self._operating_reset_at[method] = float(reset_at)
-        return BitrixResponse(body["result"], body.get("total"), body.get("next"))
+
+_REDIRECTS = (301, 302, 303, 307, 308)
+
+
+def _redirect_target(response: httpx2.Response, url: str, method: str) -> str:
+    location = response.headers.get("location", "")
+    target = str(httpx2.URL(url).join(location)) if location else ""
+    parts = urlsplit(target)
+    # The same rule as for configured URLs: https, or plain http to a loopback host only.
+    if not (parts.scheme == "https" or (parts.scheme == "http" and is_loopback_host(parts.hostname))) or not (
+        parts.hostname
+    ):
+        raise BitrixError(
+            UNEXPECTED_RESPONSE,
+            f"HTTP {response.status_code} redirect to a refused address while calling {method}",
+            response.status_code,
+            method=method,
+            hint="The portal answered with a redirect to a non-https address; check the portal URL.",
+        )
+    log.warning("%s: the portal moved to %s; repeating the request there (update the portal URL)", method, parts.netloc)
+    return target
+
+
+def parse_response(response: httpx2.Response, method: str, read_only: bool) -> BitrixResponse:
+    """The result of a REST 2 or REST 3.0 answer, or the `BitrixError` it carries. Pure: no client state."""
+    status = response.status_code
+    # A server-side failure may have happened after the method ran: only a read is safe to repeat.
+    repeatable = status >= 500 and read_only
+    try:
+        body = response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        body = None
+    if not isinstance(body, dict):
+        raise BitrixError(
+            UNEXPECTED_RESPONSE,
+            f"HTTP {status} with a non-JSON body{_page_title(response.text)}",
+            status,
+            retryable=repeatable,
+            method=method,
+        )
+    timing = body.get("time")
+    reset_at = timing.get("operating_reset_at") if isinstance(timing, dict) else None
+    reset_at = float(reset_at) if isinstance(reset_at, int | float) else None
+    if "error" in body:
+        error = error_from_envelope(body, status, method, retryable=repeatable)
+        # Limits refuse before the method runs, so repeating those is safe for writes too.
+        if status == 503 or error.code in (QUERY_LIMIT_EXCEEDED, OPERATION_TIME_LIMIT):
+            error.retryable = True
+        if error.code == OPERATION_TIME_LIMIT:
+            error.reset_at = reset_at  # from this answer only, never a stale one from an earlier success
+        raise error
+    if status >= 300 or "result" not in body:
+        raise BitrixError(
+            UNEXPECTED_RESPONSE,
+            f"HTTP {status} without a result or an error",
+            status,
+            retryable=repeatable,
+            method=method,
+        )
+    return BitrixResponse(body["result"], body.get("total"), body.get("next"))
 
 
 def _page_title(text: str) -> str:

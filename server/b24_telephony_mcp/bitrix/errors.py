@@ -37,7 +37,16 @@ _CODE_HINTS: dict[str, str] = {
     "NO_AUTH_FOUND": "The portal received no valid credentials; check B24_WEBHOOK_URL or the application tokens.",
     "INVALID_CREDENTIALS": "The webhook code is wrong or the webhook was deleted; create a new incoming webhook.",
     "insufficient_scope": "Grant the 'telephony' scope to the application or webhook (callbacks and info-calls "
-    "also need 'call').",
+    "need 'call').",
+    "BITRIX_REST_V3_EXCEPTION_INSUFFICIENTSCOPEEXCEPTION": "Grant the scope this method needs to the application "
+    "or webhook.",
+    "BITRIX_REST_V3_EXCEPTION_ACCESSDENIEDEXCEPTION": "The Bitrix24 user behind these credentials has no access "
+    "to this object.",
+    "BITRIX_REST_V3_EXCEPTION_ENTITYNOTFOUNDEXCEPTION": "No object with this identifier; list the objects first.",
+    "BITRIX_REST_V3_EXCEPTION_VALIDATION_REQUESTVALIDATIONEXCEPTION": "Fix the fields named in the description "
+    "and call again.",
+    "BITRIX_REST_V3_EXCEPTION_UNKNOWNDTOPROPERTYEXCEPTION": "A field in filter or select does not exist; list the "
+    "fields first.",
     "ACCESS_DENIED": "The Bitrix24 user behind these credentials lacks the telephony permission for this action; "
     "ask a portal administrator.",
     "user_access_error": "The user behind these credentials has no access to the application.",
@@ -98,6 +107,8 @@ class BitrixError(Exception):
     method: str | None = None
     reset_at: float | None = None
     """For OPERATION_TIME_LIMIT: unix time when the method's budget frees up, when known."""
+    validation: list[dict[str, Any]] | None = None
+    """REST 3.0: the fields the portal refused, `[{"field", "message"}]`."""
 
     def __post_init__(self) -> None:
         super().__init__(f"{self.code}: {self.description}")
@@ -116,6 +127,8 @@ class BitrixError(Exception):
             data["method"] = self.method
         if self.reset_at is not None:
             data["reset_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.reset_at))
+        if self.validation:
+            data["validation"] = self.validation
         return data
 
 
@@ -127,8 +140,21 @@ def hint_for(code: str, description: str) -> str:
 
 
 def error_from_envelope(body: dict[str, Any], http_status: int, method: str, *, retryable: bool) -> BitrixError:
-    """Build the error from a `{error, error_description}` envelope."""
-    raw_code = body.get("error")
+    """Build the error from a REST 2 `{error, error_description}` or a REST 3.0 `{error: {code, message,
+    validation}}` envelope; either may come from either address (auth errors, say), so both are read."""
+    raw = body.get("error")
+    validation: list[dict[str, Any]] = []
+    if isinstance(raw, dict):
+        raw_code, message = raw.get("code"), raw.get("message")
+        validation = [item for item in raw.get("validation") or () if isinstance(item, dict)]
+    else:
+        raw_code, message = raw, body.get("error_description")
     code = str(raw_code) if raw_code else ERROR_CORE
-    description = str(body.get("error_description") or raw_code or f"HTTP {http_status}")
-    return BitrixError(code, description, http_status, retryable, method=method)
+    description = str(message or raw_code or f"HTTP {http_status}")
+    if validation:
+        problems = "; ".join(
+            f"{item['field']}: {item.get('message', '')}" if item.get("field") else str(item.get("message", ""))
+            for item in validation
+        )
+        description = f"{description} ({problems})"
+    return BitrixError(code, description, http_status, retryable, method=method, validation=validation or None)

@@ -7,17 +7,39 @@ and output JSON schemas, and the `_meta` are computed from it, so they cannot di
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Annotated, Any, ClassVar, Literal
+from types import NoneType, UnionType
+from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, TypeAdapter, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, model_validator
 
+from b24_telephony_mcp.bitrix import BitrixClient
 from b24_telephony_mcp.tools.files import FilePolicy
 from b24_telephony_mcp.tools.schema import lean_schema, property_names
 
 META_METHOD_KEY = "b24/method"
+META_METHODS_KEY = "b24/methods"
+
+SECRET_ARGUMENTS = frozenset({"PASSWORD"})
+"""Arguments whose values are credentials (SIP passwords): redacted from every log line."""
+MASKED_RESULT_KEYS = frozenset({"PASSWORD", "INCOMING_PASSWORD", "SIP_PASSWORD"})
+"""Result keys holding SIP passwords: masked unless B24_REVEAL_SIP_PASSWORDS=1."""
+PASSWORD_MASK = "********"
+
+
+def mask_secrets(value: Any) -> Any:
+    """`value` with every SIP password (at any depth) replaced by a fixed mask; non-empty ones only, so an empty
+    password still reads as empty."""
+    if isinstance(value, dict):
+        return {
+            key: PASSWORD_MASK if key in MASKED_RESULT_KEYS and item else mask_secrets(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [mask_secrets(item) for item in value]
+    return value
 
 
 def _numeric_text_to_int(value: Any) -> Any:
@@ -41,6 +63,19 @@ class RestParams(BaseModel):
     """Groups of parameters of which at least one must be given (rules a flat schema cannot state
     portably: many clients refuse a top-level anyOf in a tool's input schema)."""
 
+    local_fields: ClassVar[frozenset[str]] = frozenset()
+    """Arguments of this server's own (lowercase, like `file_path`), never sent to the portal as they are."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _integers_as_text(cls, data: Any) -> Any:
+        # Clients (MCP Inspector, many models) send "NUMBER": 74951234567 where the schema says string; the
+        # portal reads it as text anyway. Only whole numbers: a float, bool or object there is still an error.
+        if not isinstance(data, dict):
+            return data
+        text_fields = _text_only_fields(cls)
+        return {key: str(value) if key in text_fields and type(value) is int else value for key, value in data.items()}
+
     @model_validator(mode="after")
     def _check_at_least_one_of(self) -> RestParams:
         for group in self.at_least_one_of:
@@ -49,7 +84,58 @@ class RestParams(BaseModel):
         return self
 
     def to_rest(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", exclude_none=True, by_alias=True)
+        return self.model_dump(mode="json", exclude_none=True, by_alias=True, exclude=set(self.local_fields))
+
+
+_TEXT_ONLY_FIELDS: dict[type[BaseModel], frozenset[str]] = {}
+
+
+def _text_only_fields(model: type[BaseModel]) -> frozenset[str]:
+    """Fields typed as a string (optionally None) and nothing else numeric, per model class, computed once."""
+    cached = _TEXT_ONLY_FIELDS.get(model)
+    if cached is None:
+        cached = _TEXT_ONLY_FIELDS[model] = frozenset(
+            name for name, info in model.model_fields.items() if _is_text(info.annotation)
+        )
+    return cached
+
+
+def _is_text(annotation: Any) -> bool:
+    if annotation is str:
+        return True
+    if get_origin(annotation) in (Union, UnionType):
+        members = [member for member in get_args(annotation) if member is not NoneType]
+        return len(members) == 1 and _is_text(members[0])
+    if get_origin(annotation) is Literal:
+        return all(isinstance(value, str) for value in get_args(annotation))
+    return False
+
+
+class PagedParams(RestParams):
+    """A REST 2 list paged by `start` (50 rows a page); `total` and `next` come back beside the result."""
+
+    start: int | None = Field(None, ge=0, description="Offset of the first row: 0, 50, 100... (`next` of a page).")
+
+
+class RowFieldsParams(RestParams):
+    """Adds `fields`: keep only these keys of each row, so a wide list does not flood the context."""
+
+    local_fields = frozenset({"fields"})
+
+    fields: list[str] | None = Field(None, description="Keep only these keys in each row (default: whole rows).")
+
+    def shape_rows(self, result: Any) -> Any:
+        if not self.fields or not isinstance(result, list):
+            return result
+        wanted = set(self.fields)
+        return [{k: v for k, v in row.items() if k in wanted} if isinstance(row, dict) else row for row in result]
+
+
+YesNo = Literal["Y", "N"]
+
+
+class NoParams(RestParams):
+    pass
 
 
 class RestResult(BaseModel):
@@ -62,10 +148,32 @@ class RestResult(BaseModel):
 class ToolContext:
     """What a tool may need beyond its arguments."""
 
-    files: FilePolicy
+    files: FilePolicy = field(default_factory=FilePolicy)
+    reveal_sip_passwords: bool = False
+    """B24_REVEAL_SIP_PASSWORDS=1: results keep SIP passwords instead of a mask."""
 
 
 Prepare = Callable[[Any, ToolContext], Awaitable[dict[str, Any]]]
+
+
+async def _no_progress(done: float, total: float | None = None, message: str | None = None) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class ToolRun:
+    """What a composite tool's `run` gets: the REST client, the context, the tools this server offers, and a
+    way to report progress (a no-op unless the client sent a progressToken)."""
+
+    client: BitrixClient
+    context: ToolContext
+    offered: Mapping[str, ToolSpec]
+    report_progress: Callable[[float, float | None, str | None], Awaitable[None]] = _no_progress
+
+
+Run = Callable[[Any, ToolRun], Awaitable[dict[str, Any]]]
+"""A composite tool's body: validated arguments in, the structured result (`{"result": ...}`) out, or a
+`BitrixError` raised."""
 
 
 async def plain_params(params: RestParams, _: ToolContext) -> dict[str, Any]:
@@ -102,12 +210,29 @@ class ToolSpec:
     result: Any
     """A type describing the REST `result` (only its JSON schema is used)."""
     effect: Effect
-    paginated: bool = False
-    """The method pages its list with `start`; `total` and `next` come back beside the result."""
+    scopes: tuple[str, ...] = ("telephony",)
+    """Bitrix24 scopes the application or webhook needs for this method."""
+    app_only: bool = False
+    """The docs say the method works only with an application token (a webhook gets WRONG_AUTH_TYPE)."""
+    rest_api: int = 2
+    """2: `/rest/<method>`; 3: `/rest/api/<method>` (REST 3.0: JSON body, its own error envelope)."""
     open_world: bool = True
     """Every tool talks to the customer's portal, whose state this server does not own."""
     prepare: Prepare = plain_params
     """Turns validated arguments into REST parameters (e.g. reads a local file)."""
+    run: Run | None = None
+    """A composite tool (several REST calls, a batch): replaces the one-method call; `method` is its main one."""
+    other_methods: tuple[str, ...] = ()
+    """Further REST methods a composite tool may call (`_meta["b24/methods"]`)."""
+
+    @property
+    def paginated(self) -> bool:
+        """The method pages its list with `start`; `total` and `next` come back beside the result."""
+        return issubclass(self.params, PagedParams)
+
+    def shape_result(self, params: RestParams, result: Any) -> Any:
+        """The REST result as the model sees it (only the rows' requested `fields`)."""
+        return params.shape_rows(result) if isinstance(params, RowFieldsParams) else result
 
     @cached_property
     def input_schema(self) -> dict[str, Any]:
@@ -137,4 +262,20 @@ class ToolSpec:
 
     @property
     def meta(self) -> dict[str, Any]:
-        return {META_METHOD_KEY: self.method}
+        meta: dict[str, Any] = {META_METHOD_KEY: self.method}
+        if self.other_methods:
+            meta[META_METHODS_KEY] = [self.method, *self.other_methods]
+        return meta
+
+
+@dataclass(frozen=True)
+class Toolset:
+    """A group of tools switched on and off together (`--toolsets`)."""
+
+    name: str
+    description: str
+    tools: tuple[ToolSpec, ...]
+    default: bool = False
+    """On when no --toolsets is given."""
+    instructions: str = ""
+    """A line for the server's instructions while this toolset is offered."""

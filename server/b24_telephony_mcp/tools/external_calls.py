@@ -1,7 +1,7 @@
-"""External telephony: `telephony.externalLine.*`, `telephony.externalCall.*`, transcripts.
+"""External calls: `telephony.externalCall.*` and `telephony.call.attachTranscription`.
 
-Field names are the REST parameter names verbatim; descriptions are condensed from the
-Bitrix24 docs tables. Annotations follow methods.json (`read_only`, `destructive`, `idempotent`).
+A PBX or voice agent registers a call, finishes it, then attaches the recording and the transcript.
+Field names are the REST parameter names verbatim; descriptions are condensed from the Bitrix24 docs tables.
 """
 
 from __future__ import annotations
@@ -13,63 +13,22 @@ from pydantic import Field, model_validator
 from b24_telephony_mcp.tools.base import (
     CONSUMES,
     CREATES,
-    OVERWRITES,
     READS,
     SIGNALS,
     RestParams,
     RestResult,
     ToolContext,
+    Toolset,
     ToolSpec,
     int_choice,
 )
 from b24_telephony_mcp.tools.files import RECORDING_EXTENSIONS
 
-YesNo = Literal["Y", "N"]
 CrmEntityType = Literal["CONTACT", "COMPANY", "LEAD"]
 
-LINE_NUMBER_DESC = "External line number (see list_external_lines)."
 CALL_ID_DESC = "CALL_ID returned by register_external_call."
 USER_ID_DESC = "Bitrix24 user ID. USER_ID or USER_PHONE_INNER is required."
 USER_PHONE_INNER_DESC = "The user's internal extension. USER_ID or USER_PHONE_INNER is required."
-CRM_AUTO_CREATE_DESC = "Create a CRM record for outgoing calls to unknown numbers: Y (default) or N."
-
-
-# --- external lines -----------------------------------------------------------------------------
-
-
-class AddLineParams(RestParams):
-    NUMBER: str = Field(description="External line number; unique per application.")
-    NAME: str | None = Field(None, description="Line name.")
-    CRM_AUTO_CREATE: YesNo | None = Field(None, description=CRM_AUTO_CREATE_DESC)
-
-
-class UpdateLineParams(RestParams):
-    at_least_one_of = (("NAME", "CRM_AUTO_CREATE"),)
-
-    NUMBER: str = Field(description=LINE_NUMBER_DESC + " Identifies the line; cannot be changed.")
-    NAME: str | None = Field(None, description="New name. NAME or CRM_AUTO_CREATE is required.")
-    CRM_AUTO_CREATE: YesNo | None = Field(None, description=CRM_AUTO_CREATE_DESC)
-
-
-class LineNumberParams(RestParams):
-    NUMBER: str = Field(description=LINE_NUMBER_DESC)
-
-
-class NoParams(RestParams):
-    pass
-
-
-class LineId(RestResult):
-    ID: int | str
-
-
-class ExternalLine(RestResult):
-    NUMBER: str
-    NAME: str | None = None
-    CRM_AUTO_CREATE: str | None = None
-
-
-# --- external calls -----------------------------------------------------------------------------
 
 
 class SearchCrmParams(RestParams):
@@ -209,8 +168,8 @@ class AttachedFile(RestResult):
 
 class TranscriptMessage(RestParams):
     SIDE: Literal["User", "Client"] = Field(description="User (the employee) or Client.")
-    START_TIME: int = Field(description="Start, seconds from the call start (>= 0).")
-    STOP_TIME: int = Field(description="End, seconds from the call start (> 0).")
+    START_TIME: int = Field(ge=0, description="Start, seconds from the call start.")
+    STOP_TIME: int = Field(gt=0, description="End, seconds from the call start.")
     MESSAGE: str = Field(description="What was said.")
 
 
@@ -235,106 +194,80 @@ async def record_params(params: AttachRecordParams, context: ToolContext) -> dic
     return rest
 
 
-TOOLS: tuple[ToolSpec, ...] = (
-    ToolSpec(
-        name="add_external_line",
-        method="telephony.externalLine.add",
-        title="Add external line",
-        description="Add an external telephony line (a PBX or provider number) to the portal for this application.",
-        params=AddLineParams,
-        result=LineId,
-        effect=CREATES,
-    ),
-    ToolSpec(
-        name="update_external_line",
-        method="telephony.externalLine.update",
-        title="Update external line",
-        description="Rename an external line or change its CRM auto-creation setting.",
-        params=UpdateLineParams,
-        result=LineId,
-        effect=OVERWRITES,
-    ),
-    ToolSpec(
-        name="list_external_lines",
-        method="telephony.externalLine.get",
-        title="List external lines",
-        description="List this application's external lines (NUMBER, NAME, CRM_AUTO_CREATE).",
-        params=NoParams,
-        result=list[ExternalLine],
-        effect=READS,
-    ),
-    ToolSpec(
-        name="delete_external_line",
-        method="telephony.externalLine.delete",
-        title="Delete external line",
-        description="Delete an external line by its number.",
-        params=LineNumberParams,
-        result=list[Any] | bool,
-        effect=CONSUMES,
-    ),
-    ToolSpec(
-        name="register_external_call",
-        method="telephony.externalCall.register",
-        title="Register external call",
-        description="Register the start of a call made through an external PBX; returns CALL_ID and the "
-        "CRM record the number matched. Then finish_external_call.",
-        params=RegisterCallParams,
-        result=RegisteredCall,
-        effect=CREATES,
-    ),
-    ToolSpec(
-        name="finish_external_call",
-        method="telephony.externalCall.finish",
-        title="Finish external call",
-        description="End a registered call: writes call statistics and the CRM call activity. Only once per CALL_ID.",
-        params=FinishCallParams,
-        result=FinishedCall,
-        effect=CONSUMES,
-    ),
-    ToolSpec(
-        name="show_external_call",
-        method="telephony.externalCall.show",
-        title="Show call card",
-        description="Open the call card of an active call for users. False if the call is not active.",
-        params=CallCardParams,
-        result=bool,
-        effect=SIGNALS,
-    ),
-    ToolSpec(
-        name="hide_external_call",
-        method="telephony.externalCall.hide",
-        title="Hide call card",
-        description="Hide the call card of an active call for users. False if the call is not active.",
-        params=CallCardParams,
-        result=bool,
-        effect=SIGNALS,
-    ),
-    ToolSpec(
-        name="attach_external_call_record",
-        method="telephony.externalCall.attachRecord",
-        title="Attach call recording",
-        description="Attach a recording (.wav/.mp3) to a finished call; replaces an earlier one.",
-        params=AttachRecordParams,
-        result=AttachedFile,
-        effect=CONSUMES,
-        prepare=record_params,
-    ),
-    ToolSpec(
-        name="search_crm_entities_by_phone",
-        method="telephony.externalCall.searchCrmEntities",
-        title="Find CRM client by phone",
-        description="Find CRM contacts, leads and companies with this phone number, with their responsible users.",
-        params=SearchCrmParams,
-        result=list[CrmMatch],
-        effect=READS,
-    ),
-    ToolSpec(
-        name="attach_call_transcription",
-        method="telephony.call.attachTranscription",
-        title="Attach call transcript",
-        description="Attach a transcript (who said what, when) to a finished call.",
-        params=AttachTranscriptionParams,
-        result=Transcript,
-        effect=CREATES,
+TOOLSET = Toolset(
+    name="external_calls",
+    description="Calls through an external PBX or voice agent: register, finish, call card, recording, transcript, "
+    "CRM lookup by phone.",
+    default=True,
+    instructions="Logging a PBX call: register_external_call (keep CALL_ID), search_crm_entities_by_phone to "
+    "identify the client, finish_external_call, then attach_external_call_record and attach_call_transcription.",
+    tools=(
+        ToolSpec(
+            name="register_external_call",
+            method="telephony.externalCall.register",
+            title="Register external call",
+            description="Register the start of a call made through an external PBX; returns CALL_ID and the "
+            "CRM record the number matched. Then finish_external_call.",
+            params=RegisterCallParams,
+            result=RegisteredCall,
+            effect=CREATES,
+            app_only=True,
+        ),
+        ToolSpec(
+            name="finish_external_call",
+            method="telephony.externalCall.finish",
+            title="Finish external call",
+            description="End a registered call: writes call statistics and the CRM call activity. Once per CALL_ID.",
+            params=FinishCallParams,
+            result=FinishedCall,
+            effect=CONSUMES,
+            app_only=True,
+        ),
+        ToolSpec(
+            name="show_external_call",
+            method="telephony.externalCall.show",
+            title="Show call card",
+            description="Open the call card of an active call for users. False if the call is not active.",
+            params=CallCardParams,
+            result=bool,
+            effect=SIGNALS,
+        ),
+        ToolSpec(
+            name="hide_external_call",
+            method="telephony.externalCall.hide",
+            title="Hide call card",
+            description="Hide the call card of an active call for users. False if the call is not active.",
+            params=CallCardParams,
+            result=bool,
+            effect=SIGNALS,
+        ),
+        ToolSpec(
+            name="attach_external_call_record",
+            method="telephony.externalCall.attachRecord",
+            title="Attach call recording",
+            description="Attach a recording (.wav/.mp3) to a finished call; replaces an earlier one.",
+            params=AttachRecordParams,
+            result=AttachedFile,
+            effect=CONSUMES,
+            prepare=record_params,
+        ),
+        ToolSpec(
+            name="search_crm_entities_by_phone",
+            method="telephony.externalCall.searchCrmEntities",
+            title="Find CRM client by phone",
+            description="Find CRM contacts, leads and companies with this phone number, with their responsible users.",
+            params=SearchCrmParams,
+            result=list[CrmMatch],
+            effect=READS,
+        ),
+        ToolSpec(
+            name="attach_call_transcription",
+            method="telephony.call.attachTranscription",
+            title="Attach call transcript",
+            description="Attach a transcript (who said what, when) to a finished call.",
+            params=AttachTranscriptionParams,
+            result=Transcript,
+            effect=CREATES,
+        ),
     ),
 )

@@ -1,0 +1,107 @@
+"""External lines: `telephony.externalLine.*`, the PBX or provider numbers an application adds to the portal.
+
+Field names are the REST parameter names verbatim; descriptions are condensed from the Bitrix24 docs tables.
+Annotations follow methods.json (`read_only`, `destructive`, `idempotent`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+
+from b24_telephony_mcp.tools.base import (
+    CONSUMES,
+    CREATES,
+    OVERWRITES,
+    READS,
+    NoParams,
+    RestParams,
+    RestResult,
+    Toolset,
+    ToolSpec,
+    YesNo,
+)
+
+LINE_NUMBER_DESC = "External line number (see list_external_lines)."
+
+
+class AddLineParams(RestParams):
+    NUMBER: str = Field(description="External line number; unique per application.")
+    NAME: str | None = Field(None, description="Line name.")
+    CRM_AUTO_CREATE: YesNo | None = Field(
+        None, description="Create a CRM record for outgoing calls to unknown numbers: Y (default) or N."
+    )
+
+
+class UpdateLineParams(RestParams):
+    at_least_one_of = (("NAME", "CRM_AUTO_CREATE"),)
+
+    NUMBER: str = Field(description=LINE_NUMBER_DESC + " Identifies the line; cannot be changed.")
+    NAME: str | None = Field(None, description="New name. NAME or CRM_AUTO_CREATE is required.")
+    CRM_AUTO_CREATE: YesNo | None = Field(
+        None, description="Create a CRM record for outgoing calls to unknown numbers: Y or N. Omit to keep it."
+    )
+
+
+class LineNumberParams(RestParams):
+    NUMBER: str = Field(description=LINE_NUMBER_DESC)
+
+
+class LineId(RestResult):
+    ID: int | str
+
+
+class ExternalLine(RestResult):
+    NUMBER: str
+    NAME: str | None = None
+    CRM_AUTO_CREATE: str | None = None
+
+
+TOOLSET = Toolset(
+    name="external_lines",
+    description="External PBX/provider lines of this application: add, update, list, delete.",
+    default=True,
+    tools=(
+        ToolSpec(
+            name="add_external_line",
+            method="telephony.externalLine.add",
+            title="Add external line",
+            description="Add an external telephony line (a PBX or provider number) to the portal for this application.",
+            params=AddLineParams,
+            result=LineId,
+            effect=CREATES,
+            app_only=True,
+        ),
+        ToolSpec(
+            name="update_external_line",
+            method="telephony.externalLine.update",
+            title="Update external line",
+            description="Rename an external line or change its CRM auto-creation setting.",
+            params=UpdateLineParams,
+            result=LineId,
+            effect=OVERWRITES,
+            app_only=True,
+        ),
+        ToolSpec(
+            name="list_external_lines",
+            method="telephony.externalLine.get",
+            title="List external lines",
+            description="List this application's external lines (NUMBER, NAME, CRM_AUTO_CREATE).",
+            params=NoParams,
+            result=list[ExternalLine],
+            effect=READS,
+            app_only=True,
+        ),
+        ToolSpec(
+            name="delete_external_line",
+            method="telephony.externalLine.delete",
+            title="Delete external line",
+            description="Delete an external line by its number.",
+            params=LineNumberParams,
+            result=list[Any] | bool,
+            effect=CONSUMES,
+            app_only=True,
+        ),
+    ),
+)
