@@ -20,7 +20,7 @@ from mcp import Client
 from mcp_types import CallToolResult
 
 from b24_telephony_mcp.sandbox import RunningSandbox, SandboxPortal
-from b24_telephony_mcp.sandbox.state import TokenPair as IssuedPair
+from b24_telephony_mcp.sandbox.portal import TokenPair as IssuedPair
 from support import app_env, error_of, http_server, http_session, ok, stdio_session, text_of, webhook_env
 
 pytestmark = pytest.mark.anyio

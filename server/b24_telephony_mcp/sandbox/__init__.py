@@ -5,8 +5,9 @@ Start one with :func:`start_sandbox` (background thread, free loopback port) or
 """
 
 from .app import create_app
+from .errors import SandboxRestError
+from .portal import Caller, SandboxConfig, SandboxPortal
 from .runner import RunningSandbox, run_sandbox_forever, start_sandbox
-from .state import Caller, SandboxConfig, SandboxPortal, SandboxRestError
 
 __all__ = [
     "Caller",

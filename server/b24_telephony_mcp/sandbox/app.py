@@ -6,10 +6,16 @@ Routes
     App mode. Token from ``Authorization: Bearer``, else the ``auth`` param, else ``access_token``.
 ``GET|POST /rest/<user_id>/<code>/<method>[.json]``
     Incoming-webhook mode.
+``POST /rest/api/<method>``, ``POST /rest/api/<user_id>/<code>/<method>``
+    REST 3.0, app mode (token in the JSON body field ``auth``, or Bearer) and webhook mode. Only a JSON body
+    is read (no query string); another body answers ``BITRIX_REST_V3_EXCEPTION_INVALIDJSONEXCEPTION``. A method
+    without params may be called by GET. Errors go out in the REST 3.0 envelope
+    ``{"error": {"code", "message", "validation"?}}``. Only REST 3.0 methods are found here, and only REST 2
+    methods under ``/rest/`` (else 404 ``ERROR_METHOD_NOT_FOUND``).
 ``GET|POST /oauth/token/``
     ``grant_type=refresh_token`` only; refresh tokens rotate and are single-use.
 
-Params come from the query string merged with the body (body wins): JSON when Content-Type is
+REST 2 params come from the query string merged with the body (body wins): JSON when Content-Type is
 ``application/json``, otherwise form or multipart fields with PHP-style keys (``MESSAGES[0][SIDE]=Client``).
 
 Test-control endpoints (test hooks, answered to loopback clients only; not part of Bitrix24)
@@ -25,7 +31,8 @@ Test-control endpoints (test hooks, answered to loopback clients only; not part 
 ``POST /_sandbox/reset-stats``
     Zero the stats.
 
-The leaky bucket applies to REST requests only, never to the OAuth or control endpoints.
+The leaky bucket and the request stats count REST 2 and REST 3.0 requests alike, never the OAuth or control
+endpoints.
 """
 
 from __future__ import annotations
@@ -47,7 +54,9 @@ from starlette.routing import Route
 
 from b24_telephony_mcp.net import is_loopback_host
 
-from .state import METHOD_NOT_FOUND, QUERY_LIMIT_EXCEEDED, Caller, SandboxPortal, SandboxRestError, UploadedFile
+from .errors import METHOD_NOT_FOUND, QUERY_LIMIT_EXCEEDED, V3_INVALID_JSON, ApiVersion, SandboxRestError
+from .portal import Caller, SandboxPortal
+from .records import UploadedFile
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +147,23 @@ async def _request_params(request: Request) -> dict[str, Any]:
     return params
 
 
+async def _json_body_params(request: Request) -> dict[str, Any]:
+    """REST 3.0 params: only a JSON object body counts; the query string is ignored."""
+    body = await request.body()
+    if not body.strip():  # a method without params may be called by GET or with an empty POST
+        return {}
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/json":
+        raise V3_INVALID_JSON.exc()
+    try:
+        params = json.loads(body)
+    except ValueError:
+        raise V3_INVALID_JSON.exc() from None
+    if not isinstance(params, dict):
+        raise V3_INVALID_JSON.exc()
+    return params
+
+
 def _take_token(request: Request, params: dict[str, Any]) -> str | None:
     """Bearer header first, then ``auth``, then ``access_token`` (oauth Auth::getAuthKey order)."""
     found = [params.pop(name, None) for name in _AUTH_PARAMS]
@@ -150,8 +176,8 @@ def _take_token(request: Request, params: dict[str, Any]) -> str | None:
 # --- responses ---
 
 
-def _error(exc: SandboxRestError) -> JSONResponse:
-    return JSONResponse(exc.payload(), status_code=exc.status)
+def _error(exc: SandboxRestError, api: ApiVersion = 2) -> JSONResponse:
+    return JSONResponse(exc.payload(api), status_code=exc.status)
 
 
 def _time_block(start: float, finish: float) -> dict[str, Any]:
@@ -248,6 +274,9 @@ class SandboxHttp:
         start = time.time()
         self._learn_base_url(request)
         segments = request.path_params["path"].strip("/").split("/")
+        api: ApiVersion = 2
+        if segments[0] == "api" and len(segments) > 1:
+            api, segments = 3, segments[1:]
         method = segments[-1].removesuffix(".json").lower()
         with self.portal.lock:
             self.portal.stats.requests[method] += 1
@@ -255,17 +284,17 @@ class SandboxHttp:
         if fault is not None:
             return fault.response()
         if not self.bucket.admit():
-            return _error(QUERY_LIMIT_EXCEEDED.exc())
-        params = await _request_params(request)
-        token = _take_token(request, params)
+            return _error(QUERY_LIMIT_EXCEEDED.exc(), api)
         try:
-            caller = self._authenticate(segments, token)
-            result = self.portal.call(method, params, caller)
+            params = await (_json_body_params(request) if api == 3 else _request_params(request))
+            caller = self._authenticate(segments, _take_token(request, params))
+            result = self.portal.call(method, params, caller, api)
         except SandboxRestError as exc:
-            return _error(exc)
+            return _error(exc, api)
         return JSONResponse({"result": result, "time": _time_block(start, time.time())})
 
     def _authenticate(self, segments: list[str], token: str | None) -> Caller:
+        """``segments``: the path after ``/rest/`` (and after ``api/`` for REST 3.0)."""
         if len(segments) == 3:
             return self.portal.authenticate_webhook(segments[0], segments[1])
         if len(segments) == 1:

@@ -16,7 +16,7 @@ import uvicorn
 from b24_telephony_mcp.net import listen_socket, url_host
 
 from .app import create_app
-from .state import SandboxConfig, SandboxPortal
+from .portal import SandboxConfig, SandboxPortal
 
 logger = logging.getLogger(__name__)
 

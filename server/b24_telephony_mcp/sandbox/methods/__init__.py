@@ -1,0 +1,18 @@
+"""The sandbox portal's REST methods: one module per toolset, each ending with its ``METHODS`` table.
+
+Adding a method's emulation: write its handler in ``<toolset>.py`` (a new module or an existing one), list it
+in that module's ``METHODS``, and, for a new module, add its table here.
+"""
+
+from __future__ import annotations
+
+from ..portal import Method
+from . import external_calls, external_lines
+
+#: Lower-cased REST name -> Method. Tests may add a throwaway entry (and must remove it).
+METHODS: dict[str, Method] = {
+    **external_lines.METHODS,
+    **external_calls.METHODS,
+}
+
+__all__ = ["METHODS"]

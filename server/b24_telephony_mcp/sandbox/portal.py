@@ -1,0 +1,313 @@
+"""The emulated portal: config, clock, lock, tokens and OAuth, authentication, scopes, dispatch, shared lookups.
+
+Pure Python, no HTTP. A REST method is a :class:`Method`: a handler ``(portal, params, caller) -> result`` that
+returns the ``result`` value or raises :class:`SandboxRestError`, plus how it is registered (app-only, scope,
+REST version). The handlers live in ``methods/<toolset>.py``; ``methods/__init__.py`` holds the registry.
+Shared tables (users, CRM, lines, calls, statistics, files, transcripts) are attributes of the portal; a toolset
+keeps its own tables in a dataclass fetched with :meth:`SandboxPortal.state`. Behaviour follows the server
+source as recorded in ``bitrix24-facts/methods.json`` (``source_notes``): validation order, messages, casts.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
+
+from .errors import (
+    EXPIRED_TOKEN,
+    INSUFFICIENT_SCOPE,
+    INSUFFICIENT_SCOPE_WEBHOOK,
+    INVALID_CREDENTIALS,
+    INVALID_TOKEN,
+    METHOD_NOT_FOUND,
+    NO_AUTH_FOUND,
+    OAUTH_INVALID_CLIENT,
+    OAUTH_INVALID_GRANT,
+    OAUTH_INVALID_REQUEST,
+    V3_INSUFFICIENT_SCOPE,
+    WRONG_AUTH_TYPE,
+    ApiVersion,
+    SandboxRestError,
+)
+from .php import digits, php_int, php_str
+from .records import (
+    APP_ID,
+    ActiveCall,
+    CrmEntity,
+    ExternalLine,
+    SandboxFile,
+    SandboxUser,
+    StatisticRecord,
+    Transcript,
+    seed_crm,
+    seed_users,
+)
+
+Params = dict[str, Any]
+T = TypeVar("T")
+
+#: Scopes granted to the sandbox app's tokens (and to its webhook) unless the config says otherwise.
+SANDBOX_SCOPE = "telephony,call,crm,user"
+
+
+@dataclass
+class SandboxConfig:
+    """Knobs of the emulated portal; the defaults mirror a cloud portal on a non-Enterprise plan."""
+
+    client_id: str = "local.sandbox0000000000.00000001"
+    client_secret: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    webhook_user_id: int = 1
+    webhook_code: str = field(default_factory=lambda: secrets.token_hex(8))
+    access_token_ttl: float = 3600.0
+    rate_limit: float = 2.0
+    rate_burst: int = 50
+    # The docs call method-specific failures ERROR_CORE; the server throws them without a code (""), as seen
+    # on a live portal (disagreements.md #1).
+    error_core_code: str = ""
+    # Docs: externalLine.* and externalCall.register/finish are app-only. Source: webhooks are accepted
+    # (disagreements.md #2).
+    webhook_app_only: bool = True
+    # Newest source auto-creates an unknown LINE_NUMBER on register; older source errors (disagreements.md #5).
+    unknown_line_autocreate: bool = True
+    #: Comma-separated scopes granted to the app's tokens (reported in token responses) and to the webhook.
+    scopes: str = SANDBOX_SCOPE
+    webhook_scopes: str = SANDBOX_SCOPE
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling: an app token (client_id/app_id set) or the incoming webhook (no app context)."""
+
+    auth_type: Literal["oauth", "webhook"]
+    user_id: int
+    client_id: str | None = None
+    app_id: int | None = None
+    access_token: str | None = None
+
+
+@dataclass(frozen=True)
+class TokenPair:
+    access_token: str
+    refresh_token: str
+    expires_at: float
+    user_id: int
+
+
+@dataclass
+class Stats:
+    requests: Counter[str] = field(default_factory=Counter)
+    refreshes: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"requests": dict(self.requests), "refreshes": self.refreshes}
+
+
+# A REST method implementation: (portal, params, caller) -> result.
+Handler = Callable[["SandboxPortal", Params, Caller], Any]
+
+
+@dataclass(frozen=True)
+class Method:
+    """How a REST method is registered on the portal."""
+
+    handler: Handler
+    app_only: bool = False  # docs: "works only in the context of an application"
+    scope: str = "telephony"  # the scope it is registered under in OnRestServiceBuildDescription
+    api: ApiVersion = 2  # 2: served at /rest/...; 3: REST 3.0, served at /rest/api/...
+
+
+def method_table(methods: Mapping[str, Method]) -> dict[str, Method]:
+    """A module's methods keyed by lower-cased REST name (CRestServer matches names case-insensitively)."""
+    table = {name.lower(): method for name, method in methods.items()}
+    if len(table) != len(methods):
+        raise ValueError("two method names differ only in case")
+    return table
+
+
+# searchCrmEntities returns CONTACT, then LEAD, then COMPANY; register picks its primary entity the same way.
+_CRM_SEARCH_ORDER = ("CONTACT", "LEAD", "COMPANY")
+
+
+class SandboxPortal:
+    """The emulated portal. Thread-safe: every public entry point holds ``lock``."""
+
+    def __init__(self, config: SandboxConfig | None = None, clock: Callable[[], float] = time.time) -> None:
+        from .methods import METHODS  # the method modules import this module
+
+        self.config = config or SandboxConfig()
+        #: Wall clock; tests may replace it to move time forward (token expiry, the 30-minute window).
+        self.clock = clock
+        #: The registry this portal dispatches to (lower-cased REST name -> Method).
+        self.methods: Mapping[str, Method] = METHODS
+        #: "http://host:port", set by the runner once the port is known (or by the app on first request).
+        self.base_url = ""
+        self.member_id = secrets.token_hex(16)
+        self.lock = threading.RLock()
+        self.stats = Stats()
+        self.users = seed_users()
+        self.crm = seed_crm()
+        self.lines: dict[int, ExternalLine] = {}
+        self.calls: dict[str, ActiveCall] = {}
+        self.statistics: dict[str, StatisticRecord] = {}
+        self.files: dict[int, SandboxFile] = {}
+        self.transcripts: dict[int, Transcript] = {}
+        self.activities: dict[int, dict[str, Any]] = {}
+        self._toolset_state: dict[type[Any], Any] = {}
+        self._access_tokens: dict[str, TokenPair] = {}
+        self._refresh_tokens: dict[str, TokenPair] = {}
+        self._ids: Counter[str] = Counter({"line": 0, "stat": 0, "file": 9000, "transcript": 0, "activity": 7900})
+
+    # --- infrastructure ---
+
+    def state(self, kind: type[T]) -> T:
+        """The portal's one instance of a toolset's own tables, created with ``kind()`` on first use."""
+        with self.lock:
+            if kind not in self._toolset_state:
+                self._toolset_state[kind] = kind()
+            instance: T = self._toolset_state[kind]
+            return instance
+
+    def next_id(self, kind: str) -> int:
+        """The next id of a kind of record; a new kind starts at 1."""
+        self._ids[kind] += 1
+        return self._ids[kind]
+
+    def core(self, template: str, **fmt: Any) -> SandboxRestError:
+        """A method-specific error (sent with ``config.error_core_code``, HTTP 400)."""
+        return SandboxRestError(self.config.error_core_code, template.format(**fmt), 400)
+
+    def granted_scopes(self, caller: Caller) -> frozenset[str]:
+        granted = self.config.scopes if caller.auth_type == "oauth" else self.config.webhook_scopes
+        return frozenset(scope.strip() for scope in granted.split(",") if scope.strip())
+
+    def call(self, method: str, params: Params, caller: Caller, api: ApiVersion = 2) -> Any:
+        """Run a REST method by (case-insensitive) name, as called at the route of REST version ``api``."""
+        spec = self.methods.get(method.lower())
+        if spec is None or spec.api != api:
+            raise METHOD_NOT_FOUND.exc()
+        if spec.scope not in self.granted_scopes(caller):
+            if api == 3:
+                raise V3_INSUFFICIENT_SCOPE.exc()
+            raise (INSUFFICIENT_SCOPE if caller.auth_type == "oauth" else INSUFFICIENT_SCOPE_WEBHOOK).exc()
+        if spec.app_only and self.config.webhook_app_only and caller.auth_type != "oauth":
+            raise WRONG_AUTH_TYPE.exc()
+        with self.lock:
+            return spec.handler(self, params, caller)
+
+    def method_names(self) -> list[str]:
+        return sorted(self.methods)
+
+    def reset_stats(self) -> None:
+        with self.lock:
+            self.stats = Stats()
+
+    # --- OAuth ---
+
+    def issue_tokens(self, user_id: int = 1) -> TokenPair:
+        """Issue a fresh token pair to the app (what installation or a refresh hands out)."""
+        with self.lock:
+            pair = TokenPair(
+                access_token=secrets.token_hex(35),
+                refresh_token=secrets.token_hex(35),
+                expires_at=self.clock() + self.config.access_token_ttl,
+                user_id=user_id,
+            )
+            self._access_tokens[pair.access_token] = pair
+            self._refresh_tokens[pair.refresh_token] = pair
+            return pair
+
+    def authenticate_token(self, token: str | None) -> Caller:
+        if not token:
+            raise NO_AUTH_FOUND.exc()
+        with self.lock:
+            pair = self._access_tokens.get(token)
+            if pair is None:
+                raise INVALID_TOKEN.exc()
+            if self.clock() >= pair.expires_at:
+                raise EXPIRED_TOKEN.exc()
+        return Caller("oauth", pair.user_id, client_id=self.config.client_id, app_id=APP_ID, access_token=token)
+
+    def authenticate_webhook(self, user_id: str, code: str) -> Caller:
+        expected = (str(self.config.webhook_user_id), self.config.webhook_code)
+        if (user_id, code) != expected:
+            raise INVALID_CREDENTIALS.exc()
+        return Caller("webhook", self.config.webhook_user_id)
+
+    def expire_all_tokens(self) -> int:
+        """Make every issued access token expired; returns how many there were."""
+        with self.lock:
+            past = self.clock() - 1
+            for token, pair in self._access_tokens.items():
+                expired = TokenPair(pair.access_token, pair.refresh_token, past, pair.user_id)
+                self._access_tokens[token] = expired
+                self._refresh_tokens[pair.refresh_token] = expired
+            return len(self._access_tokens)
+
+    def oauth_token(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The /oauth/token/ endpoint. Refresh tokens are single-use: using one revokes it and its access token."""
+        if params.get("grant_type") != "refresh_token":
+            raise OAUTH_INVALID_REQUEST.exc()
+        if params.get("client_id") != self.config.client_id or params.get("client_secret") != self.config.client_secret:
+            raise OAUTH_INVALID_CLIENT.exc()
+        with self.lock:
+            used = self._refresh_tokens.pop(php_str(params.get("refresh_token")), None)
+            if used is None:
+                raise OAUTH_INVALID_GRANT.exc()
+            self._access_tokens.pop(used.access_token, None)
+            pair = self.issue_tokens(used.user_id)
+            self.stats.refreshes += 1
+        return self.token_response(pair)
+
+    def token_response(self, pair: TokenPair) -> dict[str, Any]:
+        return {
+            "access_token": pair.access_token,
+            "expires_in": int(self.config.access_token_ttl),
+            "expires": int(pair.expires_at),
+            "refresh_token": pair.refresh_token,
+            "scope": self.config.scopes,
+            "domain": urlsplit(self.base_url).netloc,
+            "server_endpoint": f"{self.base_url}/rest/",
+            "client_endpoint": f"{self.base_url}/rest/",
+            "member_id": self.member_id,
+            "status": "L",
+            "user_id": pair.user_id,
+        }
+
+    # --- shared lookups ---
+
+    def user_by_inner_phone(self, phone: Any) -> SandboxUser | None:
+        """Helper::getUserByPhone: only active users match."""
+        wanted = php_str(phone)
+        if not wanted:
+            return None
+        return next((u for u in self.users.values() if u.active and u.phone_inner == wanted), None)
+
+    def resolve_user_id(self, params: Params) -> int:
+        """(int)USER_ID, else the active user with USER_PHONE_INNER; 0 when neither resolves."""
+        user_id = php_int(params.get("USER_ID"))
+        if user_id:
+            return user_id
+        user = self.user_by_inner_phone(params.get("USER_PHONE_INNER"))
+        return user.id if user else 0
+
+    def find_line(self, number: str, app_id: int | None) -> ExternalLine | None:
+        """The external line with this number, as seen by this app (None: created through a webhook)."""
+        return next((ln for ln in self.lines.values() if ln.number == number and ln.app_id == app_id), None)
+
+    def find_crm(self, phone: Any) -> list[CrmEntity]:
+        """CRM entities with this phone, in searchCrmEntities order."""
+        wanted = digits(phone)
+        if not wanted:
+            return []
+        found = [e for e in self.crm.values() if any(digits(p) == wanted for p in e.phones)]
+        return sorted(found, key=lambda e: (_CRM_SEARCH_ORDER.index(e.type), e.id))
+
+    def statistic(self, call_id: Any) -> StatisticRecord | None:
+        """The finished call's statistic row (CALL_ID must be a string, as in source)."""
+        return self.statistics.get(call_id) if isinstance(call_id, str) else None
