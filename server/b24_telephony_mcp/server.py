@@ -173,8 +173,7 @@ async def run_tool(spec: ToolSpec, arguments: Mapping[str, Any], run: ToolRun) -
         return error_result(invalid_arguments(spec, exc))
     except BitrixError as exc:
         exc.method = exc.method or spec.method  # refusals before the request (a local file) name it too
-        if exc.code in SCOPE_CODES:
-            exc.hint = scope_hint(spec)
+        exc.hint = scope_hint(spec) if exc.code in SCOPE_CODES else spec.hint_for(exc.code, exc.description) or exc.hint
         log.info("%s failed: %s %s", spec.name, exc.code, exc.description)
         return error_result(exc)
     except Exception:

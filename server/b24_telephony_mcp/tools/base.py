@@ -220,6 +220,9 @@ class ToolSpec:
     """Every tool talks to the customer's portal, whose state this server does not own."""
     prepare: Prepare = plain_params
     """Turns validated arguments into REST parameters (e.g. reads a local file)."""
+    hints: tuple[tuple[str, str], ...] = ()
+    """Method-specific hints: (text found in the error code or description, what to do next). They win over the
+    REST client's generic hints."""
     run: Run | None = None
     """A composite tool (several REST calls, a batch): replaces the one-method call; `method` is its main one."""
     other_methods: tuple[str, ...] = ()
@@ -229,6 +232,9 @@ class ToolSpec:
     def paginated(self) -> bool:
         """The method pages its list with `start`; `total` and `next` come back beside the result."""
         return issubclass(self.params, PagedParams)
+
+    def hint_for(self, code: str, description: str) -> str | None:
+        return next((hint for needle, hint in self.hints if needle == code or needle in description), None)
 
     def shape_result(self, params: RestParams, result: Any) -> Any:
         """The REST result as the model sees it (only the rows' requested `fields`)."""
