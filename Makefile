@@ -28,6 +28,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 
 bench: $(STAMP)
+	$(PY) benchmarks/tool_sizes.py
 	$(PY) benchmarks/run.py
 
 clean:

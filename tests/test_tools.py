@@ -326,19 +326,23 @@ async def test_attach_call_transcription(sandbox: RunningSandbox, token_file: Pa
         assert_core(early, f"Call {call_id} is not found. Is it finished?", "finish_external_call")
         await tools.ok("finish_external_call", {"CALL_ID": call_id, "USER_ID": OPERATOR, "DURATION": 6})
 
-        # SIDE is an enum, refused here; the numeric and text rules are the portal's documented errors.
-        bad_side = [{**said[0], "SIDE": "Bot"}]
-        assert_local(await tools.error("attach_call_transcription", {"CALL_ID": call_id, "MESSAGES": bad_side}), "SIDE")
-        for index, change, description in (
-            (0, {"START_TIME": -1}, "MESSAGES[0][START_TIME] should be greater or equal to zero"),
-            (1, {"STOP_TIME": 0}, "MESSAGES[1][STOP_TIME] should be greater than zero"),
-            (1, {"MESSAGE": ""}, "MESSAGES[1][MESSAGE] is empty"),
+        # SIDE (an enum) and the documented minimums of START_TIME and STOP_TIME are refused here, naming the item.
+        for index, change, where in (
+            (0, {"SIDE": "Bot"}, "MESSAGES.0.SIDE"),
+            (0, {"START_TIME": -1}, "MESSAGES.0.START_TIME: Input should be greater than or equal to 0"),
+            (1, {"STOP_TIME": 0}, "MESSAGES.1.STOP_TIME: Input should be greater than 0"),
         ):
             messages = [dict(message) for message in said]
             messages[index].update(change)
-            assert_core(
-                await tools.error("attach_call_transcription", {"CALL_ID": call_id, "MESSAGES": messages}), description
-            )
+            error = await tools.error("attach_call_transcription", {"CALL_ID": call_id, "MESSAGES": messages})
+            assert_local(error, where)
+        # An empty text is the portal's documented error.
+        messages = [dict(message) for message in said]
+        messages[1]["MESSAGE"] = ""
+        assert_core(
+            await tools.error("attach_call_transcription", {"CALL_ID": call_id, "MESSAGES": messages}),
+            "MESSAGES[1][MESSAGE] is empty",
+        )
         assert sandbox.portal.transcripts == {}
 
         transcript = await tools.ok(

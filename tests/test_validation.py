@@ -102,7 +102,8 @@ async def test_rules_between_arguments_are_checked_locally(sandbox: RunningSandb
 async def test_wrong_types_are_refused_locally(sandbox: RunningSandbox, token_file: Path) -> None:
     register = {"USER_ID": 2, "PHONE_NUMBER": "+7 900 000 0001", "TYPE": 2}
     cases: list[tuple[str, dict[str, Any], list[str]]] = [
-        ("add_external_line", {"NUMBER": 100}, ["NUMBER: Input should be a valid string"]),
+        ("add_external_line", {"NUMBER": 100.5}, ["NUMBER: Input should be a valid string"]),
+        ("add_external_line", {"NUMBER": True}, ["NUMBER: Input should be a valid string"]),
         (
             "add_external_line",
             {"NUMBER": "100", "CRM_AUTO_CREATE": "yes"},
