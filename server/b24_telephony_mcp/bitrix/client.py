@@ -95,7 +95,7 @@ class BitrixClient:
         if self._pool is None:
             self._pool = httpx2.AsyncClient(
                 timeout=self._timeout,
-                headers={"User-Agent": f"b24-telephony-mcp/{__version__}"},
+                headers={"User-Agent": f"b24-telephony-mcp/{__version__}", "Accept": "application/json"},
                 follow_redirects=False,  # a followed redirect would turn the POST into a GET and drop the body
             )
         return self._pool

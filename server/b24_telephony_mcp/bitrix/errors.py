@@ -47,6 +47,9 @@ _CODE_HINTS: dict[str, str] = {
     "and call again.",
     "BITRIX_REST_V3_EXCEPTION_UNKNOWNDTOPROPERTYEXCEPTION": "A field in filter or select does not exist; list the "
     "fields first.",
+    "BITRIX_REST_V3_EXCEPTION_UNKNOWNFILTEROPERATOREXCEPTION": "Use a filter operator REST 3.0 knows: =, !=, >, >=, "
+    "<, <=, in, between.",
+    "BITRIX_REST_V3_EXCEPTION_INVALIDSELECTEXCEPTION": "Pass select as an array of field names.",
     "ACCESS_DENIED": "The Bitrix24 user behind these credentials lacks the telephony permission for this action; "
     "ask a portal administrator.",
     "user_access_error": "The user behind these credentials has no access to the application.",
@@ -151,10 +154,11 @@ def error_from_envelope(body: dict[str, Any], http_status: int, method: str, *, 
         raw_code, message = raw, body.get("error_description")
     code = str(raw_code) if raw_code else ERROR_CORE
     description = str(message or raw_code or f"HTTP {http_status}")
-    if validation:
-        problems = "; ".join(
-            f"{item['field']}: {item.get('message', '')}" if item.get("field") else str(item.get("message", ""))
-            for item in validation
-        )
+    problems = "; ".join(
+        f"{item['field']}: {item.get('message') or 'invalid'}" if item.get("field") else str(item.get("message"))
+        for item in validation
+        if item.get("field") or item.get("message")
+    )
+    if problems:
         description = f"{description} ({problems})"
     return BitrixError(code, description, http_status, retryable, method=method, validation=validation or None)
