@@ -143,7 +143,7 @@ async def test_gateway_page_and_operation_time_limit(sandbox: RunningSandbox, to
 
 async def test_portal_leaky_bucket_503s_are_absorbed(token_file: Path) -> None:
     # The portal's bucket is tiny; ours (support.FAST_LIMITS) is far above it, so the portal answers 503s.
-    with start_sandbox(SandboxConfig(rate_limit=50.0, rate_burst=3)) as portal:
+    with start_sandbox(SandboxConfig(rate_limit=20.0, rate_burst=2)) as portal:
         async with stdio_session(app_env(portal, token_file)) as client:
             results: list[CallToolResult] = []
 
