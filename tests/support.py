@@ -19,6 +19,7 @@ from typing import IO, Any
 
 import httpx2
 from mcp import Client, StdioServerParameters
+from mcp.client.session import ElicitationFnT
 from mcp.client.sse import sse_client
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
@@ -62,12 +63,17 @@ def server_command(*args: str) -> list[str]:
 
 @asynccontextmanager
 async def stdio_session(
-    env: Mapping[str, str], *args: str, errlog: IO[str] | None = None, mode: str = "legacy"
+    env: Mapping[str, str],
+    *args: str,
+    errlog: IO[str] | None = None,
+    mode: str = "legacy",
+    elicitation_callback: ElicitationFnT | None = None,
 ) -> AsyncIterator[Client]:
-    """The server spawned over stdio exactly as an MCP client config would; stderr to `errlog`."""
+    """The server spawned over stdio exactly as an MCP client config would; stderr to `errlog`. With an
+    `elicitation_callback` the client declares (and answers) elicitation."""
     params = StdioServerParameters(command=sys.executable, args=server_command(*args)[1:], env=dict(env))
     transport = stdio_client(params, errlog=errlog if errlog is not None else sys.stderr)
-    async with Client(transport, mode=mode) as client:
+    async with Client(transport, mode=mode, elicitation_callback=elicitation_callback) as client:
         yield client
 
 
@@ -125,10 +131,14 @@ def http_server(env: Mapping[str, str], transport: str = "http", *args: str) -> 
 
 
 @asynccontextmanager
-async def http_session(url: str, token: str, mode: str = "legacy") -> AsyncIterator[Client]:
+async def http_session(
+    url: str, token: str, mode: str = "legacy", elicitation_callback: ElicitationFnT | None = None
+) -> AsyncIterator[Client]:
     async with (
         httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=30) as http,
-        Client(streamable_http_client(url, http_client=http), mode=mode) as client,
+        Client(
+            streamable_http_client(url, http_client=http), mode=mode, elicitation_callback=elicitation_callback
+        ) as client,
     ):
         yield client
 

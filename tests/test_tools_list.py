@@ -28,6 +28,14 @@ SNAPSHOTS = HERE / "snapshots"
 DOCS = json.loads((HERE / "data" / "bitrix24_methods.json").read_text(encoding="utf-8"))["methods"]
 DOCS_BY_METHOD: dict[str, dict[str, Any]] = {entry["method"]: entry for entry in DOCS}
 
+# Annotations that differ from methods.json on purpose, each with its reason.
+DESTRUCTIVE_OVERRIDES = {
+    # Issue 5: these ring real phones and bill the portal, so a call cannot be undone; methods.json says
+    # destructive=false (nothing stored is overwritten), but a client should treat them as destructive.
+    "start_callback",
+    "start_infocall_with_sound",
+    "start_infocall_with_text",
+}
 # Arguments a tool has beyond the REST parameters, each documented in the README.
 EXTRA_ARGUMENTS = {"attach_external_call_record": {"file_path"}}
 # The docs' parameter types in JSON Schema terms.
@@ -210,11 +218,16 @@ def test_annotations_follow_the_documented_semantics(tools: list[dict[str, Any]]
     for tool in tools:
         facts = DOCS_BY_METHOD[tool["_meta"]["b24/method"]]
         annotations = tool["annotations"]
+        destructive = facts["destructive"]
+        if tool["name"] in DESTRUCTIVE_OVERRIDES:
+            assert destructive is False, f"{tool['name']}: the override is stale, methods.json agrees now"
+            destructive = True
         assert (annotations["readOnlyHint"], annotations["destructiveHint"], annotations["idempotentHint"]) == (
             facts["read_only"],
-            facts["destructive"],
+            destructive,
             facts["idempotent"],
         ), tool["name"]
+    assert {tool["name"] for tool in tools} >= DESTRUCTIVE_OVERRIDES, "an override names no tool"
 
 
 @pytest.mark.parametrize("selection", sorted(BUDGETS))

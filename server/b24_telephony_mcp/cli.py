@@ -150,7 +150,9 @@ async def serve(args: argparse.Namespace, token: str | None) -> None:
         client = build_client(settings)
         stack.push_async_callback(client.aclose)
 
-        context = ToolContext(settings.files, reveal_sip_passwords=settings.reveal_sip_passwords)
+        context = ToolContext(
+            settings.files, reveal_sip_passwords=settings.reveal_sip_passwords, confirm_calls=settings.confirm_calls
+        )
         server = build_server(client, context, tools)
         if args.transport == "stdio":
             async with stdio_server() as (read_stream, write_stream):
@@ -166,6 +168,7 @@ async def serve(args: argparse.Namespace, token: str | None) -> None:
                 args.port,
                 token,
                 extra_hosts=os.environ.get("B24_MCP_ALLOWED_HOSTS", "").split(","),
+                server_requests=any(spec.confirm is not None for spec in tools),  # asking the user mid-call
                 announce=lambda url: sys.stderr.write(f"{PROG}: serving MCP over {args.transport} at {url}\n"),
             )
 

@@ -72,6 +72,8 @@ class Settings:
     burst: int = DEFAULT_BURST
     selection: Selection = field(default_factory=Selection)
     reveal_sip_passwords: bool = False
+    confirm_calls: bool = True
+    """B24_CONFIRM_CALLS=0: billed calls are placed without asking the user first."""
 
 
 def load_settings(env: Mapping[str, str] = os.environ, portal: WebhookConfig | AppConfig | None = None) -> Settings:
@@ -95,6 +97,7 @@ def load_settings(env: Mapping[str, str] = os.environ, portal: WebhookConfig | A
         burst=int(_number(env, "B24_RATE_BURST", DEFAULT_BURST)),
         selection=selection,
         reveal_sip_passwords=_flag(env, "B24_REVEAL_SIP_PASSWORDS"),
+        confirm_calls=_flag(env, "B24_CONFIRM_CALLS") if env.get("B24_CONFIRM_CALLS", "").strip() else True,
     )
 
 

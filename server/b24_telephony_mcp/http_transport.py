@@ -77,15 +77,17 @@ def guarded(app: ASGIApp, token: str, host: str, port: int, extra_hosts: Iterabl
     return HttpGuard(app, token, frozenset(hosts), frozenset(origins))
 
 
-def streamable_http_app(server: Server[Any]) -> Starlette:
-    # Plain JSON responses: no tool streams progress mid-call, and an SSE stream per response costs ~30%
-    # of each round trip (make bench). A tool that reports progress would need the stream back.
+def streamable_http_app(server: Server[Any], server_requests: bool = False) -> Starlette:
+    # Plain JSON responses: an SSE stream per response costs ~30% of each round trip (make bench). But a request
+    # from the server in the middle of a call (asking the user to confirm one, protocol 2025-11-25) can only ride
+    # such a stream, so `server_requests` brings it back; a tool that reports progress would need it too.
     return server.streamable_http_app(
-        streamable_http_path="/mcp", json_response=True, transport_security=_SDK_CHECKS_OFF
+        streamable_http_path="/mcp", json_response=not server_requests, transport_security=_SDK_CHECKS_OFF
     )
 
 
-def sse_app(server: Server[Any]) -> Starlette:
+def sse_app(server: Server[Any], server_requests: bool = True) -> Starlette:
+    # `server_requests` changes nothing: the SSE transport's one stream carries the server's requests anyway.
     transport = SseServerTransport("/messages/", security_settings=_SDK_CHECKS_OFF)
 
     async def handle_sse(request: Request) -> Response:
@@ -102,7 +104,7 @@ def sse_app(server: Server[Any]) -> Starlette:
 
 
 # Each HTTP transport: the app serving it and the path clients connect to.
-APPS: dict[str, tuple[Callable[[Server[Any]], Starlette], str]] = {
+APPS: dict[str, tuple[Callable[[Server[Any], bool], Starlette], str]] = {
     "http": (streamable_http_app, "/mcp"),
     "sse": (sse_app, "/sse"),
 }
@@ -116,8 +118,10 @@ async def serve_http(
     token: str,
     announce: Callable[[str], None],
     extra_hosts: Iterable[str] = (),
+    server_requests: bool = False,
 ) -> None:
-    """Serve until cancelled; `announce` gets the URL once the socket listens."""
+    """Serve until cancelled; `announce` gets the URL once the socket listens. `server_requests`: some tool sends
+    the client requests mid-call (elicitation), so streamable HTTP answers with SSE streams."""
     try:
         sock = listen_socket(host, port)
     except OSError as exc:
@@ -129,7 +133,7 @@ async def serve_http(
     make_app, path = APPS[transport]
     url = f"http://{url_host(host)}:{actual_port}{path}"
     config = uvicorn.Config(
-        guarded(make_app(server), token, host, actual_port, extra_hosts),
+        guarded(make_app(server, server_requests), token, host, actual_port, extra_hosts),
         log_level="warning",
         access_log=False,
         # No handlers of uvicorn's own: its records reach the root handler, whose formatter redacts.

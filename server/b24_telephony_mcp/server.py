@@ -18,6 +18,7 @@ from mcp.server import Server
 from mcp_types import (
     CallToolRequestParams,
     CallToolResult,
+    InputRequiredResult,
     ListToolsResult,
     PaginatedRequestParams,
     TextContent,
@@ -29,6 +30,7 @@ from pydantic import ValidationError
 from b24_telephony_mcp import __version__
 from b24_telephony_mcp.bitrix import BitrixClient, BitrixError
 from b24_telephony_mcp.bitrix.errors import INVALID_ARGUMENTS
+from b24_telephony_mcp.confirmation import Confirmations, Confirmer, confirm_before_run
 from b24_telephony_mcp.redact import redact, register_secret
 from b24_telephony_mcp.tools import TOOLS_BY_NAME, TOOLSETS, ToolContext, ToolSpec, select_tools
 from b24_telephony_mcp.tools.base import SECRET_ARGUMENTS, ToolRun, mask_secrets
@@ -151,12 +153,20 @@ def _plain(message: str) -> str:
     return _MODEL_NAME.sub("", message.removeprefix("Value error, "))
 
 
-async def run_tool(spec: ToolSpec, arguments: Mapping[str, Any], run: ToolRun) -> CallToolResult:
+async def run_tool(
+    spec: ToolSpec, arguments: Mapping[str, Any], run: ToolRun, confirmer: Confirmer | None = None
+) -> CallToolResult | InputRequiredResult:
+    """The tool's result; or, for a tool that asks the user first (`spec.confirm`) on a 2026-07-28 connection,
+    the `input_required` answer carrying the question."""
     context = run.context
     try:
         params = spec.params.model_validate(dict(arguments))
         for name in SECRET_ARGUMENTS & params.model_fields_set:
             register_secret(getattr(params, name))  # a SIP password never reaches a log line
+        # Confirmation (ToolSpec.confirm, confirmation.py): nothing below runs without the user's yes.
+        question = await confirm_before_run(spec, params, context, confirmer)
+        if question is not None:
+            return question
         if spec.run is not None:
             structured = await spec.run(params, run)
         else:
@@ -189,22 +199,27 @@ def build_server(client: BitrixClient, context: ToolContext, tools: Iterable[Too
     specs = {spec.name: spec for spec in (select_tools() if tools is None else tools)}
     # Built once: the list never changes while the process runs.
     listing = ListToolsResult(tools=[mcp_tool(spec) for spec in specs.values()])
+    confirmations = Confirmations()  # asking the user before tools that declare `confirm` (confirmation.py)
 
     async def list_tools(_ctx: Any, _params: PaginatedRequestParams | None) -> ListToolsResult:
         return listing
 
-    async def call_tool(_ctx: Any, params: CallToolRequestParams) -> CallToolResult:
+    async def call_tool(ctx: Any, params: CallToolRequestParams) -> CallToolResult | InputRequiredResult:
         spec = specs.get(params.name)
         if spec is None:
             return error_result(
                 BitrixError(UNKNOWN_TOOL, f"no tool named {params.name!r}; available: {', '.join(specs)}")
             )
-        return await run_tool(spec, params.arguments or {}, ToolRun(client, context, specs))
+        return await run_tool(
+            spec, params.arguments or {}, ToolRun(client, context, specs), confirmations.confirmer(ctx, params)
+        )
 
-    return Server(
+    server: Server[Any] = Server(
         SERVER_NAME,
         version=__version__,
         instructions=instructions_for(specs.values()),
         on_list_tools=list_tools,
         on_call_tool=call_tool,
     )
+    confirmations.protect(server)  # a 2026-07-28 confirmation counts only for a question this process asked
+    return server

@@ -151,6 +151,8 @@ class ToolContext:
     files: FilePolicy = field(default_factory=FilePolicy)
     reveal_sip_passwords: bool = False
     """B24_REVEAL_SIP_PASSWORDS=1: results keep SIP passwords instead of a mask."""
+    confirm_calls: bool = True
+    """B24_CONFIRM_CALLS=0: tools that declare `confirm` run without asking the user."""
 
 
 Prepare = Callable[[Any, ToolContext], Awaitable[dict[str, Any]]]
@@ -227,6 +229,9 @@ class ToolSpec:
     """A composite tool (several REST calls, a batch): replaces the one-method call; `method` is its main one."""
     other_methods: tuple[str, ...] = ()
     """Further REST methods a composite tool may call (`_meta["b24/methods"]`)."""
+    confirm: Callable[[Any], str] | None = None
+    """For a tool whose effect the user must approve (a billed call): the question put to the user, built from the
+    validated arguments. The server asks it through MCP elicitation before the call and runs nothing without a yes."""
 
     @property
     def paginated(self) -> bool:

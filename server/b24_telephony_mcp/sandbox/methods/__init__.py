@@ -7,12 +7,13 @@ in that module's ``METHODS``, and, for a new module, add its table here.
 from __future__ import annotations
 
 from ..portal import Method
-from . import external_calls, external_lines, followups
+from . import call_placement, external_calls, external_lines, followups
 
 #: Lower-cased REST name -> Method. Tests may add a throwaway entry (and must remove it).
 METHODS: dict[str, Method] = {
     **external_lines.METHODS,
     **external_calls.METHODS,
+    **call_placement.METHODS,
     **followups.METHODS,
 }
 

@@ -1,0 +1,190 @@
+"""voximplant.callback.start and voximplant.infocall.*: calls the built-in telephony places, and bills.
+
+Follows vi_rest.php and CVoxImplantOutgoing (methods.json source_notes). First the permission 'Outgoing call -
+Execute' (else ACCESS_DENIED "Access denied!", 403), then:
+
+- callback: the line (GetLine), its config, the number, then the telephony provider;
+- info-calls: LINK_BASE_NUMBER refused, the line's config, the monthly info-call allowance (a remainder of 0 is
+  refused; -1 means no limit), the number (taken as given on a SIP line), then the provider.
+
+A number keeps only digits, `#`, `*`, `+`, `,` and `;` (stripLetters); nothing left (or "0") is refused. The
+provider refuses when the telephony balance is used up: info-calls then fail with "Infocall failure", a callback
+with the provider's own message. Failures go out with the empty error code and HTTP 400, as in source.
+Every call placed is recorded in `CallPlacementState.placed`, so tests can tell what reached the phone network.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ..errors import ErrorSpec
+from ..php import php_bool, php_str
+from ..portal import Caller, Method, Params, SandboxPortal, method_table
+
+
+class Msg:
+    """Texts of this toolset's errors (sent with ``config.error_core_code``); source wording (methods.json)."""
+
+    LINE_NOT_FOUND = "Could not find line {line}"
+    NO_CONFIG = "Could not find config for number {line}"
+    BAD_NUMBER = "Phone number is not correct"
+    LINK_BASE_NUMBER = "Making infocall using LINK_BASE_NUMBER is not allowed"
+    INFOCALL_LIMIT = "Infocall limit for this month is exceeded"
+    INFOCALL_FAILURE = "Infocall failure"
+    # startCallBack passes the provider's refusal through; its real wording is not documented (the sandbox's own).
+    CALLBACK_NO_BALANCE = "Not enough money on the telephony balance to make the call"
+
+
+#: AccessException (Permissions ENTITY_CALL / ACTION_PERFORM), source wording.
+ACCESS_DENIED = ErrorSpec("ACCESS_DENIED", "Access denied!", 403)
+#: CVoxImplantConfig::LINK_BASE_NUMBER, the portal's linked base number.
+LINK_BASE_NUMBER = "LINK_BASE_NUMBER"
+
+LineMode = Literal["RENT", "SIP", "LINK"]
+
+
+@dataclass
+class OutgoingLine:
+    """A line calls can be placed from (`voximplant.line.get` lists them: LINE_ID -> name)."""
+
+    search_id: str
+    name: str
+    mode: LineMode
+    has_config: bool = True
+
+
+@dataclass
+class PlacedCall:
+    method: str
+    call_id: str
+    user_id: int
+    from_line: str
+    to_number: str
+    """As dialled (stripLetters applied, except on SIP lines for info-calls)."""
+    text: str | None = None
+    url: str | None = None
+    voice: str | None = None
+
+
+def seed_lines() -> dict[str, OutgoingLine]:
+    lines = [
+        # The voximplant.line.get docs example: cloud SIP "regNNN", office SIP "sipNNN".
+        OutgoingLine("reg150907", "SIP line", "SIP"),
+        OutgoingLine("sip7", "Office PBX 1", "SIP"),
+        OutgoingLine("reg151083", "Cloud PBX (9)", "SIP"),
+        OutgoingLine("sip11", "Office PBX (11)", "SIP"),
+        OutgoingLine("reg151085", "SIP line 2", "SIP"),
+        # A rented number is its own LINE_ID.
+        OutgoingLine("19065550100", "Rented number", "RENT"),
+        OutgoingLine(LINK_BASE_NUMBER, "Linked number", "LINK"),
+    ]
+    return {line.search_id: line for line in lines}
+
+
+@dataclass
+class CallPlacementState:
+    lines: dict[str, OutgoingLine] = field(default_factory=seed_lines)
+    balance: float = 100.0
+    """Telephony balance; at 0 or below the provider refuses every call."""
+    infocall_limit_remainder: int = -1
+    """Info-calls left this month: -1 no limit (paid plans), 0 used up (refused)."""
+    denied_users: set[int] = field(default_factory=set)
+    """Users without the 'Outgoing call - Execute' permission."""
+    placed: list[PlacedCall] = field(default_factory=list)
+
+
+def start_callback(portal: SandboxPortal, params: Params, caller: Caller) -> dict[str, Any]:
+    state = _permitted(portal, caller)
+    line_id = php_str(params.get("FROM_LINE"))
+    line = state.lines.get(line_id)
+    if line is None:
+        raise portal.core(Msg.LINE_NOT_FOUND, line=line_id)
+    if not line.has_config:
+        raise portal.core(Msg.NO_CONFIG, line=line_id)
+    number = _strip_letters(params.get("TO_NUMBER"))
+    if not php_bool(number):
+        raise portal.core(Msg.BAD_NUMBER)
+    if state.balance <= 0:
+        raise portal.core(Msg.CALLBACK_NO_BALANCE)
+    call = _place(portal, state, "voximplant.callback.start", "callback", caller, line_id, number, params)
+    return {"RESULT": True, "CALL_ID": call.call_id}
+
+
+def start_infocall_with_text(portal: SandboxPortal, params: Params, caller: Caller) -> dict[str, Any]:
+    return _start_infocall(portal, params, caller, "voximplant.infocall.startwithtext")
+
+
+def start_infocall_with_sound(portal: SandboxPortal, params: Params, caller: Caller) -> dict[str, Any]:
+    return _start_infocall(portal, params, caller, "voximplant.infocall.startwithsound")
+
+
+def _start_infocall(portal: SandboxPortal, params: Params, caller: Caller, method: str) -> dict[str, Any]:
+    state = _permitted(portal, caller)
+    line_id = php_str(params.get("FROM_LINE"))
+    if line_id == LINK_BASE_NUMBER:
+        raise portal.core(Msg.LINK_BASE_NUMBER)
+    line = state.lines.get(line_id)
+    if line is None or not line.has_config:
+        raise portal.core(Msg.NO_CONFIG, line=line_id)
+    if state.infocall_limit_remainder == 0:
+        raise portal.core(Msg.INFOCALL_LIMIT)
+    raw_number = php_str(params.get("TO_NUMBER"))
+    number = raw_number if line.mode == "SIP" else _strip_letters(raw_number)
+    if not php_bool(number):
+        raise portal.core(Msg.BAD_NUMBER)
+    if state.balance <= 0:
+        raise portal.core(Msg.INFOCALL_FAILURE)
+    call = _place(portal, state, method, "infocall", caller, line_id, number, params)
+    if state.infocall_limit_remainder > 0:
+        state.infocall_limit_remainder -= 1
+    return {"RESULT": True, "CALL_ID": call.call_id}
+
+
+def _permitted(portal: SandboxPortal, caller: Caller) -> CallPlacementState:
+    state = portal.state(CallPlacementState)
+    if caller.user_id in state.denied_users:
+        raise ACCESS_DENIED.exc()
+    return state
+
+
+def _place(
+    portal: SandboxPortal,
+    state: CallPlacementState,
+    method: str,
+    kind: str,
+    caller: Caller,
+    line_id: str,
+    number: str,
+    params: Params,
+) -> PlacedCall:
+    text, url, voice = (php_str(params.get(key)) or None for key in ("TEXT_TO_PRONOUNCE", "URL", "VOICE"))
+    call = PlacedCall(
+        method=method,
+        call_id=f"{kind}.{secrets.token_hex(16)}.{int(portal.clock())}",
+        user_id=caller.user_id,
+        from_line=line_id,
+        to_number=number,
+        text=text,
+        url=url,
+        voice=voice,
+    )
+    state.placed.append(call)
+    return call
+
+
+def _strip_letters(raw: Any) -> str:
+    """CVoxImplantPhone::stripLetters."""
+    return re.sub(r"[^0-9#*+,;]", "", php_str(raw))
+
+
+METHODS = method_table(
+    {
+        # Registered under scope "call" in source (the docs say telephony; disagreements.md #4).
+        "voximplant.callback.start": Method(start_callback, scope="call"),
+        "voximplant.infocall.startwithsound": Method(start_infocall_with_sound, scope="call"),
+        "voximplant.infocall.startwithtext": Method(start_infocall_with_text, scope="call"),
+    }
+)
