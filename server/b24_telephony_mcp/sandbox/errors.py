@@ -57,6 +57,8 @@ INSUFFICIENT_SCOPE_WEBHOOK = ErrorSpec(
     "insufficient_scope", "The request requires higher privileges than provided by the webhook token", 401
 )
 WRONG_AUTH_TYPE = ErrorSpec("WRONG_AUTH_TYPE", "Current authorization type is denied for this method", 403)
+# Bitrix\Rest\AccessException: the user lacks a module permission (e.g. telephony "Manage numbers - modify").
+ACCESS_DENIED = ErrorSpec("ACCESS_DENIED", "Access denied!", 403)
 METHOD_NOT_FOUND = ErrorSpec("ERROR_METHOD_NOT_FOUND", "Method not found!", 404)
 QUERY_LIMIT_EXCEEDED = ErrorSpec("QUERY_LIMIT_EXCEEDED", "Too many requests", 503)
 OAUTH_INVALID_REQUEST = ErrorSpec("invalid_request", "Unsupported grant_type, only refresh_token is supported", 400)

@@ -1,8 +1,9 @@
 """The emulated portal: config, clock, lock, tokens and OAuth, authentication, scopes, dispatch, shared lookups.
 
 Pure Python, no HTTP. A REST method is a :class:`Method`: a handler ``(portal, params, caller) -> result`` that
-returns the ``result`` value or raises :class:`SandboxRestError`, plus how it is registered (app-only, scope,
-REST version). The handlers live in ``methods/<toolset>.py``; ``methods/__init__.py`` holds the registry.
+returns the ``result`` value (a :class:`Page` for a paged list) or raises :class:`SandboxRestError`, plus how it
+is registered (app-only, scope, REST version). The handlers live in ``methods/<toolset>.py``;
+``methods/__init__.py`` holds the registry.
 Shared tables (users, CRM, lines, calls, statistics, files, transcripts) are attributes of the portal; a toolset
 keeps its own tables in a dataclass fetched with :meth:`SandboxPortal.state`. Behaviour follows the server
 source as recorded in ``bitrix24-facts/methods.json`` (``source_notes``): validation order, messages, casts.
@@ -122,6 +123,34 @@ class Method:
     api: ApiVersion = 2  # 2: served at /rest/...; 3: REST 3.0, served at /rest/api/...
 
 
+#: Rows per page of a REST 2 list (IRestService::getNavData).
+PAGE_SIZE = 50
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a REST 2 list: sent as ``result`` with ``total`` and, if more rows follow, ``next`` beside it."""
+
+    rows: list[Any]
+    total: int
+    next: int | None = None
+
+    @classmethod
+    def of(cls, rows: list[Any], start: Any) -> Page:
+        """The page of ``rows`` at offset ``(int)start`` (IRestService::setNavData: next = offset + rows sent)."""
+        offset = max(php_int(start), 0)
+        chunk = rows[offset : offset + PAGE_SIZE]
+        following = offset + len(chunk)
+        return cls(chunk, len(rows), following if chunk and following < len(rows) else None)
+
+    def envelope(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"result": self.rows}
+        if self.next is not None:
+            body["next"] = self.next
+        body["total"] = self.total
+        return body
+
+
 def method_table(methods: Mapping[str, Method]) -> dict[str, Method]:
     """A module's methods keyed by lower-cased REST name (CRestServer matches names case-insensitively)."""
     table = {name.lower(): method for name, method in methods.items()}
@@ -172,6 +201,11 @@ class SandboxPortal:
                 self._toolset_state[kind] = kind()
             instance: T = self._toolset_state[kind]
             return instance
+
+    def reset_state(self, kind: type[Any]) -> None:
+        """Drop a toolset's tables: the next :meth:`state` starts from the seeds again (tests sharing a portal)."""
+        with self.lock:
+            self._toolset_state.pop(kind, None)
 
     def next_id(self, kind: str) -> int:
         """The next id of a kind of record; a new kind starts at 1."""
