@@ -8,6 +8,7 @@ formatter applies it to every record, tracebacks included.
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 
 _MIN_SECRET_LENGTH = 6  # shorter values would redact ordinary words
 _secrets: set[str] = set()
@@ -22,9 +23,10 @@ def register_secret(value: str | None) -> None:
         _ordered = tuple(sorted(_secrets, key=len, reverse=True))
 
 
-def redact(text: str) -> str:
+def redact(text: str, keep: Collection[str] = ()) -> str:
+    """`text` with every registered secret but those in `keep` replaced."""
     for secret in _ordered:
-        if secret in text:
+        if secret in text and secret not in keep:
             text = text.replace(secret, "***")
     return text
 

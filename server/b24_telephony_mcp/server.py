@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 from mcp.server import Server
@@ -44,6 +44,8 @@ INTERNAL_ERROR = "INTERNAL_ERROR"
 INSTRUCTIONS_HEAD = (
     "Bitrix24 telephony. Failed calls return isError with the Bitrix24 code, a hint and whether a retry can help."
 )
+_sip_passwords: set[str | None] = set()
+"""SIP passwords given as arguments: redacted from logs, yet kept in results under B24_REVEAL_SIP_PASSWORDS=1."""
 SCOPE_CODES = ("insufficient_scope", "BITRIX_REST_V3_EXCEPTION_INSUFFICIENTSCOPEEXCEPTION")
 
 
@@ -93,9 +95,9 @@ def scope_hint(spec: ToolSpec) -> str:
     )
 
 
-def success_result(structured: dict[str, Any]) -> CallToolResult:
+def success_result(structured: dict[str, Any], keep: Collection[str] = ()) -> CallToolResult:
     text = _compact(structured)
-    cleaned = redact(text)
+    cleaned = redact(text, keep)
     if cleaned != text:  # a portal echoing a credential back (e.g. in an upload URL)
         structured, text = json.loads(cleaned), cleaned
     return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=structured)
@@ -163,6 +165,7 @@ async def run_tool(
         params = spec.params.model_validate(dict(arguments))
         for name in SECRET_ARGUMENTS & params.model_fields_set:
             register_secret(getattr(params, name))  # a SIP password never reaches a log line
+            _sip_passwords.add(getattr(params, name))
         # Confirmation (ToolSpec.confirm, confirmation.py): nothing below runs without the user's yes.
         question = await confirm_before_run(spec, params, context, confirmer)
         if question is not None:
@@ -191,7 +194,9 @@ async def run_tool(
         return error_result(
             BitrixError(INTERNAL_ERROR, "unexpected failure inside the MCP server (details in its log)")
         )
-    return success_result(structured if context.reveal_sip_passwords else mask_secrets(structured))
+    if context.reveal_sip_passwords:  # the operator's opt-in: SIP passwords stay, even those passed in
+        return success_result(structured, keep=_sip_passwords)
+    return success_result(mask_secrets(structured))
 
 
 def build_server(client: BitrixClient, context: ToolContext, tools: Iterable[ToolSpec] | None = None) -> Server[Any]:
