@@ -23,6 +23,7 @@ from typing import Any, Literal
 from ..errors import ErrorSpec
 from ..php import php_bool, php_str
 from ..portal import Caller, Method, Params, SandboxPortal, method_table
+from .sip import LINK_BASE_NUMBER, line_configs
 
 
 class Msg:
@@ -40,20 +41,17 @@ class Msg:
 
 #: AccessException (Permissions ENTITY_CALL / ACTION_PERFORM), source wording.
 ACCESS_DENIED = ErrorSpec("ACCESS_DENIED", "Access denied!", 403)
-#: CVoxImplantConfig::LINK_BASE_NUMBER, the portal's linked base number.
-LINK_BASE_NUMBER = "LINK_BASE_NUMBER"
 
 LineMode = Literal["RENT", "SIP", "LINK"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class OutgoingLine:
-    """A line calls can be placed from (`voximplant.line.get` lists them: LINE_ID -> name)."""
+    """A line calls can be placed from: one of the portal's lines (sip.py's LineConfigs) or the linked number."""
 
     search_id: str
-    name: str
     mode: LineMode
-    has_config: bool = True
+    has_config: bool
 
 
 @dataclass
@@ -69,24 +67,10 @@ class PlacedCall:
     voice: str | None = None
 
 
-def seed_lines() -> dict[str, OutgoingLine]:
-    lines = [
-        # The voximplant.line.get docs example: cloud SIP "regNNN", office SIP "sipNNN".
-        OutgoingLine("reg150907", "SIP line", "SIP"),
-        OutgoingLine("sip7", "Office PBX 1", "SIP"),
-        OutgoingLine("reg151083", "Cloud PBX (9)", "SIP"),
-        OutgoingLine("sip11", "Office PBX (11)", "SIP"),
-        OutgoingLine("reg151085", "SIP line 2", "SIP"),
-        # A rented number is its own LINE_ID.
-        OutgoingLine("19065550100", "Rented number", "RENT"),
-        OutgoingLine(LINK_BASE_NUMBER, "Linked number", "LINK"),
-    ]
-    return {line.search_id: line for line in lines}
-
-
 @dataclass
 class CallPlacementState:
-    lines: dict[str, OutgoingLine] = field(default_factory=seed_lines)
+    unconfigured: set[str] = field(default_factory=set)
+    """Lines whose configuration is gone (a test hook: the portal then says it has no config for them)."""
     balance: float = 100.0
     """Telephony balance; at 0 or below the provider refuses every call."""
     infocall_limit_remainder: int = -1
@@ -96,10 +80,24 @@ class CallPlacementState:
     placed: list[PlacedCall] = field(default_factory=list)
 
 
+def _outgoing_line(portal: SandboxPortal, state: CallPlacementState, line_id: str) -> OutgoingLine | None:
+    """The line as voximplant.line.get lists it (the SIP toolset's tables), or the linked base number."""
+    configs = line_configs(portal)
+    if line_id == LINK_BASE_NUMBER:
+        mode: LineMode = "LINK"
+    elif line_id in {conn.line_id for conn in configs.connections.values()}:
+        mode = "SIP"
+    elif line_id in configs.lines():
+        mode = "RENT"
+    else:
+        return None
+    return OutgoingLine(line_id, mode, has_config=line_id not in state.unconfigured)
+
+
 def start_callback(portal: SandboxPortal, params: Params, caller: Caller) -> dict[str, Any]:
     state = _permitted(portal, caller)
     line_id = php_str(params.get("FROM_LINE"))
-    line = state.lines.get(line_id)
+    line = _outgoing_line(portal, state, line_id)
     if line is None:
         raise portal.core(Msg.LINE_NOT_FOUND, line=line_id)
     if not line.has_config:
@@ -126,7 +124,7 @@ def _start_infocall(portal: SandboxPortal, params: Params, caller: Caller, metho
     line_id = php_str(params.get("FROM_LINE"))
     if line_id == LINK_BASE_NUMBER:
         raise portal.core(Msg.LINK_BASE_NUMBER)
-    line = state.lines.get(line_id)
+    line = _outgoing_line(portal, state, line_id)
     if line is None or not line.has_config:
         raise portal.core(Msg.NO_CONFIG, line=line_id)
     if state.infocall_limit_remainder == 0:
