@@ -55,7 +55,7 @@ from starlette.routing import Route
 from b24_telephony_mcp.net import is_loopback_host
 
 from .errors import METHOD_NOT_FOUND, QUERY_LIMIT_EXCEEDED, V3_INVALID_JSON, ApiVersion, SandboxRestError
-from .portal import Caller, SandboxPortal
+from .portal import Caller, Page, SandboxPortal
 from .records import UploadedFile
 
 logger = logging.getLogger(__name__)
@@ -291,7 +291,8 @@ class SandboxHttp:
             result = self.portal.call(method, params, caller, api)
         except SandboxRestError as exc:
             return _error(exc, api)
-        return JSONResponse({"result": result, "time": _time_block(start, time.time())})
+        body = result.envelope() if isinstance(result, Page) else {"result": result}
+        return JSONResponse({**body, "time": _time_block(start, time.time())})
 
     def _authenticate(self, segments: list[str], token: str | None) -> Caller:
         """``segments``: the path after ``/rest/`` (and after ``api/`` for REST 3.0)."""

@@ -78,6 +78,11 @@ class SandboxConfig:
     #: Comma-separated scopes granted to the app's tokens (reported in token responses) and to the webhook.
     scopes: str = SANDBOX_SCOPE
     webhook_scopes: str = SANDBOX_SCOPE
+    #: Rows of call history voximplant.statistic.get serves beside the calls finished here (ids 1..seed_calls).
+    seed_calls: int = 300
+    #: The administrator's answer to this app's request to call voximplant.user.get (CRestServer::
+    #: requestConfirmation): approved, still waiting (METHOD_CONFIRM_WAITING) or denied (METHOD_CONFIRM_DENIED).
+    user_get_confirmation: Literal["approved", "waiting", "denied"] = "approved"
 
 
 @dataclass(frozen=True)
@@ -108,7 +113,33 @@ class Stats:
         return {"requests": dict(self.requests), "refreshes": self.refreshes}
 
 
-# A REST method implementation: (portal, params, caller) -> result.
+LIST_LIMIT = 50
+"""Rows per page of a REST 2 list method (IRestService::LIST_LIMIT)."""
+
+
+@dataclass(frozen=True)
+class Page:
+    """A list method's answer: the rows, with ``total`` and ``next`` sent beside ``result`` (setNavData)."""
+
+    rows: list[Any]
+    total: int
+    next: int | None = None
+
+    @classmethod
+    def of(cls, rows: list[Any], offset: int | None, total: int) -> Page:
+        """Rows of one page. ``offset`` None: ``start`` was negative, so nothing was counted (total 0, no next)."""
+        following = offset + LIST_LIMIT if offset is not None and offset + LIST_LIMIT < total else None
+        return cls(rows, total, following)
+
+    def envelope(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"result": self.rows}
+        if self.next is not None:
+            body["next"] = self.next
+        body["total"] = self.total
+        return body
+
+
+# A REST method implementation: (portal, params, caller) -> result (a Page for list methods).
 Handler = Callable[["SandboxPortal", Params, Caller], Any]
 
 
@@ -161,7 +192,10 @@ class SandboxPortal:
         self._toolset_state: dict[type[Any], Any] = {}
         self._access_tokens: dict[str, TokenPair] = {}
         self._refresh_tokens: dict[str, TokenPair] = {}
-        self._ids: Counter[str] = Counter({"line": 0, "stat": 0, "file": 9000, "transcript": 0, "activity": 7900})
+        # Statistic ids 1..seed_calls belong to the seeded call history (methods/statistics.py, made on first use).
+        self._ids: Counter[str] = Counter(
+            {"line": 0, "stat": self.config.seed_calls, "file": 9000, "transcript": 0, "activity": 7900}
+        )
 
     # --- infrastructure ---
 
