@@ -7,7 +7,7 @@ in that module's ``METHODS``, and, for a new module, add its table here.
 from __future__ import annotations
 
 from ..portal import Method
-from . import call_placement, external_calls, external_lines, followups
+from . import call_placement, external_calls, external_lines, followups, reference, users
 
 #: Lower-cased REST name -> Method. Tests may add a throwaway entry (and must remove it).
 METHODS: dict[str, Method] = {
@@ -15,6 +15,8 @@ METHODS: dict[str, Method] = {
     **external_calls.METHODS,
     **call_placement.METHODS,
     **followups.METHODS,
+    **users.METHODS,
+    **reference.METHODS,
 }
 
 __all__ = ["METHODS"]
