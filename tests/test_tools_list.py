@@ -37,7 +37,7 @@ DESTRUCTIVE_OVERRIDES = {
     "start_infocall_with_text",
 }
 # Arguments a tool has beyond the REST parameters, each documented in the README.
-EXTRA_ARGUMENTS = {"attach_external_call_record": {"file_path"}}
+EXTRA_ARGUMENTS = {"attach_external_call_record": {"file_path"}, "get_call_statistics": {"fields"}}
 # The docs' parameter types in JSON Schema terms.
 DOC_TYPES = {
     "string": {"type": "string"},
