@@ -30,6 +30,7 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/tool_sizes.py
 	$(PY) benchmarks/run.py
+	$(PY) benchmarks/statistics_seed.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info server/*.egg-info .pytest_cache .ruff_cache benchmarks/results

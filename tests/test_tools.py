@@ -22,6 +22,7 @@ from mcp_types import CallToolResult
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from b24_telephony_mcp.sandbox import RunningSandbox
+from b24_telephony_mcp.tools import select_tools
 from support import app_env, error_of, ok, stdio_session, text_of
 
 pytestmark = pytest.mark.anyio
@@ -77,7 +78,7 @@ async def tools_session(sandbox: RunningSandbox, token_file: Path, mode: str = "
     async with stdio_session(app_env(sandbox, token_file), mode=mode) as client:
         listed = (await client.list_tools()).tools
         schemas = {tool.name: tool.output_schema for tool in listed if tool.output_schema is not None}
-        assert len(schemas) == len(listed) == 11
+        assert len(schemas) == len(listed) == len(select_tools())  # the default toolsets
         yield ToolCaller(client, schemas)
 
 
@@ -393,6 +394,8 @@ async def test_every_result_conforms_to_its_output_schema(sandbox: RunningSandbo
         await tools.ok("attach_external_call_record", {"CALL_ID": call_id, "RECORD_URL": "https://x/r.mp3"})
         message = {"SIDE": "User", "START_TIME": 0, "STOP_TIME": 1, "MESSAGE": "Hi"}
         await tools.ok("attach_call_transcription", {"CALL_ID": call_id, "MESSAGES": [message]})
+        assert len(await tools.ok("get_call_statistics", {"FILTER": {"CALL_ID": call_id}})) == 1
+        await tools.error("get_call_statistics", {"SORT": "CALL_TYPE"})
         await tools.ok("delete_external_line", {"NUMBER": "555"})
         await tools.error("delete_external_line", {"NUMBER": "555"})
 

@@ -37,7 +37,11 @@ DESTRUCTIVE_OVERRIDES = {
     "start_infocall_with_text",
 }
 # Arguments a tool has beyond the REST parameters, each documented in the README.
-EXTRA_ARGUMENTS = {"attach_external_call_record": {"file_path"}, "list_sip_connections": {"fields"}}
+EXTRA_ARGUMENTS = {
+    "attach_external_call_record": {"file_path"},
+    "list_sip_connections": {"fields"},
+    "get_call_statistics": {"fields"},
+}
 # The docs' parameter types in JSON Schema terms.
 DOC_TYPES = {
     "string": {"type": "string"},

@@ -79,6 +79,11 @@ class SandboxConfig:
     #: Comma-separated scopes granted to the app's tokens (reported in token responses) and to the webhook.
     scopes: str = SANDBOX_SCOPE
     webhook_scopes: str = SANDBOX_SCOPE
+    #: Rows of call history voximplant.statistic.get serves beside the calls finished here (ids 1..seed_calls).
+    seed_calls: int = 300
+    #: The administrator's answer to this app's request to call voximplant.user.get (CRestServer::
+    #: requestConfirmation): approved, still waiting (METHOD_CONFIRM_WAITING) or denied (METHOD_CONFIRM_DENIED).
+    user_get_confirmation: Literal["approved", "waiting", "denied"] = "approved"
 
 
 @dataclass(frozen=True)
@@ -109,7 +114,41 @@ class Stats:
         return {"requests": dict(self.requests), "refreshes": self.refreshes}
 
 
-# A REST method implementation: (portal, params, caller) -> result.
+LIST_LIMIT = 50
+"""Rows per page of a REST 2 list method (IRestService::LIST_LIMIT)."""
+
+
+@dataclass(frozen=True)
+class Page:
+    """A list method's answer: the rows, with ``total`` and ``next`` sent beside ``result`` (setNavData)."""
+
+    rows: list[Any]
+    total: int
+    next: int | None = None
+
+    @classmethod
+    def of(cls, rows: list[Any], offset: int | None, total: int) -> Page:
+        """Rows of one page. ``offset`` None: ``start`` was negative, so nothing was counted (total 0, no next)."""
+        following = offset + LIST_LIMIT if offset is not None and offset + LIST_LIMIT < total else None
+        return cls(rows, total, following)
+
+    @classmethod
+    def slice(cls, rows: list[Any], start: Any) -> Page:
+        """The page of all ``rows`` at offset ``(int)start`` (IRestService::setNavData: next = offset + rows sent)."""
+        offset = max(php_int(start), 0)
+        chunk = rows[offset : offset + LIST_LIMIT]
+        following = offset + len(chunk)
+        return cls(chunk, len(rows), following if chunk and following < len(rows) else None)
+
+    def envelope(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"result": self.rows}
+        if self.next is not None:
+            body["next"] = self.next
+        body["total"] = self.total
+        return body
+
+
+# A REST method implementation: (portal, params, caller) -> result (a Page for list methods).
 Handler = Callable[["SandboxPortal", Params, Caller], Any]
 
 
@@ -121,34 +160,6 @@ class Method:
     app_only: bool = False  # docs: "works only in the context of an application"
     scope: str = "telephony"  # the scope it is registered under in OnRestServiceBuildDescription
     api: ApiVersion = 2  # 2: served at /rest/...; 3: REST 3.0, served at /rest/api/...
-
-
-#: Rows per page of a REST 2 list (IRestService::getNavData).
-PAGE_SIZE = 50
-
-
-@dataclass(frozen=True)
-class Page:
-    """One page of a REST 2 list: sent as ``result`` with ``total`` and, if more rows follow, ``next`` beside it."""
-
-    rows: list[Any]
-    total: int
-    next: int | None = None
-
-    @classmethod
-    def of(cls, rows: list[Any], start: Any) -> Page:
-        """The page of ``rows`` at offset ``(int)start`` (IRestService::setNavData: next = offset + rows sent)."""
-        offset = max(php_int(start), 0)
-        chunk = rows[offset : offset + PAGE_SIZE]
-        following = offset + len(chunk)
-        return cls(chunk, len(rows), following if chunk and following < len(rows) else None)
-
-    def envelope(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"result": self.rows}
-        if self.next is not None:
-            body["next"] = self.next
-        body["total"] = self.total
-        return body
 
 
 def method_table(methods: Mapping[str, Method]) -> dict[str, Method]:
@@ -190,7 +201,10 @@ class SandboxPortal:
         self._toolset_state: dict[type[Any], Any] = {}
         self._access_tokens: dict[str, TokenPair] = {}
         self._refresh_tokens: dict[str, TokenPair] = {}
-        self._ids: Counter[str] = Counter({"line": 0, "stat": 0, "file": 9000, "transcript": 0, "activity": 7900})
+        # Statistic ids 1..seed_calls belong to the seeded call history (methods/statistics.py, made on first use).
+        self._ids: Counter[str] = Counter(
+            {"line": 0, "stat": self.config.seed_calls, "file": 9000, "transcript": 0, "activity": 7900}
+        )
 
     # --- infrastructure ---
 

@@ -89,10 +89,17 @@ class StatisticRecord:
     crm_activity_id: int | None
     crm_entity_type: str | None
     crm_entity_id: int | None
-    record_url: str = ""
+    record_url: str | None = ""
     call_record_id: int | None = None
     transcript_id: int | None = None
     transcript_pending: str = "N"
+    # Columns only built-in telephony fills (the seeded call history); external calls leave the defaults.
+    call_category: str = "external"
+    call_log: str | None = None
+    session_id: int | None = None
+    redial_attempt: int | None = None
+    comment: str | None = None
+    record_duration: int | None = None
 
     def as_result(self) -> dict[str, Any]:
         """The row as telephony.externalCall.finish returns it (methods.json result_example)."""
@@ -157,6 +164,8 @@ def seed_users() -> dict[int, SandboxUser]:
         SandboxUser(1, "Admin", "Sandbox", is_admin=True, phone_inner="100", work_phone="+1 555 0100"),
         SandboxUser(2, "Olivia", "Operator", phone_inner="101", personal_mobile="+1 555 0101", timeman_status="OPENED"),
         SandboxUser(3, "Ian", "Inactive", active=False, phone_inner="102"),
+        SandboxUser(4, "Sam", "Sales", phone_inner="103", work_phone="+1 555 0103"),
+        SandboxUser(5, "Nora", "Night", phone_inner="104", timeman_status="OPENED"),
     ]
     return {user.id: user for user in users}
 

@@ -133,9 +133,7 @@ class FinishedCall(RestResult):
 
 class CallCardParams(RestParams):
     CALL_ID: str = Field(description=CALL_ID_DESC)
-    USER_ID: int | list[int] | None = Field(
-        None, description="User ID or list of IDs. Default: the user the call was registered for."
-    )
+    USER_ID: int | list[int] | None = Field(None, description="User ID or IDs. Default: the call's user.")
 
 
 class AttachRecordParams(RestParams):

@@ -432,7 +432,7 @@ def sip_get(portal: SandboxPortal, params: Params, caller: Caller) -> Page | lis
     # Applied only when both are given; an unknown field or an ORDER other than exactly ASC/DESC is ignored.
     if isinstance(sort, str) and sort in _COLUMNS and order in ("ASC", "DESC"):
         rows.sort(key=lambda row: _sort_key(sort, row[1][sort]), reverse=order == "DESC")
-    return Page.of([conn.shown(columns, "ID") for conn, columns in rows], start)
+    return Page.slice([conn.shown(columns, "ID") for conn, columns in rows], start)
 
 
 def _sort_key(column: str, value: Any) -> tuple[bool, Any]:
