@@ -7,7 +7,7 @@ in that module's ``METHODS``, and, for a new module, add its table here.
 from __future__ import annotations
 
 from ..portal import Method
-from . import call_placement, external_calls, external_lines, followups, outgoing_lines, sip
+from . import call_placement, external_calls, external_lines, followups, outgoing_lines, platform, sip
 
 #: Lower-cased REST name -> Method. Tests may add a throwaway entry (and must remove it).
 METHODS: dict[str, Method] = {
@@ -17,6 +17,7 @@ METHODS: dict[str, Method] = {
     **followups.METHODS,
     **outgoing_lines.METHODS,
     **sip.METHODS,
+    **platform.METHODS,
 }
 
 __all__ = ["METHODS"]
