@@ -305,6 +305,22 @@ def app_config(env: Mapping[str, str], profile: Profile | None, name: str, store
     )
 
 
+def launch_env(settings: Settings, env: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The variables an MCP client must pass so that the server it starts finds this same setup.
+
+    For a profile only a non-default profiles directory (no secret); for the sandbox nothing; otherwise the
+    B24_* variables in use, credentials included.
+    """
+    if settings.sandbox:
+        return {}
+    portal = settings.portal
+    if isinstance(portal, AppConfig) and portal.profile:
+        directory = config_dir(env)
+        return {} if directory == config_dir({}) else {"B24_CONFIG_DIR": str(directory.absolute())}
+    transport_only = ("B24_MCP_AUTH_TOKEN", "B24_MCP_ALLOWED_HOSTS")
+    return {name: value for name, value in env.items() if name.startswith("B24_") and name not in transport_only}
+
+
 @dataclass(frozen=True)
 class LoginTarget:
     """What `login` starts from: the profile to write, and what is already known about the application."""
@@ -334,7 +350,10 @@ def login_target(
     secret = env.get("B24_CLIENT_SECRET", "").strip() or None
     if secret is None and saved is not None and saved.client_id == client:
         secret = saved.client_secret
-    token_url = env.get("B24_OAUTH_TOKEN_URL", "").strip() or (saved.token_url if saved else DEFAULT_TOKEN_URL)
+    token_url = env.get("B24_OAUTH_TOKEN_URL", "").strip()
+    if not token_url and sandbox and portal_url:
+        token_url = f"{portal_url}/oauth/token/"  # the sandbox is its own OAuth server
+    token_url = token_url or (saved.token_url if saved else DEFAULT_TOKEN_URL)
     check_url("B24_OAUTH_TOKEN_URL", token_url)
     return LoginTarget(name, store, portal_url, client, secret, token_url)
 

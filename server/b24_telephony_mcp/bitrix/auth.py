@@ -169,8 +169,8 @@ class AccessTokenAuth:
         self._token = access_token
         register_secret(access_token)
 
-    def url_for(self, method: str) -> str:
-        return self._rest_base + method
+    def url_for(self, method: str, rest_api: int = 2) -> str:
+        return rest_url(self._rest_base, method, rest_api)
 
     def sign(self, params: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
         return {**params, "auth": self._token}, None
