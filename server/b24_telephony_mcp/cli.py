@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anyio
-from mcp.server.stdio import stdio_server
 
 from b24_telephony_mcp import __version__
 from b24_telephony_mcp.bitrix import TokenPair
@@ -33,7 +32,6 @@ from b24_telephony_mcp.config import (
 from b24_telephony_mcp.net import is_loopback_host, url_host
 from b24_telephony_mcp.profiles import DEFAULT_PROFILE
 from b24_telephony_mcp.redact import RedactingFormatter, register_secret
-from b24_telephony_mcp.server import build_server
 from b24_telephony_mcp.tools import DEFAULT_TOOLSETS, TOOLSETS, ToolContext
 
 if TYPE_CHECKING:
@@ -208,6 +206,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def serve(args: argparse.Namespace, token: str | None) -> None:
+    # Imported here: the MCP SDK takes seconds to import, which login, doctor and config do not need.
+    from mcp.server.stdio import stdio_server
+
+    from b24_telephony_mcp.server import build_server
+
     async with AsyncExitStack() as stack:
         settings = settings_for(args, stack)
         selection = selection_from(args, settings.selection)

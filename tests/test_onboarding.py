@@ -1,0 +1,734 @@
+"""From nothing to a tool call: `login` (by redirect, pasted address and install POST, and every refusal),
+profiles (0600, replaced atomically, refreshed into), the server started from a profile with no B24_*
+variable, `doctor` on a good setup and on each bad one, `config` snippets, and a wheel installed into a
+fresh virtualenv. Real processes, real loopback sockets, the sandbox portal playing Bitrix24; the test
+plays the user's browser with an HTTP client.
+
+Independent subprocesses are started together and then awaited: each one spends most of its life
+importing, and the module has to stay well under a minute.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+import tomllib
+import zipfile
+from collections.abc import Mapping
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
+
+import httpx2
+import pytest
+
+from b24_telephony_mcp.bitrix import TokenPair
+from b24_telephony_mcp.config import ConfigError, launch_env, load_settings
+from b24_telephony_mcp.profiles import Profile, profile_store, read_profile, write_profile
+from b24_telephony_mcp.sandbox import RunningSandbox, SandboxConfig, start_sandbox
+from support import app_env, clean_env, ok, server_command, stdio_session
+
+PROG = "b24-telephony-mcp"
+REPO = Path(__file__).resolve().parent.parent
+FAST = SandboxConfig(rate_limit=1000.0, rate_burst=10000)
+
+
+# --- plumbing ---------------------------------------------------------------------------------------
+
+
+def person_env(config_home: Path, **variables: str) -> dict[str, str]:
+    """A person's shell: no B24_* variable unless given, profiles under `config_home`."""
+    env = clean_env(XDG_CONFIG_HOME=str(config_home), **variables)
+    if "B24_LOG_LEVEL" not in variables:
+        del env["B24_LOG_LEVEL"]
+    return env
+
+
+def login_env(sandbox: RunningSandbox, config_home: Path, **variables: str) -> dict[str, str]:
+    """What the README tells a user to export before `login` (the token URL points at the sandbox)."""
+    application = {
+        "B24_CLIENT_ID": sandbox.config.client_id,
+        "B24_CLIENT_SECRET": sandbox.config.client_secret,
+        "B24_OAUTH_TOKEN_URL": sandbox.token_url,
+    }
+    return person_env(config_home, **(application | variables))
+
+
+def profile_file(config_home: Path, name: str = "default") -> Path:
+    return config_home / PROG / f"{name}.json"
+
+
+def profiles_written(config_home: Path) -> list[str]:
+    directory = config_home / PROG
+    return sorted(path.name for path in directory.glob("*.json")) if directory.exists() else []
+
+
+def secrets_of(sandbox: RunningSandbox) -> list[str]:
+    return [sandbox.config.client_secret, sandbox.access_token, sandbox.refresh_token, sandbox.config.webhook_code]
+
+
+@dataclass
+class LoginRun:
+    """A `login` subprocess; `ready()` reads stderr up to the line naming its listener."""
+
+    process: subprocess.Popen[str]
+    lines: list[str] = field(default_factory=list)
+    authorize_url: str = ""
+    handler_url: str = ""
+    _drain: threading.Thread | None = None
+
+    def ready(self) -> LoginRun:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.lines.append(line)
+            if line.startswith("Open: "):
+                self.authorize_url = line.removeprefix("Open: ").strip()
+            found = re.search(r"answer at (http://localhost:\d+/)", line)
+            if found:
+                self.handler_url = found.group(1)
+                break
+        else:
+            raise AssertionError(f"login did not start listening: {''.join(self.lines)}")
+        self._drain = threading.Thread(target=lambda: self.lines.extend(self.process.stderr or ()), daemon=True)
+        self._drain.start()
+        return self
+
+    def paste(self, address: str) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(address + "\n")
+        self.process.stdin.flush()
+
+    def finish(self, timeout: float = 60) -> tuple[int, str]:
+        code = self.process.wait(timeout)
+        if self._drain is not None:
+            self._drain.join(5)
+        assert self.process.stdout is not None
+        assert self.process.stdout.read() == "", "login writes to stderr only"
+        return code, "".join(self.lines)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        for stream in (self.process.stdin, self.process.stdout, self.process.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def start_login(env: Mapping[str, str], *args: str, stack: ExitStack) -> LoginRun:
+    process = subprocess.Popen(
+        server_command("login", "--port", "0", "--timeout", "60", *args),
+        env=dict(env),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    run = LoginRun(process)
+    stack.callback(run.stop)
+    return run
+
+
+def sent_back_to(sandbox: RunningSandbox, run: LoginRun) -> str:
+    """The address the portal sends the browser to after approval (the browser not going there yet)."""
+    sandbox.portal.config.handler_url = run.handler_url
+    response = httpx2.get(run.authorize_url, timeout=10)
+    assert response.status_code == 302, response.text
+    return response.headers["location"]
+
+
+def approve_in_browser(sandbox: RunningSandbox, run: LoginRun) -> httpx2.Response:
+    """Open the printed address as a browser would: the portal approves and redirects to the listener."""
+    sandbox.portal.config.handler_url = run.handler_url
+    return httpx2.get(run.authorize_url, follow_redirects=True, timeout=30)
+
+
+def with_query(address: str, **changes: str) -> str:
+    parts = urlsplit(address)
+    query = {key: values[0] for key, values in parse_qs(parts.query).items()} | changes
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def run_cli(env: Mapping[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(server_command(*args), env=dict(env), capture_output=True, text=True, timeout=60)
+
+
+def start_cli(env: Mapping[str, str], *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        server_command(*args), env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def outcome(process: subprocess.Popen[str]) -> tuple[int, str, str]:
+    stdout, stderr = process.communicate(timeout=60)
+    return process.returncode, stdout, stderr
+
+
+def login_by_redirect(sandbox: RunningSandbox, env: Mapping[str, str], *args: str) -> str:
+    with ExitStack() as stack:
+        run = start_login(env, "--no-browser", "--portal", sandbox.base_url, *args, stack=stack).ready()
+        page = approve_in_browser(sandbox, run)
+        assert page.status_code == 200 and "You can close this tab" in page.text, page.text
+        code, stderr = run.finish()
+    assert code == 0, stderr
+    return stderr
+
+
+# --- login ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_login_by_redirect_then_the_server_runs_from_the_profile_alone(
+    sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    # BROWSER=true: the "browser" login opens is a no-op; the test follows the printed address itself.
+    env = login_env(sandbox, tmp_path, BROWSER="true")
+    with ExitStack() as stack:
+        run = start_login(env, "--portal", sandbox.base_url, stack=stack).ready()
+        assert run.authorize_url.startswith(f"{sandbox.base_url}/oauth/authorize/?client_id=")
+        assert len(parse_qs(urlsplit(run.authorize_url).query)["state"][0]) >= 20
+        page = approve_in_browser(sandbox, run)
+        code, stderr = run.finish()
+    assert code == 0, stderr
+    assert page.status_code == 200 and "You can close this tab" in page.text
+    assert "Granted scopes: call, crm, telephony, user." in stderr
+    assert "These scopes allow all" in stderr and f"Next: {PROG} doctor\n" in stderr
+    assert not any(secret in stderr for secret in secrets_of(sandbox))
+
+    path = profile_file(tmp_path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert profiles_written(tmp_path) == ["default.json"]
+    assert not [entry for entry in path.parent.iterdir() if entry.name.startswith(".")], "no temp file left"
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    assert {key: saved[key] for key in ("portal_url", "member_id", "client_id", "client_secret", "scope")} == {
+        "portal_url": sandbox.base_url,
+        "member_id": sandbox.portal.member_id,
+        "client_id": sandbox.config.client_id,
+        "client_secret": sandbox.config.client_secret,
+        "scope": ["call", "crm", "telephony", "user"],
+    }
+    assert saved["oauth_token_url"] == sandbox.token_url
+    assert saved["expires"] > time.time() + 3000
+    assert sandbox.portal.authenticate_token(saved["access_token"]).auth_type == "oauth"
+
+    # The server with no B24_* variable at all finds the default profile and calls the portal.
+    server_env = person_env(tmp_path)
+    assert not [name for name in server_env if name.startswith("B24_")]
+    async with stdio_session(server_env) as client:
+        assert ok(await client.call_tool("add_external_line", {"NUMBER": "100", "NAME": "Office"})) == {"ID": 1}
+        # A rotation is saved into the profile itself; the profile's other fields stay.
+        httpx2.post(f"{sandbox.base_url}/_sandbox/expire-tokens")
+        assert ok(await client.call_tool("list_external_lines", {}))[0]["NUMBER"] == "100"
+    rotated = json.loads(path.read_text(encoding="utf-8"))
+    assert sandbox.portal.stats.refreshes == 1
+    assert rotated["access_token"] != saved["access_token"]
+    assert rotated["refresh_token"] != saved["refresh_token"]
+    unchanged = ("portal_url", "member_id", "client_id", "client_secret", "scope", "oauth_token_url")
+    assert {key: rotated[key] for key in unchanged} == {key: saved[key] for key in unchanged}
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_login_by_pasted_address_and_a_second_login_replaces_the_file_by_rename(
+    sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    env = login_env(sandbox, tmp_path)
+    tokens = []
+    for _ in range(2):
+        with ExitStack() as stack:
+            run = start_login(env, "--no-browser", "--portal", sandbox.base_url, stack=stack).ready()
+            assert any("paste" in line for line in run.lines)
+            run.paste("not an address")  # a slip is answered, not fatal
+            run.paste(sent_back_to(sandbox, run))
+            code, stderr = run.finish()
+        assert code == 0, stderr
+        assert "That is not the address" in stderr
+        path = profile_file(tmp_path)
+        tokens.append(json.loads(path.read_text(encoding="utf-8"))["access_token"])
+        if len(tokens) == 1:
+            before = tmp_path / "before.json"
+            os.link(path, before)  # a second name for the first file
+    assert tokens[0] != tokens[1]
+    assert json.loads(before.read_text(encoding="utf-8"))["access_token"] == tokens[0], "replaced, not rewritten"
+    assert path.stat().st_ino != before.stat().st_ino
+
+
+@pytest.mark.parametrize("shape", ["interface app opened", "installation handler"])
+def test_login_by_the_install_or_open_form_post(sandbox: RunningSandbox, tmp_path: Path, shape: str) -> None:
+    pair = sandbox.portal.issue_tokens()  # what Bitrix24 hands the frame
+    domain = urlsplit(sandbox.base_url).netloc
+    if shape == "interface app opened":
+        query = {"DOMAIN": domain, "PROTOCOL": "0", "LANG": "en", "APP_SID": "abc"}
+        form = {"AUTH_ID": pair.access_token, "AUTH_EXPIRES": "3600", "REFRESH_ID": pair.refresh_token}
+        form |= {"member_id": sandbox.portal.member_id, "APPLICATION_SCOPE": "telephony,crm", "PLACEMENT": "DEFAULT"}
+    else:
+        query = {}
+        form = {
+            "event": "ONAPPINSTALL",
+            "auth[access_token]": pair.access_token,
+            "auth[refresh_token]": pair.refresh_token,
+            "auth[expires_in]": "3600",
+            "auth[domain]": domain,
+            "auth[member_id]": sandbox.portal.member_id,
+            "auth[scope]": "telephony crm",
+        }
+    with ExitStack() as stack:
+        run = start_login(login_env(sandbox, tmp_path), "--no-browser", "--portal", sandbox.base_url, stack=stack)
+        run.ready()
+        page = httpx2.post(run.handler_url, params=query, data=form, timeout=30)
+        code, stderr = run.finish()
+    assert code == 0, stderr
+    assert page.status_code == 200 and "You can close this tab" in page.text
+    assert "installFinish" in page.text, "inside the install frame the page finishes the installation"
+    saved = json.loads(profile_file(tmp_path).read_text(encoding="utf-8"))
+    assert (saved["access_token"], saved["refresh_token"]) == (pair.access_token, pair.refresh_token)
+    assert saved["scope"] == ["crm", "telephony"]
+    assert saved["member_id"] == sandbox.portal.member_id
+
+
+REFUSALS: dict[str, str] = {
+    "wrong state": "state does not match",
+    "expired code": "lives 30 seconds",
+    "reused code": "lives 30 seconds",
+    "another portal's domain": "this login is for",
+    "app not installed": "installed on",
+    "wrong client secret": "refused client id",
+}
+
+
+def test_login_refusals_are_clear_and_write_nothing(tmp_path: Path) -> None:
+    with ExitStack() as stack:
+        cases: dict[str, tuple[RunningSandbox, LoginRun, Path]] = {}
+        for case in REFUSALS:
+            sandbox = stack.enter_context(start_sandbox(SandboxConfig(rate_limit=1000.0, rate_burst=10000)))
+            home = tmp_path / case.replace(" ", "-")
+            secret = "not-the-secret" if case == "wrong client secret" else sandbox.config.client_secret
+            env = login_env(sandbox, home, B24_CLIENT_SECRET=secret)
+            run = start_login(env, "--no-browser", "--portal", sandbox.base_url, stack=stack)
+            cases[case] = (sandbox, run, home)
+        for case, (sandbox, run, _) in cases.items():
+            address = sent_back_to(sandbox, run.ready())
+            if case == "wrong state":
+                address = with_query(address, state="forged-state")
+            elif case == "expired code":
+                sandbox.portal.clock = lambda: time.time() + 31
+            elif case == "reused code":
+                code = parse_qs(urlsplit(address).query)["code"][0]
+                spent = httpx2.get(
+                    sandbox.token_url,
+                    params={
+                        "grant_type": "authorization_code",
+                        "client_id": sandbox.config.client_id,
+                        "client_secret": sandbox.config.client_secret,
+                        "code": code,
+                    },
+                )
+                assert spent.status_code == 200
+            elif case == "another portal's domain":
+                address = with_query(address, domain="evil.example.com")
+            elif case == "app not installed":
+                sandbox.portal.config.app_installed = False
+            run.paste(address)
+        for case, (sandbox, run, home) in cases.items():
+            code, stderr = run.finish()
+            assert code == 1, (case, stderr)
+            assert f"{PROG}: login failed: " in stderr and REFUSALS[case] in stderr, (case, stderr)
+            assert "Traceback" not in stderr
+            assert not any(secret in stderr for secret in secrets_of(sandbox) if secret != "not-the-secret")
+            assert profiles_written(home) == [], case
+
+
+def test_login_timeout_port_in_use_and_missing_setup(sandbox: RunningSandbox, tmp_path: Path) -> None:
+    env = login_env(sandbox, tmp_path)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        runs = {
+            "timeout": start_cli(
+                env, "login", "--portal", sandbox.base_url, "--no-browser", "--port", "0", "--timeout", "1"
+            ),
+            "port in use": start_cli(env, "login", "--portal", sandbox.base_url, "--no-browser", "--port", port),
+            "no portal": start_cli(env, "login", "--no-browser"),
+            "no secret": start_cli(
+                person_env(tmp_path, B24_CLIENT_ID="local.x"), "login", "--portal", "https://p.bitrix24.com"
+            ),
+            "plain http": start_cli(env, "login", "--portal", "http://portal.example.com"),
+        }
+        results = {name: outcome(process) for name, process in runs.items()}
+    expected = {
+        "timeout": (1, "no answer from Bitrix24 within 1 s"),
+        "port in use": (1, f"port {port} is in use"),
+        "no portal": (2, "--portal"),
+        "no secret": (2, "B24_CLIENT_SECRET"),
+        "plain http": (2, "https://"),
+    }
+    for name, (code, phrase) in expected.items():
+        returncode, stdout, stderr = results[name]
+        assert (returncode, stdout) == (code, ""), (name, stderr)
+        assert phrase in stderr, (name, stderr)
+        assert "Traceback" not in stderr
+    assert "--port N" in results["port in use"][2]
+    assert profiles_written(tmp_path) == []
+
+
+@pytest.mark.anyio
+async def test_two_profiles_side_by_side_and_login_against_the_sandbox(tmp_path: Path) -> None:
+    with start_sandbox(FAST) as first, start_sandbox(FAST) as second:
+        login_by_redirect(first, login_env(first, tmp_path), "--profile", "first")
+        # `login --sandbox` fetches the sandbox app's credentials itself and follows the approval as a browser.
+        sandbox_login = run_cli(person_env(tmp_path), "login", "--sandbox", "--portal", second.base_url, "--port", "0")
+        assert sandbox_login.returncode == 0, sandbox_login.stderr
+        assert f"Next: {PROG} doctor --profile sandbox" in sandbox_login.stderr
+        assert profiles_written(tmp_path) == ["first.json", "sandbox.json"]
+
+        for env, args, portal in [
+            (person_env(tmp_path), ("--profile", "first"), first),
+            (person_env(tmp_path, B24_PROFILE="sandbox"), (), second),
+        ]:
+            async with stdio_session(env, *args) as client:
+                ok(await client.call_tool("add_external_line", {"NUMBER": "200"}))
+            assert portal.portal.stats.requests["telephony.externalline.add"] == 1
+        assert first.portal.stats.requests["telephony.externalline.add"] == 1, "each profile reached its own portal"
+
+    unknown = run_cli(person_env(tmp_path), "--profile", "nope")
+    assert unknown.returncode == 2
+    assert "no profile 'nope'" in unknown.stderr and "first, sandbox" in unknown.stderr
+
+
+# --- profiles and precedence (in-process) ---------------------------------------------------------
+
+
+def saved_profile(directory: Path, name: str = "default", portal: str = "https://p.bitrix24.com") -> Profile:
+    profile = Profile(
+        portal_url=portal,
+        member_id="m1",
+        client_id="local.app.1",
+        client_secret="profile-secret-value",
+        tokens=TokenPair("profile-access-token", "profile-refresh-token", 1_900_000_000.0),
+        scopes=("crm", "telephony"),
+        token_url="https://oauth.bitrix.info/oauth/token/",
+    )
+    write_profile(profile_store(directory, name), profile)
+    return profile
+
+
+def test_a_rotated_pair_keeps_the_profiles_other_fields(tmp_path: Path) -> None:
+    profile = saved_profile(tmp_path)
+    store = profile_store(tmp_path, "default")
+    store.save(TokenPair("new-access-token", "new-refresh-token", 1_900_003_600.0))
+    assert store.load() == TokenPair("new-access-token", "new-refresh-token", 1_900_003_600.0)
+    reread = read_profile(store)
+    assert reread is not None and reread.portal_url == profile.portal_url and reread.scopes == profile.scopes
+    assert reread.client_secret == profile.client_secret
+    with pytest.raises(ValueError, match="profile name"):
+        profile_store(tmp_path, "../escape")
+
+
+def test_precedence_of_environment_and_profile(tmp_path: Path) -> None:
+    profile = saved_profile(tmp_path)
+    base = {"B24_CONFIG_DIR": str(tmp_path), "XDG_STATE_HOME": str(tmp_path / "state")}
+
+    from_profile = load_settings(base).portal
+    assert from_profile.profile == "default" and from_profile.token_file == tmp_path / "default.json"  # type: ignore[union-attr]
+    assert (from_profile.client_secret, from_profile.token_url) == (profile.client_secret, profile.token_url)  # type: ignore[union-attr]
+    assert load_settings(base).mode == "profile"
+
+    # A variable wins over the profile's value; the profile's store still holds the tokens.
+    overridden = load_settings({**base, "B24_CLIENT_SECRET": "from-env"}).portal
+    assert overridden.client_secret == "from-env" and overridden.token_file == tmp_path / "default.json"  # type: ignore[union-attr]
+
+    # Variables naming another application: the implicit default profile yields, an explicit one is refused.
+    other = {**base, "B24_PORTAL_URL": "https://other.bitrix24.com", "B24_CLIENT_ID": "local.other",
+             "B24_CLIENT_SECRET": "s", "B24_ACCESS_TOKEN": "a" * 8, "B24_REFRESH_TOKEN": "r" * 8}  # fmt: skip
+    assert load_settings(other).mode == "app variables"
+    with pytest.raises(ConfigError, match="name another application"):
+        load_settings(other, profile="default")
+
+    assert load_settings({**base, "B24_WEBHOOK_URL": "https://p.bitrix24.com/rest/1/abcdef/"}).mode == "webhook"
+    with pytest.raises(ConfigError, match="B24_WEBHOOK_URL is set and profile 'default'"):
+        load_settings({**base, "B24_WEBHOOK_URL": "https://p.bitrix24.com/rest/1/abcdef/", "B24_PROFILE": "default"})
+
+    # The profiles directory: B24_CONFIG_DIR, else $XDG_CONFIG_HOME/b24-telephony-mcp.
+    saved_profile(tmp_path / "xdg" / PROG, "work", portal="https://work.bitrix24.com")
+    work = load_settings({"XDG_CONFIG_HOME": str(tmp_path / "xdg")}, profile="work").portal
+    assert work.portal_url == "https://work.bitrix24.com"  # type: ignore[union-attr]
+
+    # What a client config must carry: nothing secret for a profile, the variables in use otherwise.
+    assert launch_env(load_settings(base), base) == {"B24_CONFIG_DIR": str(tmp_path)}
+    assert launch_env(load_settings(other), other) == {k: v for k, v in other.items() if k.startswith("B24_")}
+
+
+def test_help_states_the_precedence_and_the_readme_shows_the_same_table() -> None:
+    from b24_telephony_mcp.config import PRECEDENCE
+
+    help_text = run_cli(clean_env(), "--help").stdout
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    for setting, sources in PRECEDENCE:
+        assert re.search(rf"{re.escape(setting)}\s+{re.escape(sources)}", help_text), setting
+        assert f"| {setting} | {sources} |" in readme, setting
+    for command in ("login", "doctor", "config", "--profile"):
+        assert command in help_text
+
+
+# --- doctor -----------------------------------------------------------------------------------------
+
+
+WRONG_SECRET = "not-the-application-secret-0123"
+
+
+def statuses(stdout: str) -> dict[str, str]:
+    report = json.loads(stdout)
+    return {check["name"]: check["status"] for check in report["checks"]}
+
+
+def test_doctor_on_a_good_setup_and_on_each_bad_one(tmp_path: Path) -> None:
+    with ExitStack() as stack:
+        homes: dict[str, Path] = {}
+        sandboxes: dict[str, RunningSandbox] = {}
+        logins: dict[str, LoginRun] = {}
+        cases = ("good", "expired pair", "wrong secret", "revoked refresh token", "missing scope", "world-readable")
+        for case in cases:
+            sandboxes[case] = stack.enter_context(start_sandbox(FAST))
+            homes[case] = tmp_path / case.replace(" ", "-")
+            env = login_env(sandboxes[case], homes[case])
+            logins[case] = start_login(env, "--no-browser", "--portal", sandboxes[case].base_url, stack=stack)
+        for case in cases:
+            approve_in_browser(sandboxes[case], logins[case].ready())
+        for case in cases:
+            assert logins[case].finish()[0] == 0, case
+
+        saved = {case: json.loads(profile_file(homes[case]).read_text(encoding="utf-8")) for case in cases}
+        httpx2.post(f"{sandboxes['expired pair'].base_url}/_sandbox/expire-tokens")
+        spent = sandboxes["revoked refresh token"]  # someone else spends the profile's refresh token
+        grant = {"grant_type": "refresh_token", "refresh_token": saved["revoked refresh token"]["refresh_token"]}
+        grant |= {"client_id": spent.config.client_id, "client_secret": spent.config.client_secret}
+        assert httpx2.get(spent.token_url, params=grant).status_code == 200
+        sandboxes["missing scope"].portal.config.scopes = "crm,user"
+        profile_file(homes["world-readable"]).chmod(0o644)
+        webhook = stack.enter_context(start_sandbox(FAST))
+        with socket.socket() as closed:
+            closed.bind(("127.0.0.1", 0))
+            dead_port = closed.getsockname()[1]
+
+        runs = {case: start_cli(person_env(homes[case]), "doctor", "--json") for case in cases}
+        wrong_env = person_env(homes["wrong secret"], B24_CLIENT_SECRET=WRONG_SECRET)
+        runs["wrong secret"] = start_cli(wrong_env, "doctor", "--json")
+        runs["webhook"] = start_cli(person_env(tmp_path, B24_WEBHOOK_URL=webhook.webhook_url), "doctor", "--json")
+        unreachable = f"http://127.0.0.1:{dead_port}/rest/1/abcdef0123/"
+        runs["unreachable"] = start_cli(person_env(tmp_path, B24_WEBHOOK_URL=unreachable), "doctor", "--json")
+        runs["nothing set"] = start_cli(person_env(tmp_path / "empty"), "doctor", "--json")
+        runs["good, as text"] = start_cli(person_env(homes["good"]), "doctor")
+        results = {case: outcome(process) for case, process in runs.items()}
+
+    def check(case: str, code: int, expected: dict[str, str]) -> dict[str, Any]:
+        returncode, stdout, stderr = results[case]
+        assert returncode == code, (case, stdout, stderr)
+        report: dict[str, Any] = json.loads(stdout)
+        assert report["ok"] is (code == 0)
+        found = statuses(stdout)
+        assert {name: found.get(name) for name in expected} == expected, (case, stdout)
+        secrets = [WRONG_SECRET, webhook.config.webhook_code, *secrets_of(sandboxes.get(case, webhook))]
+        if case in homes:
+            now = json.loads(profile_file(homes[case]).read_text(encoding="utf-8"))
+            secrets += [saved[case]["access_token"], saved[case]["refresh_token"], now["access_token"]]
+        assert not [secret for secret in secrets if secret in stdout + stderr], case
+        return report
+
+    all_ok = {"setup": "ok", "token store": "ok", "portal": "ok", "credentials": "ok", "client secret": "ok",
+              "clock": "ok", "scopes": "ok", "rate limit": "ok"}  # fmt: skip
+    good = check("good", 0, all_ok)
+    assert good["mode"] == "profile"
+    text_code, text, _ = results["good, as text"]
+    assert text_code == 0 and text.splitlines()[0].startswith("✓ setup: profile 'default'")
+    assert text.rstrip().endswith("All checks passed.")
+
+    expired = check("expired pair", 0, all_ok)
+    assert any("renewed and saved" in c["detail"] for c in expired["checks"])
+    renewed = json.loads(profile_file(homes["expired pair"]).read_text(encoding="utf-8"))
+    assert renewed["access_token"] != saved["expired pair"]["access_token"], "the renewed pair was saved"
+    assert renewed["portal_url"] == saved["expired pair"]["portal_url"]
+
+    wrong = check("wrong secret", 1, {"credentials": "ok", "client secret": "fail"})
+    assert "B24_CLIENT_SECRET" in next(c["fix"] for c in wrong["checks"] if c["name"] == "client secret")
+
+    revoked = check("revoked refresh token", 1, {"credentials": "fail", "scopes": "skip"})
+    assert f"{PROG} login` again" in next(c["fix"] for c in revoked["checks"] if c["name"] == "credentials")
+
+    scopes = check("missing scope", 1, {"credentials": "ok", "scopes": "fail"})
+    assert "telephony" in next(c["fix"] for c in scopes["checks"] if c["name"] == "scopes")
+
+    readable = check("world-readable", 1, {"token store": "warn", "credentials": "ok"})
+    assert "chmod 600" in next(c["fix"] for c in readable["checks"] if c["name"] == "token store")
+
+    hook = check("webhook", 1, {"setup": "ok", "credentials": "ok", "scopes": "ok", "auth type": "fail"})
+    assert hook["mode"] == "webhook"
+    assert "WRONG_AUTH_TYPE" in next(c["detail"] for c in hook["checks"] if c["name"] == "auth type")
+    assert webhook.config.webhook_code not in results["webhook"][1]
+
+    check("unreachable", 1, {"portal": "fail", "credentials": "skip"})
+    assert "abcdef0123" not in results["unreachable"][1], "the webhook code is not printed"
+
+    nothing = check("nothing set", 1, {"setup": "fail"})
+    assert "login" in nothing["checks"][0]["detail"]
+
+
+# --- config -----------------------------------------------------------------------------------------
+
+
+CLIENTS = ("claude-code", "claude-desktop", "cursor", "vscode", "codex", "gemini", "windsurf")
+
+
+def server_entry(client: str, text: str) -> dict[str, Any]:
+    """The server's entry in a snippet, parsed as the client's format."""
+    if client == "codex":
+        document: dict[str, Any] = tomllib.loads(text)
+        entry: dict[str, Any] = document["mcp_servers"]["bitrix24-telephony"]
+        return entry
+    if client == "claude-code":
+        words = shlex.split(text)
+        assert words[:5] == ["claude", "mcp", "add", "--scope", "user"]
+        if "--" in words:
+            dash = words.index("--")
+            return {"command": words[dash + 1], "args": words[dash + 2 :], "words": words}
+        return {"words": words}
+    document = json.loads(text)
+    servers = document["servers"] if client == "vscode" else document["mcpServers"]
+    assert list(servers) == ["bitrix24-telephony"]
+    result: dict[str, Any] = servers["bitrix24-telephony"]
+    return result
+
+
+def test_config_snippets_parse_name_the_installed_script_and_hold_no_secret(
+    sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    login_by_redirect(sandbox, login_env(sandbox, tmp_path), "--profile", "work")
+    script = str(Path(sys.executable).parent / PROG)
+    env = person_env(tmp_path)
+    runs = {client: start_cli(env, "config", client, "--profile", "work") for client in CLIENTS}
+    runs |= {f"{client} http": start_cli(env, "config", client, "--transport", "http") for client in CLIENTS}
+    results = {name: outcome(process) for name, process in runs.items()}
+    profile_secrets = [sandbox.config.client_secret, *json.loads(profile_file(tmp_path, "work").read_text()).values()]
+    for client in CLIENTS:
+        code, stdout, stderr = results[client]
+        assert code == 0, stderr
+        entry = server_entry(client, stdout)
+        assert entry["command"] == script, "the absolute path of the installed script"
+        assert entry["args"] == ["--profile", "work"]
+        assert entry.get("env", {}) in ({}, {"B24_CONFIG_DIR": str(tmp_path / PROG)})
+        assert not any(str(secret) in stdout for secret in profile_secrets if len(str(secret)) > 12)
+        if client == "vscode":
+            assert entry["type"] == "stdio"
+        assert stderr.strip(), "where to put it"
+
+        code, stdout, stderr = results[f"{client} http"]
+        if client == "claude-desktop":
+            assert code == 2 and "--transport stdio" in stderr
+            continue
+        assert code == 0, stderr
+        assert "http://127.0.0.1:8000/mcp" in json.dumps(server_entry(client, stdout))
+        assert "B24_MCP_AUTH_TOKEN" in stdout or "${input:b24-mcp-token}" in stdout, client
+
+    # Without a profile the snippet carries the environment's setup (a webhook here), and says so.
+    webhook_env = person_env(tmp_path / "none", B24_WEBHOOK_URL=sandbox.webhook_url)
+    webhook = run_cli(webhook_env, "config", "cursor")
+    assert server_entry("cursor", webhook.stdout)["env"] == {"B24_WEBHOOK_URL": sandbox.webhook_url}
+    assert "credentials included" in webhook.stderr
+    nothing = run_cli(person_env(tmp_path / "none"), "config", "cursor")
+    assert nothing.returncode == 2 and "login" in nothing.stderr and nothing.stdout == ""
+
+
+# --- install ----------------------------------------------------------------------------------------
+
+
+def test_a_wheel_from_the_repo_installs_into_a_fresh_venv_and_runs(sandbox: RunningSandbox, tmp_path: Path) -> None:
+    """`pip wheel .` on a copy of the repo's files, installed into a new virtualenv. The dependencies come from
+    the test's own environment through a .pth file (what --system-site-packages gives, without downloading);
+    the package, its metadata and its console script come from the wheel alone."""
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        (source / name).write_bytes((REPO / name).read_bytes())
+    subprocess.run(["cp", "-r", str(REPO / "server"), str(source / "server")], check=True)
+    for leftover in source.glob("server/*.egg-info"):
+        subprocess.run(["rm", "-rf", str(leftover)], check=True)
+    wheels = tmp_path / "wheels"
+    built = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            str(source),
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(wheels),
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert built.returncode == 0, built.stderr
+    (wheel,) = wheels.glob("b24_telephony_mcp-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        metadata = next(archive.read(n).decode() for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
+        assert any(name.endswith("b24_telephony_mcp/sandbox/methods/platform.py") for name in archive.namelist())
+    for field_line in ("License-Expression: MIT", "Requires-Python: >=3.11", "Classifier: Typing :: Typed",
+                       "Project-URL: ", "Summary: MCP server", "Description-Content-Type: text/markdown"):  # fmt: skip
+        assert field_line in metadata, field_line
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
+    python = venv / "bin" / "python"
+    site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    ours = next(p for p in sys.path if p.endswith("site-packages") and Path(p, "mcp").exists())
+    Path(site, "dependencies-from-the-test-env.pth").write_text(ours + "\n", encoding="utf-8")
+    installed = subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q", str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert installed.returncode == 0, installed.stderr
+
+    script = venv / "bin" / PROG
+    env = person_env(tmp_path / "home")
+    version = subprocess.run([str(script), "--version"], env=env, capture_output=True, text=True, timeout=60)
+    from b24_telephony_mcp import __version__
+
+    assert version.stdout.strip() == f"{PROG} {__version__}", version.stderr
+    where = subprocess.run(
+        [str(python), "-c", "import b24_telephony_mcp; print(b24_telephony_mcp.__file__)"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    assert where.stdout.startswith(str(venv)), "the package comes from the wheel, not the source tree"
+    doctor = subprocess.run(
+        [str(script), "doctor", "--json"],
+        env=app_env(sandbox, tmp_path / "state" / "tokens.json"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    report = json.loads(doctor.stdout)
+    assert doctor.returncode == 0 and report["ok"] is True, doctor.stdout + doctor.stderr
+    assert report["mode"] == "app variables"
