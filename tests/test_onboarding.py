@@ -29,14 +29,18 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
+import anyio
 import httpx2
 import pytest
 
 from b24_telephony_mcp.bitrix import TokenPair
+from b24_telephony_mcp.client_config import CLIENTS, Local, Remote, installed_command, render
 from b24_telephony_mcp.config import ConfigError, launch_env, load_settings
+from b24_telephony_mcp.doctor import doctor_command
+from b24_telephony_mcp.login import login_command
 from b24_telephony_mcp.profiles import Profile, profile_store, read_profile, write_profile
 from b24_telephony_mcp.sandbox import RunningSandbox, SandboxConfig, start_sandbox
-from support import app_env, clean_env, ok, server_command, stdio_session
+from support import FAST_LIMITS, app_env, clean_env, ok, server_command, stdio_session
 
 PROG = "b24-telephony-mcp"
 REPO = Path(__file__).resolve().parent.parent
@@ -172,16 +176,6 @@ def start_cli(env: Mapping[str, str], *args: str) -> subprocess.Popen[str]:
 def outcome(process: subprocess.Popen[str]) -> tuple[int, str, str]:
     stdout, stderr = process.communicate(timeout=60)
     return process.returncode, stdout, stderr
-
-
-def login_by_redirect(sandbox: RunningSandbox, env: Mapping[str, str], *args: str) -> str:
-    with ExitStack() as stack:
-        run = start_login(env, "--no-browser", "--portal", sandbox.base_url, *args, stack=stack).ready()
-        page = approve_in_browser(sandbox, run)
-        assert page.status_code == 200 and "You can close this tab" in page.text, page.text
-        code, stderr = run.finish()
-    assert code == 0, stderr
-    return stderr
 
 
 # --- login ------------------------------------------------------------------------------------------
@@ -348,62 +342,74 @@ def test_login_refusals_are_clear_and_write_nothing(tmp_path: Path) -> None:
             assert profiles_written(home) == [], case
 
 
-def test_login_timeout_port_in_use_and_missing_setup(sandbox: RunningSandbox, tmp_path: Path) -> None:
+def test_login_timeout_and_port_in_use(sandbox: RunningSandbox, tmp_path: Path) -> None:
     env = login_env(sandbox, tmp_path)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = str(taken.getsockname()[1])
-        runs = {
-            "timeout": start_cli(
-                env, "login", "--portal", sandbox.base_url, "--no-browser", "--port", "0", "--timeout", "1"
-            ),
-            "port in use": start_cli(env, "login", "--portal", sandbox.base_url, "--no-browser", "--port", port),
-            "no portal": start_cli(env, "login", "--no-browser"),
-            "no secret": start_cli(
-                person_env(tmp_path, B24_CLIENT_ID="local.x"), "login", "--portal", "https://p.bitrix24.com"
-            ),
-            "plain http": start_cli(env, "login", "--portal", "http://portal.example.com"),
-        }
-        results = {name: outcome(process) for name, process in runs.items()}
-    expected = {
-        "timeout": (1, "no answer from Bitrix24 within 1 s"),
-        "port in use": (1, f"port {port} is in use"),
-        "no portal": (2, "--portal"),
-        "no secret": (2, "B24_CLIENT_SECRET"),
-        "plain http": (2, "https://"),
-    }
-    for name, (code, phrase) in expected.items():
+        login = ("login", "--portal", sandbox.base_url, "--no-browser")
+        timeout = start_cli(env, *login, "--port", "0", "--timeout", "1")
+        busy = start_cli(env, *login, "--port", port)
+        results = {"timeout": outcome(timeout), "port in use": outcome(busy)}
+    expected = {"timeout": "no answer from Bitrix24 within 1 s", "port in use": f"port {port} is in use"}
+    for name, phrase in expected.items():
         returncode, stdout, stderr = results[name]
-        assert (returncode, stdout) == (code, ""), (name, stderr)
-        assert phrase in stderr, (name, stderr)
-        assert "Traceback" not in stderr
+        assert (returncode, stdout) == (1, ""), (name, stderr)
+        assert phrase in stderr and "Traceback" not in stderr, (name, stderr)
+    assert "handler path is exactly http://localhost:" in results["timeout"][2]
     assert "--port N" in results["port in use"][2]
+    assert profiles_written(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    ("variables", "args", "phrase"),
+    [
+        ({"B24_CLIENT_ID": "local.x", "B24_CLIENT_SECRET": "s" * 10}, {}, "--portal"),
+        ({"B24_CLIENT_ID": "local.x"}, {"portal": "https://p.bitrix24.com"}, "B24_CLIENT_SECRET"),
+        ({}, {"portal": "https://p.bitrix24.com"}, "--client-id"),
+        ({"B24_CLIENT_ID": "local.x"}, {"portal": "http://portal.example.com"}, "https://"),
+        ({}, {"portal": "https://p.bitrix24.com", "profile": "../x"}, "profile name"),
+    ],
+    ids=["no portal", "no secret", "no client id", "plain http", "bad profile name"],
+)
+def test_login_setup_mistakes_exit_2_before_listening(
+    variables: dict[str, str], args: dict[str, str], phrase: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    options: dict[str, Any] = {"portal": None, "client_id": None, "profile": None} | args
+    env = {"B24_CONFIG_DIR": str(tmp_path), **variables}
+    code = login_command(env, port=0, timeout=1, no_browser=True, sandbox=False, **options)
+    stdout, stderr = capsys.readouterr()
+    assert (code, stdout) == (2, "")
+    assert phrase in stderr and stderr.count("\n") == 1, stderr
     assert profiles_written(tmp_path) == []
 
 
 @pytest.mark.anyio
 async def test_two_profiles_side_by_side_and_login_against_the_sandbox(tmp_path: Path) -> None:
-    with start_sandbox(FAST) as first, start_sandbox(FAST) as second:
-        login_by_redirect(first, login_env(first, tmp_path), "--profile", "first")
+    with start_sandbox(FAST) as first, start_sandbox(FAST) as second, ExitStack() as stack:
+        env = login_env(first, tmp_path)
+        run = start_login(env, "--no-browser", "--portal", first.base_url, "--profile", "first", stack=stack)
         # `login --sandbox` fetches the sandbox app's credentials itself and follows the approval as a browser.
-        sandbox_login = run_cli(person_env(tmp_path), "login", "--sandbox", "--portal", second.base_url, "--port", "0")
-        assert sandbox_login.returncode == 0, sandbox_login.stderr
-        assert f"Next: {PROG} doctor --profile sandbox" in sandbox_login.stderr
+        sandbox_login = start_cli(
+            person_env(tmp_path), "login", "--sandbox", "--portal", second.base_url, "--port", "0"
+        )
+        approve_in_browser(first, run.ready())
+        assert run.finish()[0] == 0
+        code, stdout, stderr = outcome(sandbox_login)
+        assert (code, stdout) == (0, ""), stderr
+        assert f"Next: {PROG} doctor --profile sandbox" in stderr
         assert profiles_written(tmp_path) == ["first.json", "sandbox.json"]
 
-        for env, args, portal in [
-            (person_env(tmp_path), ("--profile", "first"), first),
-            (person_env(tmp_path, B24_PROFILE="sandbox"), (), second),
-        ]:
+        async def add_line(env: dict[str, str], args: tuple[str, ...], number: str) -> None:
             async with stdio_session(env, *args) as client:
-                ok(await client.call_tool("add_external_line", {"NUMBER": "200"}))
-            assert portal.portal.stats.requests["telephony.externalline.add"] == 1
-        assert first.portal.stats.requests["telephony.externalline.add"] == 1, "each profile reached its own portal"
+                ok(await client.call_tool("add_external_line", {"NUMBER": number}))
 
-    unknown = run_cli(person_env(tmp_path), "--profile", "nope")
-    assert unknown.returncode == 2
-    assert "no profile 'nope'" in unknown.stderr and "first, sandbox" in unknown.stderr
+        async with anyio.create_task_group() as both:
+            both.start_soon(add_line, person_env(tmp_path), ("--profile", "first"), "201")
+            both.start_soon(add_line, person_env(tmp_path, B24_PROFILE="sandbox"), (), "202")
+        assert [line.number for line in first.portal.lines.values()] == ["201"], "each profile reached its own portal"
+        assert [line.number for line in second.portal.lines.values()] == ["202"]
 
 
 # --- profiles and precedence (in-process) ---------------------------------------------------------
@@ -459,6 +465,10 @@ def test_precedence_of_environment_and_profile(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="B24_WEBHOOK_URL is set and profile 'default'"):
         load_settings({**base, "B24_WEBHOOK_URL": "https://p.bitrix24.com/rest/1/abcdef/", "B24_PROFILE": "default"})
 
+    saved_profile(tmp_path, "second")
+    with pytest.raises(ConfigError, match=r"no profile 'nope' in .*profiles there: default, second"):
+        load_settings(base, profile="nope")
+
     # The profiles directory: B24_CONFIG_DIR, else $XDG_CONFIG_HOME/b24-telephony-mcp.
     saved_profile(tmp_path / "xdg" / PROG, "work", portal="https://work.bitrix24.com")
     work = load_settings({"XDG_CONFIG_HOME": str(tmp_path / "xdg")}, profile="work").portal
@@ -487,106 +497,140 @@ def test_help_states_the_precedence_and_the_readme_shows_the_same_table() -> Non
 WRONG_SECRET = "not-the-application-secret-0123"
 
 
-def statuses(stdout: str) -> dict[str, str]:
-    report = json.loads(stdout)
-    return {check["name"]: check["status"] for check in report["checks"]}
+def installed_profile(sandbox: RunningSandbox, config_home: Path, name: str = "default") -> dict[str, Any]:
+    """A profile as `login` leaves it (login itself is tested above), holding a pair the portal issued."""
+    pair = sandbox.portal.issue_tokens()
+    profile = Profile(
+        portal_url=sandbox.base_url,
+        member_id=sandbox.portal.member_id,
+        client_id=sandbox.config.client_id,
+        client_secret=sandbox.config.client_secret,
+        tokens=TokenPair(pair.access_token, pair.refresh_token, pair.expires_at),
+        scopes=("call", "crm", "telephony", "user"),
+        token_url=sandbox.token_url,
+    )
+    write_profile(profile_store(config_home / PROG, name), profile)
+    saved: dict[str, Any] = json.loads(profile_file(config_home, name).read_text(encoding="utf-8"))
+    return saved
 
 
-def test_doctor_on_a_good_setup_and_on_each_bad_one(tmp_path: Path) -> None:
-    with ExitStack() as stack:
-        homes: dict[str, Path] = {}
-        sandboxes: dict[str, RunningSandbox] = {}
-        logins: dict[str, LoginRun] = {}
-        cases = ("good", "expired pair", "wrong secret", "revoked refresh token", "missing scope", "world-readable")
-        for case in cases:
-            sandboxes[case] = stack.enter_context(start_sandbox(FAST))
-            homes[case] = tmp_path / case.replace(" ", "-")
-            env = login_env(sandboxes[case], homes[case])
-            logins[case] = start_login(env, "--no-browser", "--portal", sandboxes[case].base_url, stack=stack)
-        for case in cases:
-            approve_in_browser(sandboxes[case], logins[case].ready())
-        for case in cases:
-            assert logins[case].finish()[0] == 0, case
+def doctor_report(returncode: int, stdout: str, expected: dict[str, str], code: int) -> dict[str, Any]:
+    report: dict[str, Any] = json.loads(stdout)
+    found = {check["name"]: check["status"] for check in report["checks"]}
+    assert (returncode, report["ok"]) == (code, code == 0), stdout
+    assert {name: found.get(name) for name in expected} == expected, stdout
+    return report
 
-        saved = {case: json.loads(profile_file(homes[case]).read_text(encoding="utf-8")) for case in cases}
-        httpx2.post(f"{sandboxes['expired pair'].base_url}/_sandbox/expire-tokens")
-        spent = sandboxes["revoked refresh token"]  # someone else spends the profile's refresh token
-        grant = {"grant_type": "refresh_token", "refresh_token": saved["revoked refresh token"]["refresh_token"]}
-        grant |= {"client_id": spent.config.client_id, "client_secret": spent.config.client_secret}
-        assert httpx2.get(spent.token_url, params=grant).status_code == 200
-        sandboxes["missing scope"].portal.config.scopes = "crm,user"
-        profile_file(homes["world-readable"]).chmod(0o644)
-        webhook = stack.enter_context(start_sandbox(FAST))
+
+def fix_of(report: dict[str, Any], name: str) -> str:
+    return next(str(check["fix"]) for check in report["checks"] if check["name"] == name)
+
+
+ALL_PASS = {
+    "setup": "ok",
+    "token store": "ok",
+    "portal": "ok",
+    "credentials": "ok",
+    "client secret": "ok",
+    "clock": "ok",
+    "scopes": "ok",
+    "rate limit": "ok",
+}
+
+
+def test_doctor_command_on_a_good_setup_and_a_webhook(sandbox: RunningSandbox, tmp_path: Path) -> None:
+    """Through the real command: exit codes, and no secret on either stream."""
+    saved = installed_profile(sandbox, tmp_path)
+    runs = {
+        "profile": start_cli(person_env(tmp_path), "doctor", "--json"),
+        "webhook": start_cli(person_env(tmp_path / "none", B24_WEBHOOK_URL=sandbox.webhook_url), "doctor", "--json"),
+    }
+    results = {name: outcome(process) for name, process in runs.items()}
+    secrets = [*secrets_of(sandbox), saved["access_token"], saved["refresh_token"]]
+    for name, (_, stdout, stderr) in results.items():
+        assert not [secret for secret in secrets if secret in stdout + stderr], name
+
+    good = doctor_report(*results["profile"][:2], ALL_PASS, 0)
+    assert good["mode"] == "profile"
+
+    webhook = doctor_report(*results["webhook"][:2], {"credentials": "ok", "scopes": "ok", "auth type": "fail"}, 1)
+    assert webhook["mode"] == "webhook"
+    assert "WRONG_AUTH_TYPE" in next(c["detail"] for c in webhook["checks"] if c["name"] == "auth type")
+    assert "login --portal" in fix_of(webhook, "auth type")
+
+
+def test_doctor_prints_one_line_per_check_and_a_setup_it_cannot_load(
+    sandbox: RunningSandbox, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    installed_profile(sandbox, tmp_path)
+    settings = load_settings({"XDG_CONFIG_HOME": str(tmp_path)})
+    assert doctor_command(settings, settings.selection.tool_specs(), as_json=False) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("✓ setup: profile 'default', portal http://127.0.0.1:")
+    assert [line[0] for line in lines[:-1]] == ["✓"] * len(ALL_PASS) and lines[-1] == "All checks passed."
+
+    with pytest.raises(ConfigError) as missing:
+        load_settings({"XDG_CONFIG_HOME": str(tmp_path / "none")})
+    assert doctor_command(missing.value, (), as_json=True) == 1
+    nothing = doctor_report(1, capsys.readouterr().out, {"setup": "fail"}, 1)
+    assert nothing["mode"] is None and "login --portal" in nothing["checks"][0]["detail"]
+
+
+BAD_SETUPS = ("expired pair", "wrong secret", "revoked refresh token", "missing scope", "world-readable", "unreachable")
+
+
+@pytest.mark.parametrize("case", BAD_SETUPS)
+def test_doctor_on_each_bad_setup(
+    sandbox: RunningSandbox, tmp_path: Path, case: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The checks in this process (the command's wiring is covered above), each against a real portal."""
+    saved = installed_profile(sandbox, tmp_path)
+    env = {"XDG_CONFIG_HOME": str(tmp_path), **FAST_LIMITS}
+    if case == "expired pair":
+        httpx2.post(f"{sandbox.base_url}/_sandbox/expire-tokens")
+    elif case == "wrong secret":
+        env["B24_CLIENT_SECRET"] = WRONG_SECRET
+    elif case == "revoked refresh token":  # someone else spends the profile's refresh token
+        grant = {"grant_type": "refresh_token", "refresh_token": saved["refresh_token"]}
+        grant |= {"client_id": sandbox.config.client_id, "client_secret": sandbox.config.client_secret}
+        assert httpx2.get(sandbox.token_url, params=grant).status_code == 200
+    elif case == "missing scope":
+        sandbox.portal.config.scopes = "crm,user"
+    elif case == "world-readable":
+        profile_file(tmp_path).chmod(0o644)
+    elif case == "unreachable":
         with socket.socket() as closed:
             closed.bind(("127.0.0.1", 0))
-            dead_port = closed.getsockname()[1]
+            env = {"B24_WEBHOOK_URL": f"http://127.0.0.1:{closed.getsockname()[1]}/rest/1/abcdef0123456/"}
+    settings = load_settings(env)
+    code = doctor_command(settings, settings.selection.tool_specs(), as_json=True)
+    stdout, _ = capsys.readouterr()
+    after = json.loads(profile_file(tmp_path).read_text(encoding="utf-8"))
+    secrets = [WRONG_SECRET, "abcdef0123456", *secrets_of(sandbox), saved["refresh_token"], after["access_token"]]
+    assert not [secret for secret in secrets if secret in stdout]
 
-        runs = {case: start_cli(person_env(homes[case]), "doctor", "--json") for case in cases}
-        wrong_env = person_env(homes["wrong secret"], B24_CLIENT_SECRET=WRONG_SECRET)
-        runs["wrong secret"] = start_cli(wrong_env, "doctor", "--json")
-        runs["webhook"] = start_cli(person_env(tmp_path, B24_WEBHOOK_URL=webhook.webhook_url), "doctor", "--json")
-        unreachable = f"http://127.0.0.1:{dead_port}/rest/1/abcdef0123/"
-        runs["unreachable"] = start_cli(person_env(tmp_path, B24_WEBHOOK_URL=unreachable), "doctor", "--json")
-        runs["nothing set"] = start_cli(person_env(tmp_path / "empty"), "doctor", "--json")
-        runs["good, as text"] = start_cli(person_env(homes["good"]), "doctor")
-        results = {case: outcome(process) for case, process in runs.items()}
-
-    def check(case: str, code: int, expected: dict[str, str]) -> dict[str, Any]:
-        returncode, stdout, stderr = results[case]
-        assert returncode == code, (case, stdout, stderr)
-        report: dict[str, Any] = json.loads(stdout)
-        assert report["ok"] is (code == 0)
-        found = statuses(stdout)
-        assert {name: found.get(name) for name in expected} == expected, (case, stdout)
-        secrets = [WRONG_SECRET, webhook.config.webhook_code, *secrets_of(sandboxes.get(case, webhook))]
-        if case in homes:
-            now = json.loads(profile_file(homes[case]).read_text(encoding="utf-8"))
-            secrets += [saved[case]["access_token"], saved[case]["refresh_token"], now["access_token"]]
-        assert not [secret for secret in secrets if secret in stdout + stderr], case
-        return report
-
-    all_ok = {"setup": "ok", "token store": "ok", "portal": "ok", "credentials": "ok", "client secret": "ok",
-              "clock": "ok", "scopes": "ok", "rate limit": "ok"}  # fmt: skip
-    good = check("good", 0, all_ok)
-    assert good["mode"] == "profile"
-    text_code, text, _ = results["good, as text"]
-    assert text_code == 0 and text.splitlines()[0].startswith("✓ setup: profile 'default'")
-    assert text.rstrip().endswith("All checks passed.")
-
-    expired = check("expired pair", 0, all_ok)
-    assert any("renewed and saved" in c["detail"] for c in expired["checks"])
-    renewed = json.loads(profile_file(homes["expired pair"]).read_text(encoding="utf-8"))
-    assert renewed["access_token"] != saved["expired pair"]["access_token"], "the renewed pair was saved"
-    assert renewed["portal_url"] == saved["expired pair"]["portal_url"]
-
-    wrong = check("wrong secret", 1, {"credentials": "ok", "client secret": "fail"})
-    assert "B24_CLIENT_SECRET" in next(c["fix"] for c in wrong["checks"] if c["name"] == "client secret")
-
-    revoked = check("revoked refresh token", 1, {"credentials": "fail", "scopes": "skip"})
-    assert f"{PROG} login` again" in next(c["fix"] for c in revoked["checks"] if c["name"] == "credentials")
-
-    scopes = check("missing scope", 1, {"credentials": "ok", "scopes": "fail"})
-    assert "telephony" in next(c["fix"] for c in scopes["checks"] if c["name"] == "scopes")
-
-    readable = check("world-readable", 1, {"token store": "warn", "credentials": "ok"})
-    assert "chmod 600" in next(c["fix"] for c in readable["checks"] if c["name"] == "token store")
-
-    hook = check("webhook", 1, {"setup": "ok", "credentials": "ok", "scopes": "ok", "auth type": "fail"})
-    assert hook["mode"] == "webhook"
-    assert "WRONG_AUTH_TYPE" in next(c["detail"] for c in hook["checks"] if c["name"] == "auth type")
-    assert webhook.config.webhook_code not in results["webhook"][1]
-
-    check("unreachable", 1, {"portal": "fail", "credentials": "skip"})
-    assert "abcdef0123" not in results["unreachable"][1], "the webhook code is not printed"
-
-    nothing = check("nothing set", 1, {"setup": "fail"})
-    assert "login" in nothing["checks"][0]["detail"]
+    if case == "expired pair":
+        report = doctor_report(code, stdout, ALL_PASS, 0)
+        assert "renewed and saved" in next(c["detail"] for c in report["checks"] if c["name"] == "credentials")
+        assert after["access_token"] != saved["access_token"] and after["portal_url"] == saved["portal_url"]
+    elif case == "wrong secret":
+        report = doctor_report(code, stdout, {"credentials": "ok", "client secret": "fail"}, 1)
+        assert "B24_CLIENT_SECRET" in fix_of(report, "client secret")
+        assert after == saved, "checking the secret spends nothing"
+    elif case == "revoked refresh token":
+        report = doctor_report(code, stdout, {"credentials": "fail", "scopes": "skip"}, 1)
+        assert f"{PROG} login` again" in fix_of(report, "credentials")
+    elif case == "missing scope":
+        report = doctor_report(code, stdout, {"credentials": "ok", "scopes": "fail"}, 1)
+        assert "add telephony" in fix_of(report, "scopes")
+    elif case == "world-readable":
+        report = doctor_report(code, stdout, {"token store": "warn", "credentials": "ok"}, 1)
+        assert f"chmod 600 {profile_file(tmp_path)}" == fix_of(report, "token store")
+    else:
+        doctor_report(code, stdout, {"portal": "fail", "credentials": "skip"}, 1)
 
 
 # --- config -----------------------------------------------------------------------------------------
-
-
-CLIENTS = ("claude-code", "claude-desktop", "cursor", "vscode", "codex", "gemini", "windsurf")
 
 
 def server_entry(client: str, text: str) -> dict[str, Any]:
@@ -609,43 +653,59 @@ def server_entry(client: str, text: str) -> dict[str, Any]:
     return result
 
 
-def test_config_snippets_parse_name_the_installed_script_and_hold_no_secret(
+@pytest.mark.parametrize("client", CLIENTS)
+def test_every_config_snippet_parses_as_its_format_and_names_the_installed_script(client: str) -> None:
+    script = str(Path(sys.executable).parent / PROG)
+    assert installed_command() == [script]
+    local = render(client, Local([script, "--profile", "work"], {"B24_CONFIG_DIR": "/home/u/profiles"}))
+    entry = server_entry(client, local)
+    assert (entry["command"], entry["args"]) == (script, ["--profile", "work"])
+    if client == "claude-code":
+        assert entry["words"][5:7] == ["-e", "B24_CONFIG_DIR=/home/u/profiles"]
+    else:
+        assert entry["env"] == {"B24_CONFIG_DIR": "/home/u/profiles"}
+    if client == "vscode":
+        assert entry["type"] == "stdio"
+
+    remote = Remote("http://127.0.0.1:8000/mcp")
+    if client == "claude-desktop":
+        with pytest.raises(ConfigError, match="--transport stdio"):
+            render(client, remote)
+        return
+    text = render(client, remote)
+    entry = server_entry(client, text)
+    assert "http://127.0.0.1:8000/mcp" in json.dumps(entry)
+    assert "B24_MCP_AUTH_TOKEN" in text or "${input:b24-mcp-token}" in text, "the token is referenced, never inlined"
+
+
+def test_config_command_with_a_profile_holds_no_secret_and_without_one_says_what_it_holds(
     sandbox: RunningSandbox, tmp_path: Path
 ) -> None:
-    login_by_redirect(sandbox, login_env(sandbox, tmp_path), "--profile", "work")
-    script = str(Path(sys.executable).parent / PROG)
-    env = person_env(tmp_path)
-    runs = {client: start_cli(env, "config", client, "--profile", "work") for client in CLIENTS}
-    runs |= {f"{client} http": start_cli(env, "config", client, "--transport", "http") for client in CLIENTS}
+    saved = installed_profile(sandbox, tmp_path, "work")
+    runs = {
+        "profile": start_cli(person_env(tmp_path), "config", "claude-code", "--profile", "work"),
+        "webhook": start_cli(person_env(tmp_path / "none", B24_WEBHOOK_URL=sandbox.webhook_url), "config", "codex"),
+        "nothing": start_cli(person_env(tmp_path / "none"), "config", "cursor"),
+    }
     results = {name: outcome(process) for name, process in runs.items()}
-    profile_secrets = [sandbox.config.client_secret, *json.loads(profile_file(tmp_path, "work").read_text()).values()]
-    for client in CLIENTS:
-        code, stdout, stderr = results[client]
-        assert code == 0, stderr
-        entry = server_entry(client, stdout)
-        assert entry["command"] == script, "the absolute path of the installed script"
-        assert entry["args"] == ["--profile", "work"]
-        assert entry.get("env", {}) in ({}, {"B24_CONFIG_DIR": str(tmp_path / PROG)})
-        assert not any(str(secret) in stdout for secret in profile_secrets if len(str(secret)) > 12)
-        if client == "vscode":
-            assert entry["type"] == "stdio"
-        assert stderr.strip(), "where to put it"
 
-        code, stdout, stderr = results[f"{client} http"]
-        if client == "claude-desktop":
-            assert code == 2 and "--transport stdio" in stderr
-            continue
-        assert code == 0, stderr
-        assert "http://127.0.0.1:8000/mcp" in json.dumps(server_entry(client, stdout))
-        assert "B24_MCP_AUTH_TOKEN" in stdout or "${input:b24-mcp-token}" in stdout, client
+    code, stdout, stderr = results["profile"]
+    assert code == 0, stderr
+    entry = server_entry("claude-code", stdout)
+    assert entry["command"] == str(Path(sys.executable).parent / PROG)
+    assert entry["args"] == ["--profile", "work"]
+    # XDG_CONFIG_HOME is not the default here, and a desktop client may not have it: the snippet says where.
+    assert entry["words"][5:7] == ["-e", f"B24_CONFIG_DIR={tmp_path / PROG}"]
+    assert not [value for value in saved.values() if isinstance(value, str) and value in stdout and len(value) > 30]
+    assert sandbox.config.client_secret not in stdout + stderr
+    assert "| sh" in stderr
 
-    # Without a profile the snippet carries the environment's setup (a webhook here), and says so.
-    webhook_env = person_env(tmp_path / "none", B24_WEBHOOK_URL=sandbox.webhook_url)
-    webhook = run_cli(webhook_env, "config", "cursor")
-    assert server_entry("cursor", webhook.stdout)["env"] == {"B24_WEBHOOK_URL": sandbox.webhook_url}
-    assert "credentials included" in webhook.stderr
-    nothing = run_cli(person_env(tmp_path / "none"), "config", "cursor")
-    assert nothing.returncode == 2 and "login" in nothing.stderr and nothing.stdout == ""
+    code, stdout, stderr = results["webhook"]
+    assert code == 0 and server_entry("codex", stdout)["env"] == {"B24_WEBHOOK_URL": sandbox.webhook_url}
+    assert "credentials included" in stderr
+
+    code, stdout, stderr = results["nothing"]
+    assert (code, stdout) == (2, "") and "login" in stderr
 
 
 # --- install ----------------------------------------------------------------------------------------
@@ -714,14 +774,7 @@ def test_a_wheel_from_the_repo_installs_into_a_fresh_venv_and_runs(sandbox: Runn
     from b24_telephony_mcp import __version__
 
     assert version.stdout.strip() == f"{PROG} {__version__}", version.stderr
-    where = subprocess.run(
-        [str(python), "-c", "import b24_telephony_mcp; print(b24_telephony_mcp.__file__)"],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=True,
-    )
-    assert where.stdout.startswith(str(venv)), "the package comes from the wheel, not the source tree"
+    assert Path(site, "b24_telephony_mcp", "__init__.py").is_file(), "the package comes from the wheel"
     doctor = subprocess.run(
         [str(script), "doctor", "--json"],
         env=app_env(sandbox, tmp_path / "state" / "tokens.json"),
