@@ -25,6 +25,7 @@ import zipfile
 from collections.abc import Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
@@ -241,11 +242,11 @@ def test_login_by_pasted_address_and_a_second_login_replaces_the_file_by_rename(
     for _ in range(2):
         with ExitStack() as stack:
             run = start_login(env, "--no-browser", "--portal", sandbox.base_url, stack=stack).ready()
-            assert any("paste" in line for line in run.lines)
             run.paste("not an address")  # a slip is answered, not fatal
             run.paste(sent_back_to(sandbox, run))
             code, stderr = run.finish()
         assert code == 0, stderr
+        assert "paste here the address your browser was sent to" in stderr
         assert "That is not the address" in stderr
         path = profile_file(tmp_path)
         tokens.append(json.loads(path.read_text(encoding="utf-8"))["access_token"])
@@ -410,6 +411,38 @@ async def test_two_profiles_side_by_side_and_login_against_the_sandbox(tmp_path:
             both.start_soon(add_line, person_env(tmp_path, B24_PROFILE="sandbox"), (), "202")
         assert [line.number for line in first.portal.lines.values()] == ["201"], "each profile reached its own portal"
         assert [line.number for line in second.portal.lines.values()] == ["202"]
+
+
+def test_sandbox_authorize_code_and_platform_methods(sandbox: RunningSandbox) -> None:
+    """The sandbox side of login and doctor, as a portal and its OAuth server answer them."""
+    authorize = f"{sandbox.base_url}/oauth/authorize/"
+    unknown = httpx2.get(authorize, params={"client_id": "local.unknown", "state": "s"})
+    assert unknown.status_code == 401 and "location" not in unknown.headers, "an error page, never a redirect"
+    sandbox.portal.config.handler_url = "http://localhost:8765/"
+    sent = httpx2.get(authorize, params={"client_id": sandbox.config.client_id, "state": "s1"})
+    assert sent.status_code == 302 and sent.headers["location"].startswith("http://localhost:8765/?code=")
+    answer = {key: values[0] for key, values in parse_qs(urlsplit(sent.headers["location"]).query).items()}
+    assert answer["state"] == "s1" and answer["domain"] == urlsplit(sandbox.base_url).netloc
+    assert answer["member_id"] == sandbox.portal.member_id and answer["scope"] == sandbox.config.scopes
+
+    grant = {"grant_type": "authorization_code", "code": answer["code"], "client_id": sandbox.config.client_id}
+    first = httpx2.get(sandbox.token_url, params={**grant, "client_secret": sandbox.config.client_secret})
+    again = httpx2.get(sandbox.token_url, params={**grant, "client_secret": sandbox.config.client_secret})
+    assert first.status_code == 200 and first.json()["member_id"] == sandbox.portal.member_id
+    assert (again.status_code, again.json()["error"]) == (400, "invalid_grant"), "a code works once"
+
+    token = first.json()["access_token"]
+    sandbox.portal.config.scopes = "crm"  # the platform methods need no scope of their own
+    call = {m: httpx2.post(f"{sandbox.base_url}/rest/{m}", json={"auth": token}).json() for m in PLATFORM}
+    assert call["app.info"]["result"]["INSTALLED"] is True and call["app.info"]["result"]["STATUS"] == "L"
+    assert call["scope"]["result"] == ["crm"]
+    assert call["profile"]["result"]["ID"] == "1" and call["profile"]["result"]["ADMIN"] is True
+    assert abs(datetime.fromisoformat(call["server.time"]["result"]).timestamp() - time.time()) < 5
+    webhook_info = httpx2.post(f"{sandbox.webhook_url}app.info").json()["result"]
+    assert set(webhook_info) == {"SCOPE", "LICENSE"}, "a webhook has no application context"
+
+
+PLATFORM = ("app.info", "scope", "profile", "server.time")
 
 
 # --- profiles and precedence (in-process) ---------------------------------------------------------

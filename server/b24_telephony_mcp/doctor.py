@@ -58,17 +58,18 @@ def doctor_command(settings: Settings | ConfigError, tools: Sequence[ToolSpec], 
     else:
         checks = anyio.run(diagnose, settings, tools)
     passed = all(check.status == "ok" for check in checks)
+    # The report is this command's output, so it goes to stdout (the command is not an MCP server).
     if as_json:
         report = {
             "ok": passed,
             "mode": None if isinstance(settings, ConfigError) else settings.mode,
             "checks": [asdict(check) for check in checks],
         }
-        print(redact(json.dumps(report, ensure_ascii=False, indent=1)))
+        sys.stdout.write(redact(json.dumps(report, ensure_ascii=False, indent=1)) + "\n")
     else:
-        for check in checks:
-            print(check.line())
-        print("All checks passed." if passed else "Some checks did not pass.")
+        lines = [check.line() for check in checks]
+        lines.append("All checks passed." if passed else "Some checks did not pass.")
+        sys.stdout.write("\n".join(lines) + "\n")
     sys.stdout.flush()
     return 0 if passed else 1
 

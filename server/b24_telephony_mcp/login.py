@@ -114,10 +114,12 @@ def login_command(
         if sandbox:
             client, secret = sandbox_app(target.portal_url)
         else:
-            client = target.client_id or _fail(
-                "No client id: pass --client-id (or set B24_CLIENT_ID) with the code from the local application's "
-                "form (Applications > Developer resources > Other > Local application)."
-            )
+            if not target.client_id:
+                raise ConfigError(
+                    "No client id: pass --client-id (or set B24_CLIENT_ID) with the code from the local "
+                    "application's form (Applications > Developer resources > Other > Local application)."
+                )
+            client = target.client_id
             secret = target.client_secret or ask_secret(client)
         register_secret(secret)
         options = LoginOptions(
@@ -139,6 +141,9 @@ def login_command(
     except LoginError as exc:
         _say(f"{PROG}: login failed: {redact(str(exc))}")
         return 1
+    except KeyboardInterrupt:
+        _say(f"{PROG}: login cancelled; nothing was saved.")
+        return 130
     for line in summary(options, profile_saved):
         _say(line)
     return 0
@@ -146,10 +151,6 @@ def login_command(
 
 def _say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
-
-
-def _fail(message: str) -> str:
-    raise ConfigError(message)
 
 
 def ask_secret(client_id: str) -> str:
@@ -192,7 +193,9 @@ def summary(options: LoginOptions, profile: Profile) -> list[str]:
             blocked = [name for name, gap in gaps.items() if scope in gap]
             lines.append(f"  without '{scope}': {names_list(blocked)}")
         lines.append("  (add scopes in the local application's form, then run login again)")
-    lines.append(f"Next: {PROG} doctor{profile_command(options.target.profile)}")
+    suffix = profile_command(options.target.profile)
+    lines.append(f"Next: {PROG} doctor{suffix}")
+    lines.append(f"Then: {PROG} config claude-code{suffix} | sh   (or config cursor, vscode, codex, gemini...)")
     return lines
 
 
