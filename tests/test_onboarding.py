@@ -508,8 +508,11 @@ def test_precedence_of_environment_and_profile(tmp_path: Path) -> None:
     assert work.portal_url == "https://work.bitrix24.com"  # type: ignore[union-attr]
 
     # What a client config must carry: nothing secret for a profile, the variables in use otherwise.
-    assert launch_env(load_settings(base), base) == {"B24_CONFIG_DIR": str(tmp_path)}
-    assert launch_env(load_settings(other), other) == {k: v for k, v in other.items() if k.startswith("B24_")}
+    tuned = {**base, "B24_TOOLSETS": "all", "B24_CLIENT_SECRET": "from-env", "B24_PROFILE": "default"}
+    assert launch_env(load_settings(tuned).portal, tuned) == {"B24_CONFIG_DIR": str(tmp_path), "B24_TOOLSETS": "all"}
+    variables = {k: v for k, v in other.items() if k.startswith("B24_") and k != "B24_CONFIG_DIR"}
+    assert launch_env(load_settings(other).portal, other) == variables, "no profile: the credentials travel"
+    assert launch_env(None, tuned) == {"B24_TOOLSETS": "all"}, "the sandbox brings its own credentials"
 
 
 def test_help_states_the_precedence_and_the_readme_shows_the_same_table() -> None:

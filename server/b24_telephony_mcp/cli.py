@@ -270,14 +270,14 @@ def run_config(args: argparse.Namespace) -> int:
     if args.transport == "http":
         return config_command(args.client, Remote(f"http://{url_host(args.host)}:{args.port}/mcp"))
     if args.sandbox:
-        return config_command(args.client, Local([*installed_command(), "--sandbox"]))
+        return config_command(args.client, Local([*installed_command(), "--sandbox"], launch_env(None)))
     try:
-        settings = load_settings(profile=args.profile)
+        portal = load_settings(profile=args.profile).portal
     except ConfigError as exc:
         return fail(f"{exc} (`config` prints the snippet for a setup that works.)")
-    profile = settings.portal.profile if isinstance(settings.portal, AppConfig) else None
+    profile = portal.profile if isinstance(portal, AppConfig) else None
     profile_args = ["--profile", profile] if profile and profile != DEFAULT_PROFILE else []
-    return config_command(args.client, Local([*installed_command(), *profile_args], launch_env(settings)))
+    return config_command(args.client, Local([*installed_command(), *profile_args], launch_env(portal)))
 
 
 def selection_from(args: argparse.Namespace, from_env: Selection) -> Selection:

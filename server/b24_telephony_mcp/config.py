@@ -305,20 +305,32 @@ def app_config(env: Mapping[str, str], profile: Profile | None, name: str, store
     )
 
 
-def launch_env(settings: Settings, env: Mapping[str, str] = os.environ) -> dict[str, str]:
+_CREDENTIAL_VARS = frozenset(
+    {"B24_WEBHOOK_URL", *_APP_VARS, "B24_ACCESS_TOKEN", "B24_REFRESH_TOKEN", "B24_TOKEN_FILE", "B24_OAUTH_TOKEN_URL"}
+)
+_NOT_FOR_CLIENTS = frozenset({"B24_PROFILE", "B24_CONFIG_DIR", "B24_MCP_AUTH_TOKEN", "B24_MCP_ALLOWED_HOSTS"})
+
+
+def launch_env(portal: WebhookConfig | AppConfig | None, env: Mapping[str, str] = os.environ) -> dict[str, str]:
     """The variables an MCP client must pass so that the server it starts finds this same setup.
 
-    For a profile only a non-default profiles directory (no secret); for the sandbox nothing; otherwise the
-    B24_* variables in use, credentials included.
+    The B24_* settings in use (toolsets, limits, files...); with a profile no credential but a non-default
+    profiles directory (the profile itself goes in --profile); for the sandbox (`portal` None) no credential;
+    otherwise the credential variables too.
     """
-    if settings.sandbox:
-        return {}
-    portal = settings.portal
+    carried = {
+        name: value
+        for name, value in env.items()
+        if name.startswith("B24_") and name not in _NOT_FOR_CLIENTS and name not in _CREDENTIAL_VARS
+    }
+    if portal is None:
+        return carried
     if isinstance(portal, AppConfig) and portal.profile:
         directory = config_dir(env)
-        return {} if directory == config_dir({}) else {"B24_CONFIG_DIR": str(directory.absolute())}
-    transport_only = ("B24_MCP_AUTH_TOKEN", "B24_MCP_ALLOWED_HOSTS")
-    return {name: value for name, value in env.items() if name.startswith("B24_") and name not in transport_only}
+        if directory != config_dir({}):
+            carried["B24_CONFIG_DIR"] = str(directory.absolute())
+        return carried
+    return carried | {name: value for name, value in env.items() if name in _CREDENTIAL_VARS}
 
 
 @dataclass(frozen=True)

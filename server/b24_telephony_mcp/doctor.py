@@ -85,16 +85,18 @@ async def diagnose(settings: Settings, tools: Sequence[ToolSpec]) -> list[Check]
     blocked = next((check for check in checks if check.status == "fail"), None)
     later = ["credentials", *(["client secret"] if app else []), "clock", "scopes", *([] if app else ["auth type"])]
     if blocked is not None:
-        return [*checks, *(Check(name, "skip", f"not checked: {blocked.name} failed") for name in later)]
+        skipped = [Check(name, "skip", f"not checked: {blocked.name} failed") for name in later]
+        return [*checks, *skipped, rate_check(settings, {})]
     try:
         client = build_client(settings)
     except ConfigError as exc:
-        return [*checks, Check("credentials", "fail", str(exc), _login_fix(settings))]
+        return [*checks, Check("credentials", "fail", str(exc), _login_fix(settings)), rate_check(settings, {})]
     try:
         credentials, info, renewed = await credentials_check(client, settings)
         checks.append(credentials)
         if credentials.status == "fail":
-            return [*checks, *(Check(name, "skip", "not checked: credentials failed") for name in later[1:])]
+            skipped = [Check(name, "skip", "not checked: credentials failed") for name in later[1:]]
+            return [*checks, *skipped, rate_check(settings, {})]
         if app is not None:
             checks.append(_secret_proven() if renewed else await client_secret_check(app, settings))
         checks.append(await clock_check(client))
