@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from b24_telephony_mcp.config import ConfigError
+from b24_telephony_mcp.config import CREDENTIAL_VARIABLES, ConfigError
 
 PROG = "b24-telephony-mcp"
 SERVER_NAME = "bitrix24-telephony"
@@ -77,7 +77,7 @@ def config_command(client: str, server: Local | Remote) -> int:
             f"Start the server first, e.g. `{TOKEN_VARIABLE}=$(openssl rand -hex 32) {PROG} --transport http`, and "
             f"export the same {TOKEN_VARIABLE} where the client runs.\n"
         )
-    elif server.env and any(name != "B24_CONFIG_DIR" for name in server.env):
+    elif CREDENTIAL_VARIABLES & set(server.env):
         sys.stderr.write(
             f"Note: this snippet holds the B24_* variables of your environment, credentials included; "
             f"`{PROG} login` keeps them out of client configs.\n"

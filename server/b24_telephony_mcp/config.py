@@ -305,7 +305,7 @@ def app_config(env: Mapping[str, str], profile: Profile | None, name: str, store
     )
 
 
-_CREDENTIAL_VARS = frozenset(
+CREDENTIAL_VARIABLES = frozenset(
     {"B24_WEBHOOK_URL", *_APP_VARS, "B24_ACCESS_TOKEN", "B24_REFRESH_TOKEN", "B24_TOKEN_FILE", "B24_OAUTH_TOKEN_URL"}
 )
 _NOT_FOR_CLIENTS = frozenset({"B24_PROFILE", "B24_CONFIG_DIR", "B24_MCP_AUTH_TOKEN", "B24_MCP_ALLOWED_HOSTS"})
@@ -321,7 +321,7 @@ def launch_env(portal: WebhookConfig | AppConfig | None, env: Mapping[str, str] 
     carried = {
         name: value
         for name, value in env.items()
-        if name.startswith("B24_") and name not in _NOT_FOR_CLIENTS and name not in _CREDENTIAL_VARS
+        if name.startswith("B24_") and name not in _NOT_FOR_CLIENTS and name not in CREDENTIAL_VARIABLES
     }
     if portal is None:
         return carried
@@ -330,7 +330,7 @@ def launch_env(portal: WebhookConfig | AppConfig | None, env: Mapping[str, str] 
         if directory != config_dir({}):
             carried["B24_CONFIG_DIR"] = str(directory.absolute())
         return carried
-    return carried | {name: value for name, value in env.items() if name in _CREDENTIAL_VARS}
+    return carried | {name: value for name, value in env.items() if name in CREDENTIAL_VARIABLES}
 
 
 @dataclass(frozen=True)
