@@ -31,10 +31,15 @@ from b24_telephony_mcp.sandbox import RunningSandbox
 FAST_LIMITS = {"B24_RATE_LIMIT": "1000", "B24_RATE_BURST": "10000"}
 
 
+# A profiles directory that never exists, so a developer's own `login` profile is never picked up.
+NO_PROFILES = "/nonexistent/b24-telephony-mcp-tests"
+
+
 def clean_env(**extra: str) -> dict[str, str]:
-    """The test process's environment minus any real B24_* credentials a developer may have set."""
+    """The test process's environment minus any real B24_* credentials or profiles a developer may have."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("B24_")}
     env["B24_LOG_LEVEL"] = "DEBUG"  # the most talkative logs are the ones to check for secrets
+    env["XDG_CONFIG_HOME"] = NO_PROFILES
     env.update(extra)
     return env
 

@@ -192,7 +192,8 @@ def test_expired_token_is_401_until_refreshed(http: httpx2.Client) -> None:
     ("overrides", "status", "code"),
     [
         ({"client_secret": "wrong"}, 401, "invalid_client"),
-        ({"grant_type": "authorization_code"}, 400, "invalid_request"),
+        ({"grant_type": "password"}, 400, "invalid_request"),
+        ({"grant_type": "authorization_code", "code": "never-issued"}, 400, "invalid_grant"),
         ({"refresh_token": "never-issued"}, 400, "invalid_grant"),
     ],
 )

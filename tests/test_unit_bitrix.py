@@ -327,7 +327,7 @@ def test_load_settings_webhook_and_token_file_only(tmp_path: Path) -> None:
 )
 def test_load_settings_refuses(env: dict[str, str], phrase: str, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=phrase):
-        load_settings({"XDG_STATE_HOME": str(tmp_path), **env})
+        load_settings({"XDG_STATE_HOME": str(tmp_path), "B24_CONFIG_DIR": str(tmp_path / "profiles"), **env})
 
 
 def test_build_client_with_a_corrupt_token_file_is_a_config_error(tmp_path: Path) -> None:

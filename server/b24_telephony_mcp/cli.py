@@ -9,31 +9,36 @@ import secrets
 import sys
 import tempfile
 from collections.abc import Sequence
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anyio
-from mcp.server.stdio import stdio_server
 
 from b24_telephony_mcp import __version__
 from b24_telephony_mcp.bitrix import TokenPair
+from b24_telephony_mcp.client_config import CLIENTS
 from b24_telephony_mcp.config import (
+    PRECEDENCE,
     AppConfig,
     ConfigError,
     Selection,
     Settings,
     build_client,
+    launch_env,
     load_settings,
     split_names,
 )
-from b24_telephony_mcp.net import is_loopback_host
+from b24_telephony_mcp.net import is_loopback_host, url_host
+from b24_telephony_mcp.profiles import DEFAULT_PROFILE
 from b24_telephony_mcp.redact import RedactingFormatter, register_secret
-from b24_telephony_mcp.server import build_server
 from b24_telephony_mcp.tools import DEFAULT_TOOLSETS, TOOLSETS, ToolContext
 
 if TYPE_CHECKING:
     from b24_telephony_mcp.sandbox import RunningSandbox
+
+DEFAULT_LOGIN_PORT = 8765
+DEFAULT_LOGIN_TIMEOUT = 300.0
 
 PROG = "b24-telephony-mcp"
 
@@ -41,9 +46,12 @@ PROG = "b24-telephony-mcp"
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="MCP server for the Bitrix24 telephony REST API. Credentials come from the "
-        "environment (B24_WEBHOOK_URL, or B24_PORTAL_URL with B24_CLIENT_ID, B24_CLIENT_SECRET, "
-        "B24_ACCESS_TOKEN, B24_REFRESH_TOKEN); see README.md.",
+        description="MCP server for the Bitrix24 telephony REST API. Connect a portal once with `login` (it saves "
+        "a profile), check it with `doctor`, add the server to a client with `config CLIENT`; or give credentials "
+        "in the environment (B24_WEBHOOK_URL, or B24_PORTAL_URL with B24_CLIENT_ID, B24_CLIENT_SECRET, "
+        "B24_ACCESS_TOKEN, B24_REFRESH_TOKEN). See README.md.",
+        epilog=precedence_table(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--transport", choices=("stdio", "sse", "http"), default="stdio")
@@ -52,6 +60,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--sandbox", action="store_true", help="serve against the built-in sandbox portal (no credentials needed)"
     )
+    parser.add_argument("--profile", metavar="NAME", help=PROFILE_HELP)
     toolsets = ", ".join(toolset.name for toolset in TOOLSETS)
     parser.add_argument(
         "--toolsets",
@@ -74,12 +83,55 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     sandbox = commands.add_parser("sandbox", help="run the sandbox Bitrix24 portal alone, as an HTTP server")
     sandbox.add_argument("--host", default="127.0.0.1")
     sandbox.add_argument("--port", type=int, default=8024)
+
+    login = commands.add_parser(
+        "login",
+        help="connect a portal: OAuth authorization of a local application, saved as a profile",
+        description="Authorize a local application (handler path http://localhost:PORT/) and save its token pair "
+        "as a profile. The client secret comes from B24_CLIENT_SECRET or a hidden prompt, never from argv.",
+    )
+    login.add_argument("--portal", metavar="URL", help="https://your.bitrix24.com (env B24_PORTAL_URL)")
+    login.add_argument("--client-id", metavar="ID", help="the local application's client id (env B24_CLIENT_ID)")
+    login.add_argument("--port", type=int, default=DEFAULT_LOGIN_PORT, help="loopback port to listen on (default 8765)")
+    login.add_argument("--no-browser", action="store_true", help="print the address; paste where the browser went")
+    login.add_argument("--timeout", type=float, default=DEFAULT_LOGIN_TIMEOUT, help="seconds to wait (default 300)")
+    login.add_argument("--profile", metavar="NAME", default=argparse.SUPPRESS, help=PROFILE_HELP)
+    login.add_argument(
+        "--sandbox",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="log in to `b24-telephony-mcp sandbox` (http://127.0.0.1:8024 unless --portal), as profile 'sandbox'",
+    )
+
+    doctor = commands.add_parser("doctor", help="check the setup the server would use, with the fix for each problem")
+    doctor.add_argument("--json", action="store_true", help="print the checks as one JSON object")
+    doctor.add_argument("--profile", metavar="NAME", default=argparse.SUPPRESS, help=PROFILE_HELP)
+    doctor.add_argument("--sandbox", action="store_true", default=argparse.SUPPRESS, help="check the built-in sandbox")
+
+    config = commands.add_parser("config", help="print the snippet or command that adds this server to a client")
+    config.add_argument("client", choices=CLIENTS)
+    config.add_argument("--profile", metavar="NAME", default=argparse.SUPPRESS, help=PROFILE_HELP)
+    config.add_argument(
+        "--transport",
+        choices=("stdio", "http"),
+        default="stdio",
+        help="stdio: the client starts the server (default); http: it connects to one at --host/--port",
+    )
     return parser.parse_args(argv)
 
 
-def configure_logging() -> None:
+PROFILE_HELP = "the profile to use (env B24_PROFILE; default 'default'); profiles are written by `login`"
+
+
+def precedence_table() -> str:
+    width = max(len(setting) for setting, _ in PRECEDENCE)
+    rows = "\n".join(f"  {setting:<{width}}  {sources}" for setting, sources in PRECEDENCE)
+    return f"where settings come from (first found wins):\n{rows}"
+
+
+def configure_logging(default: str = "INFO") -> None:
     raw_level = os.environ.get("B24_LOG_LEVEL", "")
-    level = raw_level.strip().upper() or "INFO"
+    level = raw_level.strip().upper() or default
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         raise ConfigError(f"B24_LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {raw_level!r}.")
     handler = logging.StreamHandler(sys.stderr)  # stdout is the stdio protocol stream
@@ -100,7 +152,8 @@ def fail(message: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        configure_logging()
+        # The commands talk to a person: their own output says what matters, logs only when asked for.
+        configure_logging("INFO" if args.command in (None, "sandbox") else "WARNING")
     except ConfigError as exc:
         return fail(str(exc))
     if args.command == "sandbox":
@@ -108,6 +161,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         run_sandbox_forever(host=args.host, port=args.port)
         return 0
+    if args.command == "login":
+        from b24_telephony_mcp.login import login_command
+
+        return login_command(
+            os.environ,
+            portal=args.portal,
+            client_id=args.client_id,
+            port=args.port,
+            timeout=args.timeout,
+            no_browser=args.no_browser,
+            profile=args.profile,
+            sandbox=args.sandbox,
+        )
+    if args.command == "doctor":
+        return run_doctor(args)
+    if args.command == "config":
+        return run_config(args)
 
     token = None
     if args.transport != "stdio":
@@ -136,15 +206,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def serve(args: argparse.Namespace, token: str | None) -> None:
-    async with AsyncExitStack() as stack:
-        if args.sandbox:
-            from b24_telephony_mcp.sandbox import start_sandbox
+    # Imported here: the MCP SDK takes seconds to import, which login, doctor and config do not need.
+    from mcp.server.stdio import stdio_server
 
-            sandbox = stack.enter_context(start_sandbox())
-            token_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="b24-sandbox-"))
-            settings = sandbox_settings(sandbox, Path(token_dir))
-        else:
-            settings = load_settings()
+    from b24_telephony_mcp.server import build_server
+
+    async with AsyncExitStack() as stack:
+        settings = settings_for(args, stack)
         selection = selection_from(args, settings.selection)
         tools = selection.tool_specs()
         client = build_client(settings)
@@ -171,6 +239,45 @@ async def serve(args: argparse.Namespace, token: str | None) -> None:
                 server_requests=any(spec.confirm is not None for spec in tools),  # asking the user mid-call
                 announce=lambda url: sys.stderr.write(f"{PROG}: serving MCP over {args.transport} at {url}\n"),
             )
+
+
+def settings_for(args: argparse.Namespace, stack: ExitStack | AsyncExitStack) -> Settings:
+    """The profile/environment settings, or an in-process sandbox's (kept running until `stack` closes)."""
+    if not args.sandbox:
+        return load_settings(profile=args.profile)
+    from b24_telephony_mcp.sandbox import start_sandbox
+
+    sandbox = stack.enter_context(start_sandbox())
+    token_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="b24-sandbox-"))
+    return sandbox_settings(sandbox, Path(token_dir))
+
+
+def run_doctor(args: argparse.Namespace) -> int:
+    from b24_telephony_mcp.doctor import doctor_command
+
+    with ExitStack() as stack:
+        try:
+            settings: Settings | ConfigError = settings_for(args, stack)
+            tools = selection_from(args, settings.selection).tool_specs()  # type: ignore[union-attr]
+        except ConfigError as exc:
+            settings, tools = exc, ()
+        return doctor_command(settings, tools, as_json=args.json)
+
+
+def run_config(args: argparse.Namespace) -> int:
+    from b24_telephony_mcp.client_config import Local, Remote, config_command, installed_command
+
+    if args.transport == "http":
+        return config_command(args.client, Remote(f"http://{url_host(args.host)}:{args.port}/mcp"))
+    if args.sandbox:
+        return config_command(args.client, Local([*installed_command(), "--sandbox"], launch_env(None)))
+    try:
+        portal = load_settings(profile=args.profile).portal
+    except ConfigError as exc:
+        return fail(f"{exc} (`config` prints the snippet for a setup that works.)")
+    profile = portal.profile if isinstance(portal, AppConfig) else None
+    profile_args = ["--profile", profile] if profile and profile != DEFAULT_PROFILE else []
+    return config_command(args.client, Local([*installed_command(), *profile_args], launch_env(portal)))
 
 
 def selection_from(args: argparse.Namespace, from_env: Selection) -> Selection:

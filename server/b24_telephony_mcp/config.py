@@ -1,4 +1,6 @@
-"""Settings from the environment, checked up front so a bad setup fails with one clear paragraph."""
+"""Settings from the environment and the chosen profile, checked up front so a bad setup fails with one
+clear paragraph. Every B24_* variable is read here, and `PRECEDENCE` is the one statement of which
+source wins (printed by `--help` and in the README)."""
 
 from __future__ import annotations
 
@@ -12,19 +14,46 @@ from urllib.parse import urlsplit
 from b24_telephony_mcp.bitrix import BitrixClient, OAuthAuth, TokenPair, TokenStore, WebhookAuth
 from b24_telephony_mcp.bitrix.limits import DEFAULT_BURST, DEFAULT_RATE
 from b24_telephony_mcp.net import is_loopback_host
+from b24_telephony_mcp.profiles import (
+    DEFAULT_PROFILE,
+    SANDBOX_PROFILE,
+    Profile,
+    check_profile_name,
+    profile_names,
+    profile_store,
+    read_profile,
+)
 from b24_telephony_mcp.tools import ToolSpec, UnknownNameError, select_tools
 from b24_telephony_mcp.tools.files import DEFAULT_MAX_MB, MIB, FilePolicy
 
 DEFAULT_TOKEN_URL = "https://oauth.bitrix.info/oauth/token/"
 
+SANDBOX_PORTAL_URL = "http://127.0.0.1:8024"
+"""Where `b24-telephony-mcp sandbox` listens by default, and so where `login --sandbox` looks."""
+
 _APP_VARS = ("B24_PORTAL_URL", "B24_CLIENT_ID", "B24_CLIENT_SECRET")
 _SETUP_HELP = (
-    "Set either B24_WEBHOOK_URL (https://your.bitrix24.com/rest/<user_id>/<code>/) for an incoming "
-    "webhook, or B24_PORTAL_URL, B24_CLIENT_ID, B24_CLIENT_SECRET, B24_ACCESS_TOKEN and "
+    "Run `b24-telephony-mcp login --portal https://your.bitrix24.com` to connect a local application "
+    "(it saves a profile), or set B24_WEBHOOK_URL (https://your.bitrix24.com/rest/<user_id>/<code>/) for an "
+    "incoming webhook, or B24_PORTAL_URL, B24_CLIENT_ID, B24_CLIENT_SECRET, B24_ACCESS_TOKEN and "
     "B24_REFRESH_TOKEN for a local application (the telephony.externalLine.* and "
     "externalCall.register/finish methods need the application). To try it without a portal, run "
     "with --sandbox."
 )
+
+PRECEDENCE: tuple[tuple[str, str], ...] = (
+    ("credentials", "B24_WEBHOOK_URL (a webhook); else an application from the rows below"),
+    ("profile", "--profile, then B24_PROFILE, then `default` if that profile exists"),
+    ("portal, client id and secret", "B24_PORTAL_URL, B24_CLIENT_ID, B24_CLIENT_SECRET, then the profile"),
+    ("OAuth token URL", "B24_OAUTH_TOKEN_URL, then the profile, then https://oauth.bitrix.info/oauth/token/"),
+    (
+        "token pair",
+        "the token store once it holds a pair (rotated tokens win), then B24_ACCESS_TOKEN and B24_REFRESH_TOKEN",
+    ),
+    ("token store", "B24_TOKEN_FILE, then the profile file, then ~/.local/state/b24-telephony-mcp/tokens-<hash>.json"),
+    ("profiles directory", "B24_CONFIG_DIR, then $XDG_CONFIG_HOME/b24-telephony-mcp, then ~/.config/b24-telephony-mcp"),
+)
+"""Which source wins, setting by setting: the table `--help` and the README show."""
 
 
 class ConfigError(Exception):
@@ -44,6 +73,9 @@ class AppConfig:
     tokens: TokenPair | None = field(repr=False)
     token_file: Path
     token_url: str = DEFAULT_TOKEN_URL
+    profile: str | None = None
+    """The profile the settings came from, if any (its file is then `token_file` unless B24_TOKEN_FILE says
+    otherwise)."""
 
 
 @dataclass(frozen=True)
@@ -74,10 +106,25 @@ class Settings:
     reveal_sip_passwords: bool = False
     confirm_calls: bool = True
     """B24_CONFIRM_CALLS=0: billed calls are placed without asking the user first."""
+    sandbox: bool = False
+
+    @property
+    def mode(self) -> str:
+        """How the server is connected: sandbox, profile, app variables or webhook."""
+        if self.sandbox:
+            return "sandbox"
+        if isinstance(self.portal, WebhookConfig):
+            return "webhook"
+        return "profile" if self.portal.profile else "app variables"
 
 
-def load_settings(env: Mapping[str, str] = os.environ, portal: WebhookConfig | AppConfig | None = None) -> Settings:
-    """All settings from `env`; `portal` overrides the credentials (the sandbox brings its own)."""
+def load_settings(
+    env: Mapping[str, str] = os.environ,
+    portal: WebhookConfig | AppConfig | None = None,
+    profile: str | None = None,
+) -> Settings:
+    """All settings from `env` and the profile (`profile` is the --profile flag); `portal` replaces the
+    credentials with the sandbox's own."""
     files = FilePolicy(
         allowed_dirs=tuple(
             Path(part).expanduser().resolve() for part in env.get("B24_FILES_DIR", "").split(os.pathsep) if part
@@ -91,13 +138,14 @@ def load_settings(env: Mapping[str, str] = os.environ, portal: WebhookConfig | A
     )
     selection.tool_specs()  # unknown names fail at start, not at the first tools/list
     return Settings(
-        portal=portal or portal_from_env(env),
+        portal=portal or resolve_portal(env, profile),
         files=files,
         rate=_number(env, "B24_RATE_LIMIT", DEFAULT_RATE),
         burst=int(_number(env, "B24_RATE_BURST", DEFAULT_BURST)),
         selection=selection,
         reveal_sip_passwords=_flag(env, "B24_REVEAL_SIP_PASSWORDS"),
         confirm_calls=_flag(env, "B24_CONFIRM_CALLS") if env.get("B24_CONFIRM_CALLS", "").strip() else True,
+        sandbox=portal is not None,
     )
 
 
@@ -120,52 +168,206 @@ def _flag(env: Mapping[str, str], name: str) -> bool:
     raise ConfigError(f"{name} must be 1 or 0, got {raw!r}.")
 
 
-def portal_from_env(env: Mapping[str, str]) -> WebhookConfig | AppConfig:
+def config_dir(env: Mapping[str, str]) -> Path:
+    """Where profiles live: B24_CONFIG_DIR, else $XDG_CONFIG_HOME/b24-telephony-mcp, else ~/.config/..."""
+    if env.get("B24_CONFIG_DIR"):
+        return Path(env["B24_CONFIG_DIR"]).expanduser()
+    base = Path(env["XDG_CONFIG_HOME"]).expanduser() if env.get("XDG_CONFIG_HOME") else Path.home() / ".config"
+    return base / "b24-telephony-mcp"
+
+
+def chosen_profile(env: Mapping[str, str], flag: str | None) -> str | None:
+    """The profile asked for by --profile or B24_PROFILE; None when neither names one."""
+    name = (flag or env.get("B24_PROFILE", "")).strip() or None
+    if name is not None:
+        try:
+            check_profile_name(name)
+        except ValueError as exc:
+            raise ConfigError(f"{exc}.") from None
+    return name
+
+
+def profile_command(name: str) -> str:
+    """The `--profile NAME` suffix of a suggested command ('' for the default profile)."""
+    return "" if name == DEFAULT_PROFILE else f" --profile {name}"
+
+
+def load_profile(env: Mapping[str, str], name: str) -> tuple[TokenStore, Profile | None]:
+    store = profile_store(config_dir(env), name)
+    try:
+        return store, read_profile(store)
+    except ValueError as exc:
+        raise ConfigError(f"Profile {name!r}: {exc}.") from None
+    except OSError as exc:
+        raise ConfigError(f"Profile {name!r} cannot be read from {store.path} ({exc.strerror}).") from None
+
+
+def resolve_portal(env: Mapping[str, str], profile_flag: str | None = None) -> WebhookConfig | AppConfig:
+    """Webhook or application settings, from the environment and the profile (see `PRECEDENCE`)."""
+    explicit = chosen_profile(env, profile_flag)
+    if env.get("B24_WEBHOOK_URL", "").strip():
+        if explicit:
+            raise ConfigError(
+                f"B24_WEBHOOK_URL is set and profile {explicit!r} was chosen, so it is unclear whether to use the "
+                "webhook or the profile's application. Unset B24_WEBHOOK_URL or drop --profile/B24_PROFILE."
+            )
+        return webhook_from_env(env)
+    name = explicit or DEFAULT_PROFILE
+    store, profile = load_profile(env, name)
+    if profile is None and explicit:
+        known = profile_names(config_dir(env))
+        raise ConfigError(
+            f"There is no profile {name!r} in {config_dir(env)} "
+            f"({'profiles there: ' + ', '.join(known) if known else 'no profiles there yet'}). Create it with "
+            f"`b24-telephony-mcp login --portal https://your.bitrix24.com{profile_command(name)}`."
+        )
+    if profile is not None:
+        others = _variables_naming_another_app(env, profile)
+        if others and explicit:
+            raise ConfigError(
+                f"{' and '.join(others)} name another application than profile {name!r} "
+                f"({profile.portal_url}, {profile.client_id}). Unset {' and '.join(others)} or choose another "
+                "profile."
+            )
+        if others:
+            profile = None  # the variables describe a complete other app: the implicit default yields to them
+    return app_config(env, profile, name, store)
+
+
+def _variables_naming_another_app(env: Mapping[str, str], profile: Profile) -> list[str]:
+    given = {
+        "B24_PORTAL_URL": (env.get("B24_PORTAL_URL", "").strip().rstrip("/"), profile.portal_url),
+        "B24_CLIENT_ID": (env.get("B24_CLIENT_ID", "").strip(), profile.client_id),
+    }
+    return [name for name, (value, saved) in given.items() if value and value != saved]
+
+
+def webhook_from_env(env: Mapping[str, str]) -> WebhookConfig:
     webhook = env.get("B24_WEBHOOK_URL", "").strip()
     app_given = [name for name in (*_APP_VARS, "B24_ACCESS_TOKEN", "B24_REFRESH_TOKEN") if env.get(name)]
-    if webhook and app_given:
+    if app_given:
         raise ConfigError(
             f"B24_WEBHOOK_URL and {', '.join(app_given)} are both set, so it is unclear whether to use the "
             "webhook or the application. Unset one of them."
         )
-    if webhook:
-        check_url("B24_WEBHOOK_URL", webhook)
-        if "/rest/" not in webhook:
-            raise ConfigError(
-                "B24_WEBHOOK_URL must look like https://your.bitrix24.com/rest/<user_id>/<code>/ "
-                "(copy it from the incoming webhook's settings)."
-            )
-        return WebhookConfig(webhook if webhook.endswith("/") else webhook + "/")
-    if not app_given:
+    check_url("B24_WEBHOOK_URL", webhook)
+    if "/rest/" not in webhook:
+        raise ConfigError(
+            "B24_WEBHOOK_URL must look like https://your.bitrix24.com/rest/<user_id>/<code>/ "
+            "(copy it from the incoming webhook's settings)."
+        )
+    return WebhookConfig(webhook if webhook.endswith("/") else webhook + "/")
+
+
+def app_config(env: Mapping[str, str], profile: Profile | None, name: str, store: TokenStore) -> AppConfig:
+    """An application's settings: each variable that is set wins over the profile's value."""
+    app_given = [var for var in (*_APP_VARS, "B24_ACCESS_TOKEN", "B24_REFRESH_TOKEN") if env.get(var)]
+    if profile is None and not app_given:
         raise ConfigError(f"No Bitrix24 credentials are set. {_SETUP_HELP}")
-    missing = [name for name in _APP_VARS if not env.get(name)]
+    saved = {
+        "B24_PORTAL_URL": profile.portal_url if profile else "",
+        "B24_CLIENT_ID": profile.client_id if profile else "",
+        "B24_CLIENT_SECRET": profile.client_secret if profile else "",
+    }
+    values = {var: env.get(var, "").strip() or saved[var] for var in _APP_VARS}
+    missing = [var for var in _APP_VARS if not values[var]]
     if missing:
         raise ConfigError(f"{', '.join(missing)} not set. {_SETUP_HELP}")
-    portal_url = env["B24_PORTAL_URL"].strip().rstrip("/")
+    portal_url = values["B24_PORTAL_URL"].rstrip("/")
     check_url("B24_PORTAL_URL", portal_url)
-    token_url = env.get("B24_OAUTH_TOKEN_URL", "").strip() or DEFAULT_TOKEN_URL
+    token_url = env.get("B24_OAUTH_TOKEN_URL", "").strip() or (profile.token_url if profile else DEFAULT_TOKEN_URL)
     check_url("B24_OAUTH_TOKEN_URL", token_url)
-    token_file = (
-        Path(env["B24_TOKEN_FILE"]).expanduser()
-        if env.get("B24_TOKEN_FILE")
-        else default_token_file(portal_url, env["B24_CLIENT_ID"], env)
-    )
+    if env.get("B24_TOKEN_FILE"):
+        token_file = Path(env["B24_TOKEN_FILE"]).expanduser()
+    elif profile is not None:
+        token_file = store.path
+    else:
+        token_file = default_token_file(portal_url, values["B24_CLIENT_ID"], env)
     access, refresh = env.get("B24_ACCESS_TOKEN"), env.get("B24_REFRESH_TOKEN")
     if bool(access) != bool(refresh):
         raise ConfigError("Set both B24_ACCESS_TOKEN and B24_REFRESH_TOKEN (or neither, if the token file exists).")
-    if not access and not token_file.exists():
+    tokens = TokenPair(access, refresh) if access and refresh else None
+    if tokens is None and profile is not None and token_file != store.path:
+        tokens = profile.tokens  # B24_TOKEN_FILE names another store: the profile's pair seeds it
+    if tokens is None and not token_file.exists():
         raise ConfigError(
             f"No OAuth tokens: set B24_ACCESS_TOKEN and B24_REFRESH_TOKEN (from the application's "
             f"installation), or put them in the token file {token_file}."
         )
     return AppConfig(
         portal_url=portal_url,
-        client_id=env["B24_CLIENT_ID"],
-        client_secret=env["B24_CLIENT_SECRET"],
-        tokens=TokenPair(access, refresh) if access and refresh else None,
+        client_id=values["B24_CLIENT_ID"],
+        client_secret=values["B24_CLIENT_SECRET"],
+        tokens=tokens,
         token_file=token_file,
         token_url=token_url,
+        profile=name if profile is not None else None,
     )
+
+
+CREDENTIAL_VARIABLES = frozenset(
+    {"B24_WEBHOOK_URL", *_APP_VARS, "B24_ACCESS_TOKEN", "B24_REFRESH_TOKEN", "B24_TOKEN_FILE", "B24_OAUTH_TOKEN_URL"}
+)
+_NOT_FOR_CLIENTS = frozenset({"B24_PROFILE", "B24_CONFIG_DIR", "B24_MCP_AUTH_TOKEN", "B24_MCP_ALLOWED_HOSTS"})
+
+
+def launch_env(portal: WebhookConfig | AppConfig | None, env: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The variables an MCP client must pass so that the server it starts finds this same setup.
+
+    The B24_* settings in use (toolsets, limits, files...); with a profile no credential but a non-default
+    profiles directory (the profile itself goes in --profile); for the sandbox (`portal` None) no credential;
+    otherwise the credential variables too.
+    """
+    carried = {
+        name: value
+        for name, value in env.items()
+        if name.startswith("B24_") and name not in _NOT_FOR_CLIENTS and name not in CREDENTIAL_VARIABLES
+    }
+    if portal is None:
+        return carried
+    if isinstance(portal, AppConfig) and portal.profile:
+        directory = config_dir(env)
+        if directory != config_dir({}):
+            carried["B24_CONFIG_DIR"] = str(directory.absolute())
+        return carried
+    return carried | {name: value for name, value in env.items() if name in CREDENTIAL_VARIABLES}
+
+
+@dataclass(frozen=True)
+class LoginTarget:
+    """What `login` starts from: the profile to write, and what is already known about the application."""
+
+    profile: str
+    store: TokenStore
+    portal_url: str | None
+    client_id: str | None
+    client_secret: str | None = field(repr=False)
+    token_url: str
+
+
+def login_target(
+    env: Mapping[str, str], *, profile: str | None, portal: str | None, client_id: str | None, sandbox: bool
+) -> LoginTarget:
+    """--portal, B24_PORTAL_URL, then the profile being replaced; the same for the client id; the secret from
+    B24_CLIENT_SECRET or the replaced profile (same client id only); the token URL as for the server."""
+    name = chosen_profile(env, profile) or (SANDBOX_PROFILE if sandbox else DEFAULT_PROFILE)
+    store, saved = load_profile(env, name)
+    default_portal = SANDBOX_PORTAL_URL if sandbox else None
+    portal_url = (portal or env.get("B24_PORTAL_URL", "").strip() or default_portal or "").rstrip("/") or None
+    if portal_url is None and saved is not None:
+        portal_url = saved.portal_url
+    if portal_url is not None:
+        check_url("--portal", portal_url)
+    client = client_id or env.get("B24_CLIENT_ID", "").strip() or (saved.client_id if saved else None)
+    secret = env.get("B24_CLIENT_SECRET", "").strip() or None
+    if secret is None and saved is not None and saved.client_id == client:
+        secret = saved.client_secret
+    token_url = env.get("B24_OAUTH_TOKEN_URL", "").strip()
+    if not token_url and sandbox and portal_url:
+        token_url = f"{portal_url}/oauth/token/"  # the sandbox is its own OAuth server
+    token_url = token_url or (saved.token_url if saved else DEFAULT_TOKEN_URL)
+    check_url("B24_OAUTH_TOKEN_URL", token_url)
+    return LoginTarget(name, store, portal_url, client, secret, token_url)
 
 
 def default_token_file(portal_url: str, client_id: str, env: Mapping[str, str]) -> Path:

@@ -1,11 +1,12 @@
 """The Bitrix24 REST client. Knows nothing of MCP."""
 
-from b24_telephony_mcp.bitrix.auth import Auth, OAuthAuth, WebhookAuth
+from b24_telephony_mcp.bitrix.auth import AccessTokenAuth, Auth, OAuthAuth, WebhookAuth, request_tokens
 from b24_telephony_mcp.bitrix.client import BitrixClient, BitrixResponse, RetryPolicy
 from b24_telephony_mcp.bitrix.errors import BitrixError
 from b24_telephony_mcp.bitrix.token_store import TokenPair, TokenStore
 
 __all__ = [
+    "AccessTokenAuth",
     "Auth",
     "BitrixClient",
     "BitrixError",
@@ -15,4 +16,5 @@ __all__ = [
     "TokenPair",
     "TokenStore",
     "WebhookAuth",
+    "request_tokens",
 ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any, Protocol
 
 import anyio
@@ -156,29 +157,62 @@ class OAuthAuth:
             "client_secret": self._client_secret,
             "refresh_token": self._pair.refresh_token,
         }
-        try:
-            response = await http.get(self._token_url, params=query)
-        except httpx2.HTTPError as exc:
-            raise BitrixError(
-                TOKEN_REFRESH_FAILED,
-                f"could not reach the OAuth server ({type(exc).__name__})",
-                retryable=True,
-            ) from None
-        try:
-            body = response.json()
-        except json.JSONDecodeError:
-            body = None
-        if not isinstance(body, dict) or "access_token" not in body or "refresh_token" not in body:
-            code = str(body.get("error")) if isinstance(body, dict) and body.get("error") else TOKEN_REFRESH_FAILED
-            description = (
-                str(body.get("error_description") or code)
-                if isinstance(body, dict)
-                else f"the OAuth server answered HTTP {response.status_code} without a JSON object"
-            )
-            raise BitrixError(code, f"token refresh failed: {description}", response.status_code)
-        pair = TokenPair(str(body["access_token"]), str(body["refresh_token"]), body.get("expires"))
-        _register_pair(pair)  # before anything (a failed save's log line, say) could mention it
+        pair, _ = await request_tokens(http, self._token_url, query, "token refresh")
         return pair
+
+
+class AccessTokenAuth:
+    """A bare access token that is never refreshed: for checking a freshly issued pair before it is saved."""
+
+    def __init__(self, portal_url: str, access_token: str) -> None:
+        self._rest_base = portal_url.rstrip("/") + "/rest/"
+        self._token = access_token
+        register_secret(access_token)
+
+    def url_for(self, method: str, rest_api: int = 2) -> str:
+        return rest_url(self._rest_base, method, rest_api)
+
+    def sign(self, params: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+        return {**params, "auth": self._token}, None
+
+    async def refresh(self, http: httpx2.AsyncClient, used_credential: str, *, renew: bool = True) -> bool:
+        raise AssertionError("a bare access token is never refreshed")
+
+
+async def request_tokens(
+    http: httpx2.AsyncClient, token_url: str, query: dict[str, str], purpose: str
+) -> tuple[TokenPair, dict[str, Any]]:
+    """One GET to the OAuth server's token endpoint (any grant); the new pair and the whole answer.
+
+    Failures are `BitrixError`s carrying the OAuth server's code (`invalid_grant`, `invalid_client`...),
+    their description prefixed with `purpose` ("token refresh failed: ...").
+    """
+    try:
+        response = await http.get(token_url, params=query)
+    except httpx2.HTTPError as exc:
+        raise BitrixError(
+            TOKEN_REFRESH_FAILED,
+            f"{purpose} failed: could not reach the OAuth server ({type(exc).__name__})",
+            retryable=True,
+        ) from None
+    try:
+        body = response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        body = None
+    if not isinstance(body, dict) or "access_token" not in body or "refresh_token" not in body:
+        code = str(body.get("error")) if isinstance(body, dict) and body.get("error") else TOKEN_REFRESH_FAILED
+        description = (
+            str(body.get("error_description") or code)
+            if isinstance(body, dict)
+            else f"the OAuth server answered HTTP {response.status_code} without a JSON object"
+        )
+        raise BitrixError(code, f"{purpose} failed: {description}", response.status_code)
+    expires = body.get("expires")
+    if not isinstance(expires, int | float) and isinstance(body.get("expires_in"), int | float):
+        expires = time.time() + body["expires_in"]  # the code exchange answers with a lifetime only
+    pair = TokenPair(str(body["access_token"]), str(body["refresh_token"]), expires)
+    _register_pair(pair)  # before anything (a failed save's log line, say) could mention it
+    return pair, body
 
 
 def _register_pair(pair: TokenPair) -> None:

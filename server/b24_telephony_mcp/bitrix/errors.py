@@ -23,9 +23,9 @@ ERROR_CORE = "ERROR_CORE"
 
 LOCAL_APP_HINT = (
     "This method needs an application (OAuth) token, an incoming webhook is refused. In Bitrix24 open "
-    "Applications > Developer resources > Other > Local application, tick 'Uses API only', grant the "
-    "'telephony' scope, save, then run this server with B24_PORTAL_URL, B24_CLIENT_ID, B24_CLIENT_SECRET, "
-    "B24_ACCESS_TOKEN and B24_REFRESH_TOKEN instead of B24_WEBHOOK_URL."
+    "Applications > Developer resources > Other > Local application, set the handler path to "
+    "http://localhost:8765/, grant the 'telephony' scope, save, run `b24-telephony-mcp login --portal "
+    "https://your.bitrix24.com`, and start this server without B24_WEBHOOK_URL."
 )
 
 # Hints by Bitrix24 error code: what the model (or its user) can do next.
@@ -62,8 +62,8 @@ _CODE_HINTS: dict[str, str] = {
     "INTERNAL_SERVER_ERROR": "The portal failed internally.",
     "PORTAL_DELETED": "The portal was deleted.",
     "PAYMENT_REQUIRED": "The portal's plan or the application's subscription does not allow this.",
-    "invalid_grant": "The refresh token was rejected (already used or expired); reinstall the application or "
-    "put a fresh token pair into B24_TOKEN_FILE.",
+    "invalid_grant": "The refresh token was rejected (already used or expired); run `b24-telephony-mcp login` "
+    "again, or put a fresh token pair into B24_TOKEN_FILE.",
     "invalid_client": "B24_CLIENT_ID or B24_CLIENT_SECRET is wrong, or the application is not installed.",
     NETWORK_ERROR: "The portal could not be reached; check B24_PORTAL_URL / B24_WEBHOOK_URL and the network.",
     UNEXPECTED_RESPONSE: "Something between this server and the portal (a proxy or gateway) answered instead "

@@ -12,8 +12,12 @@ Routes
     without params may be called by GET. Errors go out in the REST 3.0 envelope
     ``{"error": {"code", "message", "validation"?}}``. Only REST 3.0 methods are found here, and only REST 2
     methods under ``/rest/`` (else 404 ``ERROR_METHOD_NOT_FOUND``).
+``GET /oauth/authorize/?client_id=...&state=...``
+    The signed-in user approves at once: 302 to the app's handler path (``SandboxConfig.handler_url``) with
+    ``code`` (single-use, 30 s), ``state``, ``domain``, ``member_id``, ``scope``, ``server_domain``. An unknown
+    client or an app that is not installed gets an HTML error page and no redirect, as on a real portal.
 ``GET|POST /oauth/token/``
-    ``grant_type=refresh_token`` only; refresh tokens rotate and are single-use.
+    ``grant_type=authorization_code`` (``code``) or ``refresh_token``; refresh tokens rotate and are single-use.
 
 REST 2 params come from the query string merged with the body (body wins): JSON when Content-Type is
 ``application/json``, otherwise form or multipart fields with PHP-style keys (``MESSAGES[0][SIDE]=Client``).
@@ -30,6 +34,9 @@ Test-control endpoints (test hooks, answered to loopback clients only; not part 
     ``{"requests": {"<lower-cased method>": n}, "refreshes": n}``; refreshes = successful refresh grants.
 ``POST /_sandbox/reset-stats``
     Zero the stats.
+``GET /_sandbox/app``, ``POST /_sandbox/app``
+    The application's ``client_id``, ``client_secret`` and ``handler_url``; POST JSON ``{"handler_url": ...}``
+    changes the handler path (``login --sandbox`` points it at its listener).
 
 The leaky bucket and the request stats count REST 2 and REST 3.0 requests alike, never the OAuth or control
 endpoints.
@@ -37,6 +44,7 @@ endpoints.
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 import time
@@ -49,7 +57,7 @@ from urllib.parse import parse_qsl
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from b24_telephony_mcp.net import is_loopback_host
@@ -310,7 +318,28 @@ class SandboxHttp:
         except SandboxRestError as exc:
             return _error(exc)
 
+    async def oauth_authorize(self, request: Request) -> Response:
+        self._learn_base_url(request)
+        try:
+            location = self.portal.authorize(dict(request.query_params))
+        except SandboxRestError as exc:
+            page = f"<!doctype html><title>Authorization error</title><p>{html.escape(exc.description)}</p>"
+            return HTMLResponse(page, status_code=exc.status)
+        return RedirectResponse(location, status_code=302)
+
     # --- control endpoints ---
+
+    async def app_settings(self, request: Request) -> Response:
+        config = self.portal.config
+        if request.method == "POST":
+            try:
+                handler_url = json.loads(await request.body() or b"{}")["handler_url"]
+            except (ValueError, KeyError, TypeError):
+                return JSONResponse({"error": "INVALID_APP", "error_description": "expected handler_url"}, 400)
+            config.handler_url = str(handler_url)
+        return JSONResponse(
+            {"client_id": config.client_id, "client_secret": config.client_secret, "handler_url": config.handler_url}
+        )
 
     async def add_fault(self, request: Request) -> Response:
         try:
@@ -359,6 +388,9 @@ def create_app(portal: SandboxPortal) -> Starlette:
         Route("/rest/{path:path}", http.rest, methods=rest_methods),
         Route("/oauth/token/", http.oauth_token, methods=rest_methods),
         Route("/oauth/token", http.oauth_token, methods=rest_methods),
+        Route("/oauth/authorize/", http.oauth_authorize, methods=["GET"]),
+        Route("/oauth/authorize", http.oauth_authorize, methods=["GET"]),
+        Route("/_sandbox/app", _loopback_only(http.app_settings), methods=["GET", "POST"]),
         Route("/_sandbox/faults", _loopback_only(http.add_fault), methods=["POST"]),
         Route("/_sandbox/faults", _loopback_only(http.clear_faults), methods=["DELETE"]),
         Route("/_sandbox/expire-tokens", _loopback_only(http.expire_tokens), methods=["POST"]),

@@ -61,9 +61,14 @@ WRONG_AUTH_TYPE = ErrorSpec("WRONG_AUTH_TYPE", "Current authorization type is de
 ACCESS_DENIED = ErrorSpec("ACCESS_DENIED", "Access denied!", 403)
 METHOD_NOT_FOUND = ErrorSpec("ERROR_METHOD_NOT_FOUND", "Method not found!", 404)
 QUERY_LIMIT_EXCEEDED = ErrorSpec("QUERY_LIMIT_EXCEEDED", "Too many requests", 503)
-OAUTH_INVALID_REQUEST = ErrorSpec("invalid_request", "Unsupported grant_type, only refresh_token is supported", 400)
+OAUTH_INVALID_REQUEST = ErrorSpec(
+    "invalid_request", "Unsupported grant_type, only authorization_code and refresh_token are supported", 400
+)
 OAUTH_INVALID_CLIENT = ErrorSpec("invalid_client", "Invalid client_id or client_secret", 401)
 OAUTH_INVALID_GRANT = ErrorSpec("invalid_grant", "Invalid refresh token", 400)
+OAUTH_INVALID_CODE = ErrorSpec("invalid_grant", "Invalid or expired authorization code", 400)
+# The sandbox's wording; on a real portal the authorization page shows the error and never redirects.
+APP_NOT_INSTALLED = ErrorSpec("NOT_INSTALLED", "The application is not installed on this portal", 400)
 
 # REST 3.0 (rest-v3.md "Structure of an unsuccessful response"; the messages are the sandbox's own wording).
 V3_INVALID_JSON = ErrorSpec("BITRIX_REST_V3_EXCEPTION_INVALIDJSONEXCEPTION", "Invalid JSON in the request body", 400)

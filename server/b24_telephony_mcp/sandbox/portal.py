@@ -18,9 +18,10 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from .errors import (
+    APP_NOT_INSTALLED,
     EXPIRED_TOKEN,
     INSUFFICIENT_SCOPE,
     INSUFFICIENT_SCOPE_WEBHOOK,
@@ -29,6 +30,7 @@ from .errors import (
     METHOD_NOT_FOUND,
     NO_AUTH_FOUND,
     OAUTH_INVALID_CLIENT,
+    OAUTH_INVALID_CODE,
     OAUTH_INVALID_GRANT,
     OAUTH_INVALID_REQUEST,
     V3_INSUFFICIENT_SCOPE,
@@ -55,6 +57,10 @@ T = TypeVar("T")
 
 #: Scopes granted to the sandbox app's tokens (and to its webhook) unless the config says otherwise.
 SANDBOX_SCOPE = "telephony,call,crm,user"
+#: The scope of platform methods (app.info, scope, profile, server.time) that every app and webhook may call.
+BASIC_SCOPE = "basic"
+#: Lifetime of an authorization code (settings/oauth/index.md: "The lifetime of the authorization code is 30 s").
+AUTH_CODE_TTL = 30.0
 
 
 @dataclass
@@ -84,6 +90,14 @@ class SandboxConfig:
     #: The administrator's answer to this app's request to call voximplant.user.get (CRestServer::
     #: requestConfirmation): approved, still waiting (METHOD_CONFIRM_WAITING) or denied (METHOD_CONFIRM_DENIED).
     user_get_confirmation: Literal["approved", "waiting", "denied"] = "approved"
+    #: The application's handler path: where /oauth/authorize/ sends the browser back (the app settings hold it
+    #: on a real portal; `login` listens here by default).
+    handler_url: str = "http://localhost:8765/"
+    #: False: the app was added but not installed; /oauth/authorize/ refuses it and the token endpoint answers
+    #: invalid_client, as the docs describe; app.info reports INSTALLED false.
+    app_installed: bool = True
+    #: The plan, as app.info reports it (a non-Enterprise plan, matching the default rate limit).
+    license: str = "en_pro100"
 
 
 @dataclass(frozen=True)
@@ -201,6 +215,7 @@ class SandboxPortal:
         self._toolset_state: dict[type[Any], Any] = {}
         self._access_tokens: dict[str, TokenPair] = {}
         self._refresh_tokens: dict[str, TokenPair] = {}
+        self._auth_codes: dict[str, tuple[float, int]] = {}  # code -> (expires at, user id)
         # Statistic ids 1..seed_calls belong to the seeded call history (methods/statistics.py, made on first use).
         self._ids: Counter[str] = Counter(
             {"line": 0, "stat": self.config.seed_calls, "file": 9000, "transcript": 0, "activity": 7900}
@@ -239,7 +254,7 @@ class SandboxPortal:
         spec = self.methods.get(method.lower())
         if spec is None or spec.api != api:
             raise METHOD_NOT_FOUND.exc()
-        if spec.scope not in self.granted_scopes(caller):
+        if spec.scope != BASIC_SCOPE and spec.scope not in self.granted_scopes(caller):
             if api == 3:
                 raise V3_INSUFFICIENT_SCOPE.exc()
             raise (INSUFFICIENT_SCOPE if caller.auth_type == "oauth" else INSUFFICIENT_SCOPE_WEBHOOK).exc()
@@ -297,13 +312,43 @@ class SandboxPortal:
                 self._refresh_tokens[pair.refresh_token] = expired
             return len(self._access_tokens)
 
+    def authorize(self, params: Mapping[str, Any], user_id: int = 1) -> str:
+        """/oauth/authorize/: the user (already signed in, approving at once) is sent back to the app's handler
+        path with a single-use code that lives 30 s. Returns that redirect address."""
+        if params.get("client_id") != self.config.client_id:
+            raise OAUTH_INVALID_CLIENT.exc()
+        if not self.config.app_installed:
+            raise APP_NOT_INSTALLED.exc()
+        code = secrets.token_hex(16)
+        with self.lock:
+            self._auth_codes[code] = (self.clock() + AUTH_CODE_TTL, user_id)
+        answer = {
+            "code": code,
+            "state": php_str(params.get("state")),
+            "domain": urlsplit(self.base_url).netloc,
+            "member_id": self.member_id,
+            "scope": self.config.scopes,
+            "server_domain": urlsplit(self.base_url).netloc,
+        }
+        separator = "&" if "?" in self.config.handler_url else "?"
+        return f"{self.config.handler_url}{separator}{urlencode(answer)}"
+
     def oauth_token(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        """The /oauth/token/ endpoint. Refresh tokens are single-use: using one revokes it and its access token."""
-        if params.get("grant_type") != "refresh_token":
+        """The /oauth/token/ endpoint: `authorization_code` (a code works once, within 30 s) and `refresh_token`
+        (single-use: using one revokes it and its access token)."""
+        grant = params.get("grant_type")
+        if grant not in ("refresh_token", "authorization_code"):
             raise OAUTH_INVALID_REQUEST.exc()
         if params.get("client_id") != self.config.client_id or params.get("client_secret") != self.config.client_secret:
             raise OAUTH_INVALID_CLIENT.exc()
+        if not self.config.app_installed:
+            raise OAUTH_INVALID_CLIENT.exc()  # error-codes.md: "The application may not be installed"
         with self.lock:
+            if grant == "authorization_code":
+                expires_at, user_id = self._auth_codes.pop(php_str(params.get("code")), (0.0, 0))
+                if self.clock() >= expires_at:
+                    raise OAUTH_INVALID_CODE.exc()
+                return self.token_response(self.issue_tokens(user_id))
             used = self._refresh_tokens.pop(php_str(params.get("refresh_token")), None)
             if used is None:
                 raise OAUTH_INVALID_GRANT.exc()

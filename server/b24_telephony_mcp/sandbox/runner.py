@@ -129,6 +129,7 @@ def run_sandbox_forever(config: SandboxConfig | None = None, host: str = "127.0.
         f"  client_secret:     {cfg.client_secret}",
         f"  access_token:      {running.access_token}",
         f"  refresh_token:     {running.refresh_token}",
+        f"  handler path:      {cfg.handler_url}  (b24-telephony-mcp login --sandbox listens there)",
         "Press Ctrl-C to stop.",
     ]
     print("\n".join(details), file=sys.stderr, flush=True)

@@ -13,6 +13,7 @@ from . import (
     external_lines,
     followups,
     outgoing_lines,
+    platform,
     reference,
     sip,
     statistics,
@@ -30,6 +31,7 @@ METHODS: dict[str, Method] = {
     **users.METHODS,
     **reference.METHODS,
     **statistics.METHODS,
+    **platform.METHODS,
 }
 
 __all__ = ["METHODS"]

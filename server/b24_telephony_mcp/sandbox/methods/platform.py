@@ -1,0 +1,76 @@
+"""Platform methods every app and webhook may call (scope `basic`): app.info, scope, profile, server.time.
+
+`doctor` checks a setup with them and `login` checks a fresh token pair with app.info.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from ..php import php_bool
+from ..portal import BASIC_SCOPE, Caller, Method, Params, SandboxPortal, method_table
+from ..records import APP_ID
+
+#: What `scope` with full=true lists: the portal's permissions (api-reference/scopes/permissions.md, in part).
+ALL_SCOPES = ("basic", "call", "crm", "department", "entity", "im", "imopenlines", "log", "telephony", "user")
+
+
+def _license(portal: SandboxPortal) -> dict[str, str]:
+    """`en_pro100` -> LICENSE, LICENSE_TYPE `pro100`, LICENSE_FAMILY `pro`."""
+    license_type = portal.config.license.split("_", 1)[-1]
+    family = license_type.rstrip("0123456789") or license_type
+    return {"LICENSE": portal.config.license, "LICENSE_TYPE": license_type, "LICENSE_FAMILY": family}
+
+
+def app_info(portal: SandboxPortal, params: Params, caller: Caller) -> dict[str, Any]:
+    if caller.auth_type != "oauth":
+        # A webhook has no application context: the provider answers with its scopes and the plan (platform.md).
+        return {"SCOPE": sorted(portal.granted_scopes(caller)), "LICENSE": portal.config.license}
+    return {
+        "ID": APP_ID,
+        "CODE": portal.config.client_id,
+        "VERSION": 1,
+        "STATUS": "L",
+        "INSTALLED": portal.config.app_installed,
+        "PAYMENT_EXPIRED": "N",
+        "DAYS": None,
+        "LANGUAGE_ID": "en",
+        **_license(portal),
+    }
+
+
+def scope(portal: SandboxPortal, params: Params, caller: Caller) -> list[str]:
+    if php_bool(params.get("full")):
+        return list(ALL_SCOPES)
+    granted = portal.config.scopes if caller.auth_type == "oauth" else portal.config.webhook_scopes
+    return [item.strip() for item in granted.split(",") if item.strip()]
+
+
+def profile(portal: SandboxPortal, params: Params, caller: Caller) -> dict[str, Any]:
+    user = portal.users.get(caller.user_id)
+    if user is None or not user.active:
+        return {}  # docs: "If the user is inactive, the object is empty"
+    return {
+        "ID": str(user.id),
+        "ADMIN": user.is_admin,
+        "NAME": user.name,
+        "LAST_NAME": user.last_name,
+        "PERSONAL_GENDER": "",
+        "TIME_ZONE": "",
+    }
+
+
+def server_time(portal: SandboxPortal, params: Params, caller: Caller) -> str:
+    """The portal clock as `YYYY-MM-DDThh:mm:ss±hh:mm`."""
+    return datetime.fromtimestamp(portal.clock()).astimezone().isoformat(timespec="seconds")
+
+
+METHODS = method_table(
+    {
+        "app.info": Method(app_info, scope=BASIC_SCOPE),
+        "scope": Method(scope, scope=BASIC_SCOPE),
+        "profile": Method(profile, scope=BASIC_SCOPE),
+        "server.time": Method(server_time, scope=BASIC_SCOPE),
+    }
+)
