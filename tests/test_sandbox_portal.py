@@ -295,11 +295,14 @@ def test_search_crm_entities_orders_contact_lead_company(app: Rest) -> None:
         ({"USER_PHONE_INNER": "102", "TYPE": 2}, "USER_ID or USER_PHONE_INNER should be set"),  # inactive
         ({"USER_ID": 1, "TYPE": 6}, "Unknown TYPE"),
         ({"USER_ID": 1, "TYPE": "2x"}, "Unknown TYPE"),
-        (
-            {"USER_ID": 1, "TYPE": 2, "CALL_START_DATE": "last tuesday"},
-            "CALL_START_DATE should be in the ISO-8601 format",
+        *(
+            ({"USER_ID": 1, "TYPE": 2, "CALL_START_DATE": garbage}, "CALL_START_DATE should be in the ISO-8601 format")
+            for garbage in ("not a date", "2026-13-01", "25:61", "next blursday")
         ),
-        ({"USER_ID": 1, "TYPE": 2, "PHONE_NUMBER": "call me"}, "Unsupported phone number format"),
+        *(
+            ({"USER_ID": 1, "TYPE": 2, "PHONE_NUMBER": number}, "Unsupported phone number format")
+            for number in ("call me", "tel:", "+-() .")
+        ),
         ({"USER_ID": 3, "TYPE": 2}, "User is not found or is not active"),
         ({"USER_ID": 999, "TYPE": 2}, "User is not found or is not active"),
     ],
@@ -307,6 +310,59 @@ def test_search_crm_entities_orders_contact_lead_company(app: Rest) -> None:
 def test_register_validation(app: Rest, params: dict[str, Any], message: str) -> None:
     body = app.error("telephony.externalCall.register", {"PHONE_NUMBER": fresh_phone(), **params})
     assert body == {"error": "", "error_description": message}
+
+
+@pytest.mark.parametrize(
+    ("number", "stored"),
+    [
+        ("+1.906.219.5047", "19062195047"),
+        ("tel:+19062195047", "19062195047"),
+        ("+1 (906) 219-5047 ext", "19062195047"),
+        ("8-800-555-35-35", "88005553535"),
+    ],
+)
+def test_register_keeps_the_digits_of_any_number_like_the_source(
+    sandbox: RunningSandbox, app: Rest, number: str, stored: str
+) -> None:
+    # The source strips every non-digit (CVoxImplantPhone::stripLetters) and refuses only an empty result.
+    result = app.register(PHONE_NUMBER=number, EXTERNAL_CALL_ID=f"digits-{fresh_phone()}")
+    assert sandbox.portal.calls[result["CALL_ID"]].caller_id == stored
+    if stored == "19062195047":
+        assert (result["CRM_ENTITY_TYPE"], result["CRM_ENTITY_ID"]) == ("CONTACT", 651)
+
+
+NOW = datetime.now(UTC)
+
+
+@pytest.mark.parametrize(
+    ("written", "expected"),
+    [
+        ("2026-03-07T10:20:30+03:00", datetime(2026, 3, 7, 7, 20, 30, tzinfo=UTC)),  # ISO 8601, as documented
+        ("2026-03-07T10:20:30Z", datetime(2026, 3, 7, 10, 20, 30, tzinfo=UTC)),
+        ("2026-03-07 10:20", datetime(2026, 3, 7, 10, 20, tzinfo=UTC)),  # SQL style, in the portal's zone (UTC)
+        ("2026-03-07", datetime(2026, 3, 7, tzinfo=UTC)),
+        ("2026-02-30 10:20", datetime(2026, 3, 2, 10, 20, tzinfo=UTC)),  # PHP runs past the month's end
+        ("07.03.2026 10:20", datetime(2026, 3, 7, 10, 20, tzinfo=UTC)),
+        ("03/07/2026", datetime(2026, 3, 7, tzinfo=UTC)),  # US order, as PHP reads a slash date
+        ("Sat, 07 Mar 2026 10:20:30 +0300", datetime(2026, 3, 7, 7, 20, 30, tzinfo=UTC)),
+        ("@1772878830", datetime(2026, 3, 7, 10, 20, 30, tzinfo=UTC)),
+        ("yesterday noon", (NOW - timedelta(days=1)).replace(hour=12, minute=0, second=0, microsecond=0)),
+        ("today 10:20 +03:00", NOW.replace(hour=7, minute=20, second=0, microsecond=0)),
+    ],
+)
+def test_register_reads_call_start_date_like_strtotime(
+    sandbox: RunningSandbox, app: Rest, written: str, expected: datetime
+) -> None:
+    # The source only checks strtotime() (its message says ISO-8601, its check accepts far more).
+    result = app.register(PHONE_NUMBER=fresh_phone(), CALL_START_DATE=written)
+    assert sandbox.portal.calls[result["CALL_ID"]].date_create == expected
+
+
+def test_relative_call_start_dates_count_from_now(sandbox: RunningSandbox, app: Rest) -> None:
+    before = datetime.now(UTC).replace(microsecond=0)
+    call_id = app.register(PHONE_NUMBER=fresh_phone(), CALL_START_DATE="1 hour ago")["CALL_ID"]
+    after = datetime.now(UTC)
+    assert before - timedelta(hours=1) <= sandbox.portal.calls[call_id].date_create <= after - timedelta(hours=1)
 
 
 def test_error_core_code_follows_config(source_mode: RunningSandbox, http: httpx2.Client) -> None:

@@ -203,7 +203,7 @@ async def test_register_and_finish_documented_errors(sandbox: RunningSandbox, to
             "digits",
         )
         assert_core(
-            await tools.error("register_external_call", {**base, "CALL_START_DATE": "yesterday at noon"}),
+            await tools.error("register_external_call", {**base, "CALL_START_DATE": "not a date"}),
             "CALL_START_DATE should be in the ISO-8601 format",
             ISO_HINT,
         )

@@ -26,8 +26,9 @@ Test-control endpoints (test hooks, answered to loopback clients only; not part 
 --------------------------------------------------------------------------------------------
 ``POST /_sandbox/faults``
     JSON ``{"method": "<rest method, case-insensitive, or *>", "status": 500, "body": "<text>",
-    "content_type": "text/html", "count": 1}``: the next ``count`` matching REST requests get this canned
-    response instead of being processed (they still count in the stats). ``DELETE`` drops queued faults.
+    "content_type": "text/html", "count": 1, "headers": {}}``: the next ``count`` matching REST requests get this
+    canned response instead of being processed (they still count in the stats); ``headers`` such as
+    ``{"Location": ...}`` with status 302 stage a portal that moved. ``DELETE`` drops queued faults.
 ``POST /_sandbox/expire-tokens``
     Every access token issued so far is now expired (refresh tokens stay usable).
 ``GET /_sandbox/stats``
@@ -233,12 +234,13 @@ class Fault:
     body: str
     content_type: str
     count: int
+    headers: dict[str, str]
 
     def matches(self, method: str) -> bool:
         return self.method in ("*", method)
 
     def response(self) -> Response:
-        return Response(self.body, status_code=self.status, media_type=self.content_type)
+        return Response(self.body, status_code=self.status, headers=self.headers, media_type=self.content_type)
 
     @classmethod
     def from_json(cls, data: Any) -> Fault:
@@ -250,6 +252,7 @@ class Fault:
             body=str(data.get("body", "")),
             content_type=str(data.get("content_type", "text/html")),
             count=int(data.get("count", 1)),
+            headers={str(key): str(value) for key, value in dict(data.get("headers") or {}).items()},
         )
         if not 100 <= fault.status <= 599 or fault.count < 1:
             raise ValueError("status must be 100..599 and count >= 1")

@@ -13,7 +13,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from ..errors import ErrorSpec
-from ..php import isset, normalize_phone, php_bool, php_float, php_int, php_str
+from ..php import isset, normalize_phone, php_bool, php_float, php_int, php_str, php_strtotime
 from ..portal import Caller, Method, Params, SandboxPortal, method_table
 from ..records import (
     ActiveCall,
@@ -118,7 +118,7 @@ def external_call_register(portal: SandboxPortal, params: Params, caller: Caller
     start_date = datetime.fromtimestamp(now, UTC)
     raw_date = params.get("CALL_START_DATE")
     if raw_date is not None and raw_date != "":
-        parsed = _parse_iso8601(raw_date)
+        parsed = php_strtotime(raw_date, now)  # the source checks strtotime() only, despite its message
         if parsed is None:
             raise portal.core(Msg.BAD_START_DATE)
         start_date = parsed
@@ -459,17 +459,6 @@ def _target_users(params: Params, call: ActiveCall) -> set[int]:
     if isinstance(value, list | dict):
         return {php_int(v) for v in (value.values() if isinstance(value, dict) else value)}
     return {php_int(value)}
-
-
-def _parse_iso8601(value: Any) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.strip())
-    except ValueError:
-        return None
-    # A date without an offset is read in the portal's time zone; the sandbox portal runs on UTC.
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 METHODS = method_table(
