@@ -73,30 +73,6 @@ _CODE_HINTS: dict[str, str] = {
     "B24_OAUTH_TOKEN_URL and the network. The token file is unchanged, so a later call retries the refresh.",
 }
 
-# Hints for method-specific failures, matched on the description (ERROR_CORE carries no code).
-_DESCRIPTION_HINTS: tuple[tuple[str, str], ...] = (
-    (
-        "should be registered prior to finishing",
-        "The CALL_ID is unknown or that call was already finished. A repeat registration within 30 minutes "
-        "returns the same CALL_ID, so pass a unique EXTERNAL_CALL_ID per physical call.",
-    ),
-    (
-        "not finished yet",
-        "Finish the call with finish_external_call before attaching a recording.",
-    ),
-    (
-        "Is it finished?",
-        "Finish the call with finish_external_call before attaching a transcript.",
-    ),
-    ("Line already exists", "Use update_external_line to change an existing line, or list_external_lines."),
-    ("Could not find line", "Check the number with list_external_lines."),
-    ("User is not found", "Pass the USER_ID or USER_PHONE_INNER of an active Bitrix24 user."),
-    ("Unsupported phone number format", "Pass the phone number as digits, optionally with a leading +."),
-    ("ISO-8601", "Use a timestamp such as 2026-03-07T10:20:30+03:00."),
-    ("Wrong file extension", "Only .wav and .mp3 recordings are accepted."),
-    ("CRM is not installed", "The portal has no CRM module, so calls cannot be matched to clients."),
-)
-
 
 @dataclass(eq=False)
 class BitrixError(Exception):
@@ -116,7 +92,7 @@ class BitrixError(Exception):
     def __post_init__(self) -> None:
         super().__init__(f"{self.code}: {self.description}")
         if not self.hint:
-            self.hint = hint_for(self.code, self.description)
+            self.hint = hint_for(self.code)
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -135,10 +111,9 @@ class BitrixError(Exception):
         return data
 
 
-def hint_for(code: str, description: str) -> str:
-    for needle, hint in _DESCRIPTION_HINTS:
-        if needle in description:
-            return hint
+def hint_for(code: str) -> str:
+    """The generic hint for a code; method-specific ones live with their tools (`ToolSpec.hints`), since the
+    portal sends those failures with an empty code and only the method knows what its texts mean."""
     return _CODE_HINTS.get(code, "")
 
 

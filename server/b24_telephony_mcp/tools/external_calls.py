@@ -30,6 +30,29 @@ CALL_ID_DESC = "CALL_ID returned by register_external_call."
 USER_ID_DESC = "Bitrix24 user ID. USER_ID or USER_PHONE_INNER is required."
 USER_PHONE_INNER_DESC = "The user's internal extension. USER_ID or USER_PHONE_INNER is required."
 
+# Method-specific hints, one tool per sentence: a sentence naming a tool the server does not offer is left out.
+USER_NOT_FOUND = ("User is not found", "Pass the USER_ID or USER_PHONE_INNER of an active Bitrix24 user.")
+CRM_MISSING = ("CRM is not installed", "The portal has no CRM module, so calls cannot be matched to clients.")
+REGISTER_HINTS = (
+    USER_NOT_FOUND,
+    ("Unsupported phone number format", "The number has no digits: pass its digits, e.g. +7 495 123-45-67."),
+    ("ISO-8601", "Use a timestamp such as 2026-03-07T10:20:30+03:00."),
+    CRM_MISSING,
+)
+FINISH_HINTS = (
+    (
+        "should be registered prior to finishing",
+        "The CALL_ID is unknown or that call was already finished. A repeat registration within 30 minutes "
+        "returns the same CALL_ID, so pass a unique EXTERNAL_CALL_ID per physical call.",
+    ),
+    USER_NOT_FOUND,
+)
+RECORD_HINTS = (
+    ("not finished yet", "Finish the call with finish_external_call before attaching a recording."),
+    ("Wrong file extension", "Only .wav and .mp3 recordings are accepted."),
+)
+TRANSCRIPT_HINTS = (("Is it finished?", "Finish the call with finish_external_call before attaching a transcript."),)
+
 
 class SearchCrmParams(RestParams):
     PHONE_NUMBER: str = Field(description="The client's phone number.")
@@ -210,6 +233,7 @@ TOOLSET = Toolset(
             result=RegisteredCall,
             effect=CREATES,
             app_only=True,
+            hints=REGISTER_HINTS,
         ),
         ToolSpec(
             name="finish_external_call",
@@ -220,6 +244,7 @@ TOOLSET = Toolset(
             result=FinishedCall,
             effect=CONSUMES,
             app_only=True,
+            hints=FINISH_HINTS,
         ),
         ToolSpec(
             name="show_external_call",
@@ -248,6 +273,7 @@ TOOLSET = Toolset(
             result=AttachedFile,
             effect=CONSUMES,
             prepare=record_params,
+            hints=RECORD_HINTS,
         ),
         ToolSpec(
             name="search_crm_entities_by_phone",
@@ -257,6 +283,7 @@ TOOLSET = Toolset(
             params=SearchCrmParams,
             result=list[CrmMatch],
             effect=READS,
+            hints=(CRM_MISSING,),
         ),
         ToolSpec(
             name="attach_call_transcription",
@@ -266,6 +293,7 @@ TOOLSET = Toolset(
             params=AttachTranscriptionParams,
             result=Transcript,
             effect=CREATES,
+            hints=TRANSCRIPT_HINTS,
         ),
     ),
 )

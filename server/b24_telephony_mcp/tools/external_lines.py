@@ -24,6 +24,8 @@ from b24_telephony_mcp.tools.base import (
 )
 
 LINE_NUMBER_DESC = "External line number (see list_external_lines)."
+# One tool per sentence: a sentence naming a tool the server does not offer is left out of the hint.
+LINE_NOT_FOUND = ("Could not find line", "list_external_lines shows the numbers of this application's lines.")
 
 
 class AddLineParams(RestParams):
@@ -72,6 +74,12 @@ TOOLSET = Toolset(
             result=LineId,
             effect=CREATES,
             app_only=True,
+            hints=(
+                (
+                    "Line already exists",
+                    "update_external_line changes an existing line. list_external_lines shows the lines.",
+                ),
+            ),
         ),
         ToolSpec(
             name="update_external_line",
@@ -82,6 +90,7 @@ TOOLSET = Toolset(
             result=LineId,
             effect=OVERWRITES,
             app_only=True,
+            hints=(LINE_NOT_FOUND,),
         ),
         ToolSpec(
             name="list_external_lines",
@@ -102,6 +111,7 @@ TOOLSET = Toolset(
             result=list[Any] | bool,
             effect=CONSUMES,
             app_only=True,
+            hints=(LINE_NOT_FOUND,),
         ),
     ),
 )
