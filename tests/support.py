@@ -68,17 +68,13 @@ def server_command(*args: str) -> list[str]:
 
 @asynccontextmanager
 async def stdio_session(
-    env: Mapping[str, str],
-    *args: str,
-    errlog: IO[str] | None = None,
-    mode: str = "legacy",
-    elicitation_callback: ElicitationFnT | None = None,
+    env: Mapping[str, str], *args: str, errlog: IO[str] | None = None, mode: str = "legacy", **client_options: Any
 ) -> AsyncIterator[Client]:
-    """The server spawned over stdio exactly as an MCP client config would; stderr to `errlog`. With an
-    `elicitation_callback` the client declares (and answers) elicitation."""
+    """The server spawned over stdio exactly as an MCP client config would; stderr to `errlog`. `client_options`
+    go to `Client` (`logging_callback`, `log_level`, `message_handler`...)."""
     params = StdioServerParameters(command=sys.executable, args=server_command(*args)[1:], env=dict(env))
     transport = stdio_client(params, errlog=errlog if errlog is not None else sys.stderr)
-    async with Client(transport, mode=mode, elicitation_callback=elicitation_callback) as client:
+    async with Client(transport, mode=mode, **client_options) as client:
         yield client
 
 

@@ -1,9 +1,11 @@
 """`tools/list` as a client sees it: reviewed snapshots, invariants against the Bitrix24 docs, size budgets.
 
-The list is fetched once per module from the real server over stdio, for the default selection and for
-`--toolsets all`. Each tool has its own snapshot (`tests/snapshots/tools/<name>.json`, so a schema change is a
-one-file diff), and `tests/snapshots/selections.json` holds the tool names of every toolset / read-only
-combination. To accept an intended change: `UPDATE_SNAPSHOTS=1 .venv/bin/python -m pytest tests/test_tools_list.py`,
+The list is fetched once per module from the real server over stdio, for the default selection, for
+`--toolsets all`, and for `--toolsets all --dynamic-toolsets`: every tool plus the two local ones (`list_toolsets`,
+`enable_toolset`), which call no REST method and so are checked on their own, never against the docs. Each tool has
+its own snapshot (`tests/snapshots/tools/<name>.json`, so a schema change is a one-file diff), and
+`tests/snapshots/selections.json` holds the tool names of every toolset / read-only combination. To accept an
+intended change: `UPDATE_SNAPSHOTS=1 .venv/bin/python -m pytest tests/test_tools_list.py`,
 then review the diff.
 """
 
@@ -21,6 +23,7 @@ import pytest
 
 from b24_telephony_mcp.sandbox import SandboxConfig, start_sandbox
 from b24_telephony_mcp.tools import ALL_TOOLS, TOOLSETS, select_tools
+from b24_telephony_mcp.tools.dynamic import DYNAMIC_TOOLS, ToolOffer
 from support import app_env, json_objects, stdio_session
 
 HERE = Path(__file__).parent
@@ -75,12 +78,24 @@ def listings(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[st
     return {
         "default": anyio.run(fetch_listing, token_file),
         "all": anyio.run(fetch_listing, token_file, "--toolsets", "all"),
+        "dynamic": anyio.run(fetch_listing, token_file, "--toolsets", "all", "--dynamic-toolsets"),
     }
 
 
 @pytest.fixture(scope="module")
 def tools(listings: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    return listings["all"]
+    """Every tool there is: the REST tools and the local ones."""
+    return listings["dynamic"]
+
+
+def is_local(tool: dict[str, Any]) -> bool:
+    """A tool of this server's own (no REST method behind it)."""
+    return "b24/method" not in tool.get("_meta", {})
+
+
+@pytest.fixture(scope="module")
+def rest_tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [tool for tool in tools if not is_local(tool)]
 
 
 @pytest.fixture(scope="module")
@@ -135,6 +150,7 @@ def selections() -> dict[str, list[str]]:
         for read_only in (False, True):
             key = f"{name}{' --read-only' if read_only else ''}"
             combos[key] = [spec.name for spec in select_tools(toolsets, read_only=read_only)]
+    combos["default --dynamic-toolsets"] = list(ToolOffer.select(dynamic=True))
     return combos
 
 
@@ -143,15 +159,16 @@ def test_snapshot_of_selections(listings: dict[str, list[dict[str, Any]]]) -> No
     # The real server offers exactly what the selection function says.
     assert [tool["name"] for tool in listings["default"]] == combos["default"]
     assert [tool["name"] for tool in listings["all"]] == combos["all"] == [spec.name for spec in ALL_TOOLS]
+    assert [tool["name"] for tool in listings["dynamic"]] == list(ToolOffer.select(["all"], dynamic=True))
     diff = check_snapshot(SNAPSHOTS / "selections.json", json.dumps(combos, indent=1) + "\n")
     if diff:
         pytest.fail(f"the tools of a selection changed (UPDATE_SNAPSHOTS=1 accepts it after review):\n{diff}", False)
 
 
-def test_one_tool_per_documented_method(tools: list[dict[str, Any]]) -> None:
+def test_one_tool_per_documented_method(tools: list[dict[str, Any]], rest_tools: list[dict[str, Any]]) -> None:
     names = [tool["name"] for tool in tools]
     assert len(names) == len(set(names)), names
-    methods = [tool["_meta"]["b24/method"] for tool in tools]
+    methods = [tool["_meta"]["b24/method"] for tool in rest_tools]
     assert len(methods) == len(set(methods)), "one tool per REST method"
     assert set(methods) <= set(DOCS_BY_METHOD), "every tool calls a documented method"
 
@@ -165,7 +182,8 @@ def test_every_tool_is_fully_described(tools: list[dict[str, Any]]) -> None:
         # exclude_none dropped unset hints, so each key being present means it was set explicitly.
         for hint in ("readOnlyHint", "destructiveHint", "idempotentHint", "openWorldHint"):
             assert isinstance(annotations.get(hint), bool), (name, hint)
-        assert annotations["openWorldHint"] is True, name  # the customer's portal is not ours
+        # The customer's portal is not ours; only the local tools stay inside this server.
+        assert annotations["openWorldHint"] is not is_local(tool), name
         assert annotations.get("title") == tool["title"], name
         assert tool["outputSchema"]["type"] == "object", name
         assert tool["inputSchema"]["type"] == "object", name
@@ -193,8 +211,8 @@ def type_of(schema: dict[str, Any]) -> dict[str, Any]:
     return shape
 
 
-def test_inputs_are_the_documented_rest_parameters(tools: list[dict[str, Any]]) -> None:
-    for tool in tools:
+def test_inputs_are_the_documented_rest_parameters(rest_tools: list[dict[str, Any]]) -> None:
+    for tool in rest_tools:
         name = tool["name"]
         docs = DOCS_BY_METHOD[tool["_meta"]["b24/method"]]["params"]
         schema = tool["inputSchema"]
@@ -218,8 +236,8 @@ def test_inputs_are_the_documented_rest_parameters(tools: list[dict[str, Any]]) 
                 assert enum is None, (name, param["name"])
 
 
-def test_annotations_follow_the_documented_semantics(tools: list[dict[str, Any]]) -> None:
-    for tool in tools:
+def test_annotations_follow_the_documented_semantics(rest_tools: list[dict[str, Any]]) -> None:
+    for tool in rest_tools:
         facts = DOCS_BY_METHOD[tool["_meta"]["b24/method"]]
         annotations = tool["annotations"]
         destructive = facts["destructive"]
@@ -231,7 +249,26 @@ def test_annotations_follow_the_documented_semantics(tools: list[dict[str, Any]]
             destructive,
             facts["idempotent"],
         ), tool["name"]
-    assert {tool["name"] for tool in tools} >= DESTRUCTIVE_OVERRIDES, "an override names no tool"
+    assert {tool["name"] for tool in rest_tools} >= DESTRUCTIVE_OVERRIDES, "an override names no tool"
+
+
+def test_local_tools_are_the_dynamic_toolset_tools(tools: list[dict[str, Any]]) -> None:
+    """`list_toolsets` and `enable_toolset`: no REST method (no `_meta`), read-only (they change what this server
+    offers, not the portal, so read-only mode keeps them), and `toolset` takes exactly the toolset names."""
+    local = {tool["name"]: tool for tool in tools if is_local(tool)}
+    assert list(local) == [spec.name for spec in DYNAMIC_TOOLS]
+    for name, tool in local.items():
+        assert "_meta" not in tool, name
+        annotations = tool["annotations"]
+        assert (annotations["readOnlyHint"], annotations["destructiveHint"], annotations["idempotentHint"]) == (
+            True,
+            False,
+            True,
+        ), name
+    assert local["list_toolsets"]["inputSchema"]["properties"] == {}
+    toolset = local["enable_toolset"]["inputSchema"]["properties"]["toolset"]
+    assert toolset["enum"] == [toolset.name for toolset in TOOLSETS]
+    assert local["enable_toolset"]["inputSchema"]["required"] == ["toolset"]
 
 
 @pytest.mark.parametrize("selection", sorted(BUDGETS))

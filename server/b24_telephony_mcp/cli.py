@@ -77,7 +77,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--dynamic-toolsets",
         action="store_true",
-        help="start with the default toolsets plus list_toolsets and enable_toolset, to enable more on demand",
+        help="also offer list_toolsets and enable_toolset, so more toolsets can be enabled on demand "
+        "(env B24_DYNAMIC_TOOLSETS=1)",
     )
     commands = parser.add_subparsers(dest="command")
     sandbox = commands.add_parser("sandbox", help="run the sandbox Bitrix24 portal alone, as an HTTP server")
@@ -213,15 +214,14 @@ async def serve(args: argparse.Namespace, token: str | None) -> None:
 
     async with AsyncExitStack() as stack:
         settings = settings_for(args, stack)
-        selection = selection_from(args, settings.selection)
-        tools = selection.tool_specs()
+        offer = selection_from(args, settings.selection).offer()
         client = build_client(settings)
         stack.push_async_callback(client.aclose)
 
         context = ToolContext(
             settings.files, reveal_sip_passwords=settings.reveal_sip_passwords, confirm_calls=settings.confirm_calls
         )
-        server = build_server(client, context, tools)
+        server = build_server(client, context, offer)
         if args.transport == "stdio":
             async with stdio_server() as (read_stream, write_stream):
                 await server.run(read_stream, write_stream, server.create_initialization_options())
@@ -236,7 +236,7 @@ async def serve(args: argparse.Namespace, token: str | None) -> None:
                 args.port,
                 token,
                 extra_hosts=os.environ.get("B24_MCP_ALLOWED_HOSTS", "").split(","),
-                server_requests=any(spec.confirm is not None for spec in tools),  # asking the user mid-call
+                server_requests=any(spec.confirm is not None for spec in offer.possible()),  # asking mid-call
                 announce=lambda url: sys.stderr.write(f"{PROG}: serving MCP over {args.transport} at {url}\n"),
             )
 

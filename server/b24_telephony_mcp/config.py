@@ -23,7 +23,8 @@ from b24_telephony_mcp.profiles import (
     profile_store,
     read_profile,
 )
-from b24_telephony_mcp.tools import ToolSpec, UnknownNameError, select_tools
+from b24_telephony_mcp.tools import ToolSpec, UnknownNameError
+from b24_telephony_mcp.tools.dynamic import ToolOffer
 from b24_telephony_mcp.tools.files import DEFAULT_MAX_MB, MIB, FilePolicy
 
 DEFAULT_TOKEN_URL = "https://oauth.bitrix.info/oauth/token/"
@@ -88,12 +89,17 @@ class Selection:
     tools: tuple[str, ...] | None = None
     """When given, exactly these tools (read-only mode still applies)."""
     dynamic: bool = False
+    """Also offer list_toolsets and enable_toolset, which add toolsets at run time."""
 
-    def tool_specs(self) -> tuple[ToolSpec, ...]:
+    def offer(self) -> ToolOffer:
         try:
-            return select_tools(self.toolsets, read_only=self.read_only, tools=self.tools)
+            return ToolOffer.select(self.toolsets, read_only=self.read_only, tools=self.tools, dynamic=self.dynamic)
         except UnknownNameError as exc:
             raise ConfigError(f"{exc}.") from None
+
+    def tool_specs(self) -> tuple[ToolSpec, ...]:
+        """The REST tools offered at the start (the local list_toolsets/enable_toolset call no portal)."""
+        return tuple(spec for spec in self.offer().values() if spec.method)
 
 
 @dataclass(frozen=True)
@@ -135,8 +141,9 @@ def load_settings(
         toolsets=_names(env, "B24_TOOLSETS"),
         read_only=_flag(env, "B24_READ_ONLY"),
         tools=_names(env, "B24_TOOLS"),
+        dynamic=_flag(env, "B24_DYNAMIC_TOOLSETS"),
     )
-    selection.tool_specs()  # unknown names fail at start, not at the first tools/list
+    selection.offer()  # unknown names fail at start, not at the first tools/list
     return Settings(
         portal=portal or resolve_portal(env, profile),
         files=files,

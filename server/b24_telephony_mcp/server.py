@@ -8,13 +8,16 @@ are refused, errors are ours, and each result is one compact JSON text.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
-from mcp.server import Server
+import anyio
+from mcp.server import InitializationOptions, NotificationOptions, Server, ServerRequestContext
+from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, ToolsListChanged
 from mcp_types import (
     CallToolRequestParams,
     CallToolResult,
@@ -32,8 +35,9 @@ from b24_telephony_mcp.bitrix import BitrixClient, BitrixError
 from b24_telephony_mcp.bitrix.errors import INVALID_ARGUMENTS
 from b24_telephony_mcp.confirmation import Confirmations, Confirmer, confirm_before_run
 from b24_telephony_mcp.redact import redact, register_secret
-from b24_telephony_mcp.tools import TOOLS_BY_NAME, TOOLSETS, ToolContext, ToolSpec, select_tools
+from b24_telephony_mcp.tools import TOOLSETS, ToolContext, ToolSpec, select_tools
 from b24_telephony_mcp.tools.base import SECRET_ARGUMENTS, ToolRun, mask_secrets
+from b24_telephony_mcp.tools.dynamic import ToolOffer
 
 log = logging.getLogger(__name__)
 
@@ -49,19 +53,23 @@ _sip_passwords: set[str | None] = set()
 SCOPE_CODES = ("insufficient_scope", "BITRIX_REST_V3_EXCEPTION_INSUFFICIENTSCOPEEXCEPTION")
 
 
-def instructions_for(offered: Iterable[ToolSpec]) -> str:
-    """The server's instructions for what it offers: each toolset's line only if every tool it names is
-    offered, and the toolsets that are off, so the model can tell the user how to get them."""
-    names = {spec.name for spec in offered}
+def instructions_for(offer: ToolOffer) -> str:
+    """The server's instructions for what it offers: each toolset's line without sentences naming a tool that is
+    not offered, read-only mode, and the toolsets that are off, so the model can tell the user how to get them."""
     lines = [INSTRUCTIONS_HEAD]
     off: list[str] = []
     for toolset in TOOLSETS:
-        if not any(spec.name in names for spec in toolset.tools):
+        if toolset.name not in offer.enabled and not any(spec.name in offer for spec in toolset.tools):
             off.append(toolset.name)
-        elif toolset.instructions and all(tool in names for tool in TOOLS_BY_NAME if tool in toolset.instructions):
-            lines.append(toolset.instructions)
+        elif toolset.instructions and (line := offer.only_offered(toolset.instructions, explain=False)):
+            lines.append(line)
+    if offer.read_only:
+        lines.append("Read-only mode: tools that change the portal are not offered.")
     if off:
-        lines.append(f"Toolsets not enabled here (the user can add them with --toolsets): {', '.join(off)}.")
+        how = "enable_toolset adds one; list_toolsets describes them"
+        if not offer.dynamic:
+            how = "the user can add them with --toolsets"
+        lines.append(f"Toolsets not enabled here ({how}): {', '.join(off)}.")
     return " ".join(lines)
 
 
@@ -93,6 +101,14 @@ def scope_hint(spec: ToolSpec) -> str:
         f"{spec.name} needs the {scopes} scope. Add it to the application (Applications > Developer resources > "
         "your local application > scopes; then reinstall or log in again) or to the incoming webhook's scopes."
     )
+
+
+def hint_for(spec: ToolSpec, error: BitrixError, offered: Mapping[str, ToolSpec]) -> str:
+    """The method's own hint, else the client's generic one, minus sentences naming a tool that is not offered."""
+    if error.code in SCOPE_CODES:
+        return scope_hint(spec)
+    hint = spec.hint_for(error.code, error.description) or error.hint
+    return offered.only_offered(hint) if isinstance(offered, ToolOffer) else hint
 
 
 def success_result(structured: dict[str, Any], keep: Collection[str] = ()) -> CallToolResult:
@@ -186,7 +202,7 @@ async def run_tool(
         return error_result(invalid_arguments(spec, exc))
     except BitrixError as exc:
         exc.method = exc.method or spec.method  # refusals before the request (a local file) name it too
-        exc.hint = scope_hint(spec) if exc.code in SCOPE_CODES else spec.hint_for(exc.code, exc.description) or exc.hint
+        exc.hint = hint_for(spec, exc, run.offered)
         log.info("%s failed: %s %s", spec.name, exc.code, exc.description)
         return error_result(exc)
     except Exception:
@@ -199,32 +215,77 @@ async def run_tool(
     return success_result(mask_secrets(structured))
 
 
-def build_server(client: BitrixClient, context: ToolContext, tools: Iterable[ToolSpec] | None = None) -> Server[Any]:
+class TelephonyServer(Server[Any]):
+    """The SDK's low-level server, advertising `tools.listChanged` (handshake protocol) when the tool list can
+    change; under 2026-07-28 the SDK derives it from the `subscriptions/listen` handler."""
+
+    def __init__(self, *args: Any, tools_can_change: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.tools_can_change = tools_can_change
+
+    def create_initialization_options(
+        self,
+        notification_options: NotificationOptions | None = None,
+        experimental_capabilities: dict[str, dict[str, Any]] | None = None,
+        extensions: dict[str, dict[str, Any]] | None = None,
+    ) -> InitializationOptions:
+        return super().create_initialization_options(
+            notification_options or NotificationOptions(tools_changed=self.tools_can_change),
+            experimental_capabilities,
+            extensions,
+        )
+
+
+def build_server(
+    client: BitrixClient, context: ToolContext, tools: ToolOffer | Iterable[ToolSpec] | None = None
+) -> TelephonyServer:
     """The MCP server offering `tools` (default: the default toolsets)."""
-    specs = {spec.name: spec for spec in (select_tools() if tools is None else tools)}
-    # Built once: the list never changes while the process runs.
-    listing = ListToolsResult(tools=[mcp_tool(spec) for spec in specs.values()])
+    offer = tools if isinstance(tools, ToolOffer) else ToolOffer(select_tools() if tools is None else tools)
+    # 2026-07-28 clients learn of a changed list through `subscriptions/listen`; handshake clients by notification.
+    changes = InMemorySubscriptionBus() if offer.dynamic else None
+    listing = (-1, ListToolsResult(tools=[]))
     confirmations = Confirmations()  # asking the user before tools that declare `confirm` (confirmation.py)
 
     async def list_tools(_ctx: Any, _params: PaginatedRequestParams | None) -> ListToolsResult:
-        return listing
+        nonlocal listing
+        if listing[0] != offer.version:  # built once per change of the offer
+            listing = (offer.version, ListToolsResult(tools=[mcp_tool(spec) for spec in offer.values()]))
+        return listing[1]
 
-    async def call_tool(ctx: Any, params: CallToolRequestParams) -> CallToolResult | InputRequiredResult:
-        spec = specs.get(params.name)
+    async def call_tool(
+        ctx: ServerRequestContext[Any], params: CallToolRequestParams
+    ) -> CallToolResult | InputRequiredResult:
+        spec = offer.get(params.name)
         if spec is None:
             return error_result(
-                BitrixError(UNKNOWN_TOOL, f"no tool named {params.name!r}; available: {', '.join(specs)}")
+                BitrixError(UNKNOWN_TOOL, f"no tool named {params.name!r}; available: {', '.join(offer)}")
             )
-        return await run_tool(
-            spec, params.arguments or {}, ToolRun(client, context, specs), confirmations.confirmer(ctx, params)
+        version = offer.version
+        result = await run_tool(
+            spec, params.arguments or {}, ToolRun(client, context, offer), confirmations.confirmer(ctx, params)
         )
+        if offer.version != version and changes is not None:
+            server.instructions = instructions_for(offer)
+            await announce_tools_changed(ctx, changes)
+        return result
 
-    server: Server[Any] = Server(
+    server = TelephonyServer(
         SERVER_NAME,
         version=__version__,
-        instructions=instructions_for(specs.values()),
+        instructions=instructions_for(offer),
         on_list_tools=list_tools,
         on_call_tool=call_tool,
+        on_subscriptions_listen=ListenHandler(changes) if changes is not None else None,
+        tools_can_change=offer.dynamic,
     )
     confirmations.protect(server)  # a 2026-07-28 confirmation counts only for a question this process asked
     return server
+
+
+async def announce_tools_changed(ctx: ServerRequestContext[Any], changes: InMemorySubscriptionBus) -> None:
+    """`notifications/tools/list_changed` to the calling handshake-protocol session, and a `ToolsListChanged`
+    event to every 2026-07-28 `subscriptions/listen` stream. The SDK drops each where its protocol forbids it.
+    Other handshake sessions of an HTTP server are not told; their next tools/list shows the change."""
+    with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):  # the caller left
+        await ctx.session.send_tool_list_changed()
+    await changes.publish(ToolsListChanged())

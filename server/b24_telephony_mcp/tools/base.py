@@ -206,6 +206,7 @@ CONSUMES = Effect(read_only=False, destructive=True, idempotent=False)
 class ToolSpec:
     name: str
     method: str
+    """The REST method called; empty for a local tool (list_toolsets, enable_toolset)."""
     title: str
     description: str
     params: type[RestParams]
@@ -272,7 +273,10 @@ class ToolSpec:
         }
 
     @property
-    def meta(self) -> dict[str, Any]:
+    def meta(self) -> dict[str, Any] | None:
+        """`{"b24/method": ...}`; None for a local tool (`method` empty), which calls no REST method."""
+        if not self.method:
+            return None
         meta: dict[str, Any] = {META_METHOD_KEY: self.method}
         if self.other_methods:
             meta[META_METHODS_KEY] = [self.method, *self.other_methods]
