@@ -137,6 +137,7 @@ def configure_logging(default: str = "INFO") -> None:
         raise ConfigError(f"B24_LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {raw_level!r}.")
     handler = logging.StreamHandler(sys.stderr)  # stdout is the stdio protocol stream
     handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(level)  # a client's logging/setLevel may lower our loggers' level; stderr keeps this one
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -24,6 +24,7 @@ from mcp_types import (
     InputRequiredResult,
     ListToolsResult,
     PaginatedRequestParams,
+    SetLevelRequestParams,
     TextContent,
     Tool,
     ToolAnnotations,
@@ -33,6 +34,7 @@ from pydantic import ValidationError
 from b24_telephony_mcp import __version__
 from b24_telephony_mcp.bitrix import BitrixClient, BitrixError
 from b24_telephony_mcp.bitrix.errors import INVALID_ARGUMENTS
+from b24_telephony_mcp.client_log import ClientLog
 from b24_telephony_mcp.confirmation import Confirmations, Confirmer, confirm_before_run
 from b24_telephony_mcp.redact import redact, register_secret
 from b24_telephony_mcp.tools import TOOLSETS, ToolContext, ToolSpec, select_tools
@@ -241,6 +243,7 @@ def build_server(
 ) -> TelephonyServer:
     """The MCP server offering `tools` (default: the default toolsets)."""
     offer = tools if isinstance(tools, ToolOffer) else ToolOffer(select_tools() if tools is None else tools)
+    client_log = ClientLog()
     # 2026-07-28 clients learn of a changed list through `subscriptions/listen`; handshake clients by notification.
     changes = InMemorySubscriptionBus() if offer.dynamic else None
     listing = (-1, ListToolsResult(tools=[]))
@@ -261,9 +264,11 @@ def build_server(
                 BitrixError(UNKNOWN_TOOL, f"no tool named {params.name!r}; available: {', '.join(offer)}")
             )
         version = offer.version
-        result = await run_tool(
-            spec, params.arguments or {}, ToolRun(client, context, offer), confirmations.confirmer(ctx, params)
-        )
+        with client_log.collecting() as records:
+            result = await run_tool(
+                spec, params.arguments or {}, ToolRun(client, context, offer), confirmations.confirmer(ctx, params)
+            )
+        await client_log.send(ctx, records)
         if offer.version != version and changes is not None:
             server.instructions = instructions_for(offer)
             await announce_tools_changed(ctx, changes)
@@ -279,6 +284,8 @@ def build_server(
         tools_can_change=offer.dynamic,
     )
     confirmations.protect(server)  # a 2026-07-28 confirmation counts only for a question this process asked
+    # Registered rather than passed as on_set_logging_level, which warns that 2026-07-28 deprecates it.
+    server.add_request_handler("logging/setLevel", SetLevelRequestParams, client_log.set_level)
     return server
 
 
