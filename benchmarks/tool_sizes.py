@@ -14,6 +14,7 @@ from typing import Any
 
 from b24_telephony_mcp.server import mcp_tool
 from b24_telephony_mcp.tools import TOOLSETS, ToolSpec, select_tools
+from b24_telephony_mcp.tools.dynamic import DYNAMIC_TOOLS
 
 
 def compact_size(data: Any) -> int:
@@ -38,6 +39,8 @@ def main() -> None:
         specs = select_tools(names, read_only=read_only)
         visible, wire = sizes(specs)
         rows.append((label, str(len(specs)), str(visible), str(wire)))
+    visible, wire = sizes(DYNAMIC_TOOLS)
+    rows.append(("+ --dynamic-toolsets", str(len(DYNAMIC_TOOLS)), str(visible), str(wire)))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
         print("  ".join(cell.ljust(widths[0]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row)))
