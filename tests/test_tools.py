@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import jsonschema
 import pytest
 from mcp import Client
@@ -401,3 +402,18 @@ async def test_every_result_conforms_to_its_output_schema(sandbox: RunningSandbo
 
         expected = {(name, is_error) for name in tools.schemas for is_error in (False, True)}
         assert tools.seen == expected
+
+
+async def test_list_external_lines_is_one_unpaged_answer(sandbox: RunningSandbox, token_file: Path) -> None:
+    """The method has no `start` and no limit (source: one SELECT of the app's lines), unlike the paged REST 2
+    lists: more than a page's 50 lines come back at once, with no `total`/`next` to follow."""
+    async with httpx2.AsyncClient() as http:
+        for n in range(60):
+            body = {"auth": sandbox.access_token, "NUMBER": f"555{n:04d}"}
+            (await http.post(f"{sandbox.base_url}/rest/telephony.externalLine.add", json=body)).raise_for_status()
+    async with tools_session(sandbox, token_file) as tools:
+        assert set(tools.schemas["list_external_lines"]["properties"]) == {"result", "error"}  # no total/next
+        result = await tools.call("list_external_lines", {})
+        assert len(ok(result)) == 60
+        assert set(result.structured_content or {}) == {"result"}
+        assert_local(await tools.error("list_external_lines", {"start": 50}), "unknown argument(s) start")
