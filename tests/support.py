@@ -132,14 +132,10 @@ def http_server(env: Mapping[str, str], transport: str = "http", *args: str) -> 
 
 
 @asynccontextmanager
-async def http_session(
-    url: str, token: str, mode: str = "legacy", elicitation_callback: ElicitationFnT | None = None
-) -> AsyncIterator[Client]:
+async def http_session(url: str, token: str, mode: str = "legacy", **client_options: Any) -> AsyncIterator[Client]:
     async with (
         httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=30) as http,
-        Client(
-            streamable_http_client(url, http_client=http), mode=mode, elicitation_callback=elicitation_callback
-        ) as client,
+        Client(streamable_http_client(url, http_client=http), mode=mode, **client_options) as client,
     ):
         yield client
 

@@ -7,6 +7,7 @@ as a careless proxy might), the client repeats the call there and logs it.
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 
 import anyio
@@ -16,7 +17,7 @@ from mcp_types import LoggingMessageNotificationParams
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from b24_telephony_mcp.sandbox import RunningSandbox
-from support import app_env, error_of, ok, stdio_session
+from support import app_env, error_of, http_server, http_session, ok, stdio_session
 
 pytestmark = [
     pytest.mark.anyio,
@@ -118,4 +119,20 @@ async def test_2026_07_28_clients_get_warnings_for_requests_that_opt_in(
         ("warning", "b24_telephony_mcp.bitrix.client")
     ]
     assert "the portal moved to" in received.text()
+    assert_nothing_secret(sandbox, received.text())
+
+
+async def test_streamable_http_sessions_get_them_too(sandbox: RunningSandbox, token_file: Path) -> None:
+    # On the session's standalone stream. The POST answers are plain JSON, which carries no notifications, so
+    # 2026-07-28 requests over this HTTP transport get none (client_log.py says so).
+    received = Received()
+    token = secrets.token_urlsafe(32)
+    with http_server(app_env(sandbox, token_file, B24_MCP_AUTH_TOKEN=token)) as server:
+        async with http_session(server.url, token, logging_callback=received) as client:
+            stage_a_moved_portal(sandbox)
+            assert ok(await client.call_tool("list_external_lines", {})) == []
+            await received.wait_for(1)  # warning is the level until a logging/setLevel
+    assert [(message.level, message.logger) for message in received.messages] == [
+        ("warning", "b24_telephony_mcp.bitrix.client")
+    ]
     assert_nothing_secret(sandbox, received.text())

@@ -276,7 +276,11 @@ async def test_an_enabled_toolset_is_offered_to_every_http_client(sandbox: Runni
         async with http_session(server.url, token) as legacy, http_session(server.url, token, mode="auto") as modern:
             assert modern.protocol_version in MODERN_PROTOCOL_VERSIONS
             assert await names(legacy) == await names(modern) == before
-            assert ok(await modern.call_tool("enable_toolset", {"toolset": CALLS}))["added"]
+            async with modern.listen(tools_list_changed=True) as subscription:
+                assert ok(await legacy.call_tool("enable_toolset", {"toolset": CALLS}))["added"]
+                with anyio.fail_after(10):
+                    event = await subscription.__anext__()
+            assert type(event).__name__ == "ToolsListChanged"  # told, though another client enabled it
             assert await names(legacy) == await names(modern) == after
         async with http_session(server.url, token) as later:
             assert await names(later) == after
