@@ -19,7 +19,6 @@ from typing import IO, Any
 
 import httpx2
 from mcp import Client, StdioServerParameters
-from mcp.client.session import ElicitationFnT
 from mcp.client.sse import sse_client
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client

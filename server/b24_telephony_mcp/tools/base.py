@@ -91,11 +91,15 @@ _TEXT_ONLY_FIELDS: dict[type[BaseModel], frozenset[str]] = {}
 
 
 def _text_only_fields(model: type[BaseModel]) -> frozenset[str]:
-    """Fields typed as a string (optionally None) and nothing else numeric, per model class, computed once."""
+    """Keys of fields typed as a string (optionally None) and nothing else numeric, per model class, computed once."""
     cached = _TEXT_ONLY_FIELDS.get(model)
     if cached is None:
         cached = _TEXT_ONLY_FIELDS[model] = frozenset(
-            name for name, info in model.model_fields.items() if _is_text(info.annotation)
+            key  # the name and the alias (`from` for `from_`): the client writes the alias
+            for name, info in model.model_fields.items()
+            if _is_text(info.annotation)
+            for key in (name, info.alias)
+            if key
         )
     return cached
 
