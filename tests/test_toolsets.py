@@ -284,3 +284,14 @@ async def test_an_enabled_toolset_is_offered_to_every_http_client(sandbox: Runni
             assert await names(legacy) == await names(modern) == after
         async with http_session(server.url, token) as later:
             assert await names(later) == after
+
+
+def test_a_dynamic_server_counts_the_tools_it_may_come_to_offer() -> None:
+    # What decides, e.g., whether streamable HTTP must answer with SSE streams for a confirmation question.
+    assert list(ToolOffer.select([LINES]).possible()) == list(ToolOffer.select([LINES]).values())
+    possible = {spec.name for spec in ToolOffer.select([LINES], dynamic=True).possible()}
+    assert possible == {spec.name for spec in ALL_TOOLS} | set(DYNAMIC)
+    read_only = ToolOffer.select([LINES], read_only=True, dynamic=True).possible()
+    assert {spec.name for spec in read_only} == {spec.name for spec in select_tools(["all"], read_only=True)} | set(
+        DYNAMIC
+    )
