@@ -8,6 +8,7 @@ Two calls through the real server show the text reaching the portal.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -78,26 +79,30 @@ def get(arguments: Any, path: Path_) -> Any:
     return arguments
 
 
-def valid_arguments(spec: ToolSpec, path: Path_) -> dict[str, Any]:
-    """Arguments the tool accepts, with a string at `path`: the required ones, one of each at-least-one-of group,
-    then, if the tool's own rules want more, one optional argument at a time (e.g. a recording source)."""
+def valid_arguments(spec: ToolSpec, path: Path_) -> tuple[dict[str, Any], bool]:
+    """Arguments the tool accepts with a string at `path`, and whether that string may be any text ("1") rather
+    than one the field's own rules pick (an enum member, an example named in its description: SORT's field name).
+    Built from the required arguments, one of each at-least-one-of group, and, when the tool's rules want more,
+    one optional argument at a time (e.g. a recording source)."""
     schema = spec.input_schema
     properties = schema["properties"]
+    prop = properties_at(schema, path)
     base = {name: sample(properties[name]) for name in schema.get("required", [])}
     for group in spec.params.at_least_one_of:
         if not any(name in base for name in group):
             base[group[0]] = sample(properties[group[0]])
     if path[0] not in base:
         base[path[0]] = sample(properties[path[0]])
-    base = put(base, path, sample(properties_at(schema, path)))
+    texts = ["1", *prop.get("enum", []), *re.findall(r"\b[A-Z][A-Z0-9_.]{2,}\b", prop.get("description", ""))]
     extras = [{}] + [{name: sample(prop)} for name, prop in properties.items() if name not in base]
-    for extra in extras:
-        arguments = {**base, **extra}
-        try:
-            spec.params.model_validate(arguments)
-        except ValidationError:
-            continue
-        return arguments
+    for text in texts:
+        for extra in extras:
+            arguments = put({**base, **extra}, path, text)
+            try:
+                spec.params.model_validate(arguments)
+            except ValidationError:
+                continue
+            return arguments, text == "1"
     raise AssertionError(f"{spec.name}: no valid arguments found with {path}; teach sample() this tool's rules")
 
 
@@ -118,16 +123,18 @@ def test_every_tool_has_string_inputs_to_check() -> None:
 
 @pytest.mark.parametrize(("spec", "path"), CASES, ids=[f"{s.name}.{'.'.join(map(str, p))}" for s, p in CASES])
 def test_an_integer_is_its_decimal_text_and_other_non_strings_are_refused(spec: ToolSpec, path: Path_) -> None:
-    arguments = valid_arguments(spec, path)
+    arguments, any_text = valid_arguments(spec, path)
     prop = properties_at(spec.input_schema, path)
     numeric_members = [value for value in prop.get("enum", []) if str(value).lstrip("-").isdigit()]
-    if "enum" not in prop or numeric_members:
+    if any_text or numeric_members:
         number = int(numeric_members[0]) if numeric_members else NUMBER
         accepted = spec.params.model_validate(put(arguments, path, number))
         assert get(accepted.model_dump(by_alias=True), path) == str(number), (spec.name, path)
-    else:  # an enum of words: the integer becomes text and is then refused as no member
-        with pytest.raises(ValidationError):
+    else:  # a field whose own rules pick the text (an enum of words, a field name): read as text, then judged
+        with pytest.raises(ValidationError) as judged:
             spec.params.model_validate(put(arguments, path, NUMBER))
+        at_path = [error for error in judged.value.errors() if error["loc"][: len(path)] == path]
+        assert at_path and all(error["type"] != "string_type" for error in at_path), (spec.name, path, at_path)
     for kind, value in NOT_TEXT.items():
         with pytest.raises(ValidationError) as refused:
             spec.params.model_validate(put(arguments, path, value))
