@@ -56,21 +56,19 @@ class RedisServer:
         """Start on a free port, or on the same port again after `stop()` (the data stays with AOF on)."""
         for _ in range(5):  # a free port can be taken between the probe and redis-server's bind
             port = self.port or free_port()
+            options = {
+                "port": str(port),
+                "bind": "127.0.0.1",
+                "dir": str(self.workdir),
+                "save": "",
+                "appendonly": "yes" if self.persistent else "no",
+                "appendfsync": "always",
+                "loglevel": "warning",
+                "logfile": str(self.workdir / "redis.log"),
+            }
+            args = [self.binary, *(part for name, value in options.items() for part in (f"--{name}", value))]
             process = subprocess.Popen(
-                [
-                    self.binary,
-                    "--port", str(port),
-                    "--bind", "127.0.0.1",
-                    "--dir", str(self.workdir),
-                    "--save", "",
-                    "--appendonly", "yes" if self.persistent else "no",
-                    "--appendfsync", "always",
-                    "--loglevel", "warning",
-                    "--logfile", str(self.workdir / "redis.log"),
-                ],  # fmt: skip
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
+                args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
             )
             deadline = time.monotonic() + _START_TIMEOUT
             while process.poll() is None and time.monotonic() < deadline:
