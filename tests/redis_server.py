@@ -25,11 +25,11 @@ def free_port() -> int:
 
 
 def ping(port: int, timeout: float = 0.5) -> bool:
-    """True when a Redis answers PING on this loopback port."""
+    """True when a Redis answers PING on this loopback port (or asks for a password first)."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout) as conn:
             conn.sendall(b"PING\r\n")
-            return conn.recv(16).startswith(b"+PONG")
+            return conn.recv(16).startswith((b"+PONG", b"-NOAUTH"))
     except OSError:
         return False
 
@@ -37,20 +37,22 @@ def ping(port: int, timeout: float = 0.5) -> bool:
 class RedisServer:
     """One `redis-server` process in `workdir`; `persistent` turns on AOF (fsync always), as the README advises."""
 
-    def __init__(self, workdir: Path, *, persistent: bool = False) -> None:
+    def __init__(self, workdir: Path, *, persistent: bool = False, password: str = "") -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError(INSTALL_HINT)
         self.binary = binary
         self.workdir = workdir
         self.persistent = persistent
+        self.password = password
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
         workdir.mkdir(parents=True, exist_ok=True)
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        credentials = f":{self.password}@" if self.password else ""
+        return f"redis://{credentials}127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
         """Start on a free port, or on the same port again after `stop()` (the data stays with AOF on)."""
@@ -65,6 +67,7 @@ class RedisServer:
                 "appendfsync": "always",
                 "loglevel": "warning",
                 "logfile": str(self.workdir / "redis.log"),
+                **({"requirepass": self.password} if self.password else {}),
             }
             args = [self.binary, *(part for name, value in options.items() for part in (f"--{name}", value))]
             process = subprocess.Popen(

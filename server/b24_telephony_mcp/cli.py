@@ -27,6 +27,7 @@ from b24_telephony_mcp.config import (
     build_client,
     launch_env,
     load_settings,
+    open_state,
     split_names,
 )
 from b24_telephony_mcp.net import is_loopback_host, url_host
@@ -215,7 +216,10 @@ async def serve(args: argparse.Namespace, token: str | None) -> None:
         settings = settings_for(args, stack)
         selection = selection_from(args, settings.selection)
         tools = selection.tool_specs()
-        client = build_client(settings)
+        state = await open_state(settings)
+        if state is not None:
+            stack.push_async_callback(state.aclose)
+        client = build_client(settings, state)
         stack.push_async_callback(client.aclose)
 
         context = ToolContext(

@@ -9,9 +9,10 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from b24_telephony_mcp.bitrix import BitrixClient, OAuthAuth, TokenPair, TokenStore, WebhookAuth
+from b24_telephony_mcp.bitrix import BitrixClient, BitrixError, OAuthAuth, TokenPair, TokenStore, WebhookAuth
 from b24_telephony_mcp.bitrix.limits import DEFAULT_BURST, DEFAULT_RATE
 from b24_telephony_mcp.net import is_loopback_host
 from b24_telephony_mcp.profiles import (
@@ -25,6 +26,9 @@ from b24_telephony_mcp.profiles import (
 )
 from b24_telephony_mcp.tools import ToolSpec, UnknownNameError, select_tools
 from b24_telephony_mcp.tools.files import DEFAULT_MAX_MB, MIB, FilePolicy
+
+if TYPE_CHECKING:
+    from b24_telephony_mcp.bitrix.redis_state import RedisState
 
 DEFAULT_TOKEN_URL = "https://oauth.bitrix.info/oauth/token/"
 
@@ -116,6 +120,8 @@ class Settings:
         if isinstance(self.portal, WebhookConfig):
             return "webhook"
         return "profile" if self.portal.profile else "app variables"
+    redis_url: str | None = field(default=None, repr=False)
+    """B24_REDIS_URL: state shared with other replicas lives in Redis (None: files, this process only)."""
 
 
 def load_settings(
@@ -146,7 +152,37 @@ def load_settings(
         reveal_sip_passwords=_flag(env, "B24_REVEAL_SIP_PASSWORDS"),
         confirm_calls=_flag(env, "B24_CONFIRM_CALLS") if env.get("B24_CONFIRM_CALLS", "").strip() else True,
         sandbox=portal is not None,
+        redis_url=_redis_url(env),
     )
+
+
+def _redis_url(env: Mapping[str, str]) -> str | None:
+    url = env.get("B24_REDIS_URL", "").strip()
+    if not url:
+        return None
+    from b24_telephony_mcp.bitrix.redis_state import check_redis_url
+
+    problem = check_redis_url(url)
+    if problem:
+        raise ConfigError(problem)
+    return url
+
+
+async def open_state(settings: Settings) -> RedisState | None:
+    """The shared state store (B24_REDIS_URL) once it answers, or None for this process's own files."""
+    if settings.redis_url is None:
+        return None
+    from b24_telephony_mcp.bitrix.redis_state import RedisState
+
+    state = RedisState(settings.redis_url)
+    try:
+        await state.ping()
+    except BitrixError as exc:
+        await state.aclose()
+        advice = "Check B24_REDIS_URL and that Redis runs and accepts connections from here."
+        description = exc.description[0].upper() + exc.description[1:]
+        raise ConfigError(f"{description}. {advice if exc.retryable else exc.hint}") from None
+    return state
 
 
 def split_names(raw: str) -> tuple[str, ...]:
@@ -391,7 +427,8 @@ def check_url(name: str, url: str) -> None:
     raise ConfigError(f"{name} is not an http(s) URL.")
 
 
-def build_client(settings: Settings) -> BitrixClient:
+def build_client(settings: Settings, state: RedisState | None = None) -> BitrixClient:
+    """The REST client; with a shared `state` its rate limit is shared with every replica."""
     portal = settings.portal
     if isinstance(portal, WebhookConfig):
         auth: WebhookAuth | OAuthAuth = WebhookAuth(portal.url)
@@ -407,7 +444,9 @@ def build_client(settings: Settings) -> BitrixClient:
             )
         except ValueError as exc:  # no tokens anywhere, or an unreadable token file
             raise ConfigError(str(exc)) from None
-    return BitrixClient(auth, rate=settings.rate, burst=settings.burst)
+    portal_url = portal.url if isinstance(portal, WebhookConfig) else portal.portal_url
+    bucket = state.bucket(portal_url, settings.rate, settings.burst) if state is not None else None
+    return BitrixClient(auth, rate=settings.rate, burst=settings.burst, bucket=bucket)
 
 
 def _number(env: Mapping[str, str], name: str, default: float) -> float:

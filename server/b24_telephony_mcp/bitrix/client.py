@@ -38,7 +38,7 @@ from b24_telephony_mcp.bitrix.errors import (
     BitrixError,
     error_from_envelope,
 )
-from b24_telephony_mcp.bitrix.limits import DEFAULT_BURST, DEFAULT_RATE, LeakyBucket, backoff_delay
+from b24_telephony_mcp.bitrix.limits import DEFAULT_BURST, DEFAULT_RATE, LeakyBucket, RequestBucket, backoff_delay
 from b24_telephony_mcp.net import is_loopback_host
 
 log = logging.getLogger(__name__)
@@ -79,10 +79,12 @@ class BitrixClient:
         timeout: float = 60.0,
         connect_timeout: float = 5.0,
         retry: RetryPolicy | None = None,
+        bucket: RequestBucket | None = None,
     ) -> None:
+        """`bucket` paces the requests (a shared one for replicas); by default a `LeakyBucket(rate, burst)`."""
         self.auth = auth
         self.retry = retry or RetryPolicy()
-        self._bucket = LeakyBucket(rate, burst)
+        self._bucket = bucket or LeakyBucket(rate, burst)
         self._timeout = httpx2.Timeout(timeout, connect=connect_timeout)
         self._pool: httpx2.AsyncClient | None = None
         self._blocked_until: dict[str, float] = {}

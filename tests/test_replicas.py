@@ -1,0 +1,112 @@
+"""Several replicas on one Redis, each started as if on its own machine (own HOME, so own state directory and
+own file lock), over streamable HTTP against the sandbox portal and a real redis-server.
+
+What one machine's file lock would hide is exactly what these tests look for: a refresh token spent twice, a
+rate limit multiplied by the number of replicas.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Mapping
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx2
+import pytest
+from mcp import Client
+
+from b24_telephony_mcp.sandbox import RunningSandbox, SandboxConfig, start_sandbox
+from redis_server import RedisServer
+from support import FAST_LIMITS, HttpServer, clean_env, http_servers, http_session, ok
+
+pytestmark = pytest.mark.anyio
+
+LIST = "list_external_lines"
+GET_METHOD = "telephony.externalline.get"
+MCP_TOKEN = secrets.token_urlsafe(32)
+
+
+def replica_envs(
+    sandbox: RunningSandbox, redis_url: str, tmp_path: Path, count: int = 3, **extra: str
+) -> list[dict[str, str]]:
+    """One environment per replica: the same portal, application, Redis and bearer token; its own HOME."""
+    envs = []
+    for index in range(count):
+        home = tmp_path / f"replica-{index}"
+        home.mkdir()
+        env = clean_env(
+            HOME=str(home),
+            B24_PORTAL_URL=sandbox.base_url,
+            B24_CLIENT_ID=sandbox.config.client_id,
+            B24_CLIENT_SECRET=sandbox.config.client_secret,
+            B24_ACCESS_TOKEN=sandbox.access_token,
+            B24_REFRESH_TOKEN=sandbox.refresh_token,
+            B24_OAUTH_TOKEN_URL=sandbox.token_url,
+            B24_REDIS_URL=redis_url,
+            B24_MCP_AUTH_TOKEN=MCP_TOKEN,
+            **{**FAST_LIMITS, **extra},
+        )
+        env.pop("XDG_STATE_HOME", None)
+        envs.append(env)
+    return envs
+
+
+def portal_stats(sandbox: RunningSandbox) -> dict[str, Any]:
+    response = httpx2.get(f"{sandbox.base_url}/_sandbox/stats")
+    assert response.status_code == 200
+    stats: dict[str, Any] = response.json()
+    return stats
+
+
+async def flat_out(clients: Mapping[str, Client], seconds: float, workers: int) -> dict[str, int]:
+    """Every client calls as fast as it can, `workers` calls at a time, for `seconds`; successes per client."""
+    done = dict.fromkeys(clients, 0)
+    deadline = time.monotonic() + seconds
+
+    async def worker(name: str) -> None:
+        while time.monotonic() < deadline:
+            ok(await clients[name].call_tool(LIST, {}))
+            done[name] += 1
+
+    async with anyio.create_task_group() as group:
+        for name in clients:
+            for _ in range(workers):
+                group.start_soon(worker, name)
+    return done
+
+
+async def sessions(servers: list[HttpServer], stack: AsyncExitStack) -> dict[str, Client]:
+    return {
+        f"replica-{index}": await stack.enter_async_context(http_session(server.url, MCP_TOKEN))
+        for index, server in enumerate(servers)
+    }
+
+
+async def test_replicas_share_one_rate_limit(redis_server: RedisServer, tmp_path: Path) -> None:
+    """3 replicas flat out: together they stay within the portal's rate and burst, so the portal refuses nothing.
+
+    Each replica alone would send burst + rate x t; three separate buckets would send three times the limit.
+    """
+    rate, burst = 10.0, 5
+    # The portal's bucket has a little headroom over ours for requests admitted close together that arrive
+    # even closer (loopback and scheduling jitter), as the client-side default does against a real portal.
+    with start_sandbox(SandboxConfig(rate_limit=rate, rate_burst=burst + 3)) as sandbox:
+        envs = replica_envs(sandbox, redis_server.url, tmp_path, B24_RATE_LIMIT=str(rate), B24_RATE_BURST=str(burst))
+        with http_servers(envs) as servers:
+            async with AsyncExitStack() as stack:
+                clients = await sessions(servers, stack)
+                started = time.monotonic()
+                done = await flat_out(clients, seconds=3.0, workers=3)
+                elapsed = time.monotonic() - started
+        stats = portal_stats(sandbox)
+    sent = stats["requests"][GET_METHOD]
+    assert stats["limited"] == 0, f"the portal refused {stats['limited']} of {sent} requests with 503"
+    assert sum(done.values()) == sent, "every request the portal saw was one successful call: no retries"
+    assert all(count > 0 for count in done.values()), done
+    assert sent <= burst + rate * elapsed + 1, (sent, elapsed)
+    # Flat out means the bucket, not the callers, set the pace: close to the most it admits.
+    assert sent >= burst + rate * (elapsed - 1.0), (sent, elapsed)
