@@ -94,7 +94,11 @@ async def test_redis_outage_mid_run_then_recovery(sandbox: RunningSandbox, tmp_p
                 assert ok(await client.call_tool(LIST, {})) == []
                 before = httpx2.get(f"{sandbox.base_url}/_sandbox/stats").json()
 
+                readyz = f"{server.origin}/readyz"
+                assert httpx2.get(readyz).json() == {"status": "ready"}
                 redis.stop()
+                answer = httpx2.get(readyz)
+                assert (answer.status_code, answer.json()) == (503, {"status": "not ready"})
                 error = error_of(await client.call_tool(LIST, {}))
                 assert error["code"] == "STATE_STORE_UNAVAILABLE"
                 assert error["retryable"] is True
@@ -102,6 +106,7 @@ async def test_redis_outage_mid_run_then_recovery(sandbox: RunningSandbox, tmp_p
                 assert httpx2.get(f"{sandbox.base_url}/_sandbox/stats").json() == before, "nothing reached the portal"
 
                 redis.start()
+                assert httpx2.get(readyz).json() == {"status": "ready"}
                 assert ok(await client.call_tool(LIST, {})) == []
     assert "STATE_STORE_UNAVAILABLE" in server.stderr
     assert "Traceback" not in server.stderr

@@ -25,6 +25,7 @@ from b24_telephony_mcp.config import (
     Selection,
     Settings,
     build_client,
+    is_ready,
     launch_env,
     load_settings,
     open_state,
@@ -32,7 +33,7 @@ from b24_telephony_mcp.config import (
 )
 from b24_telephony_mcp.net import is_loopback_host, url_host
 from b24_telephony_mcp.profiles import DEFAULT_PROFILE
-from b24_telephony_mcp.redact import RedactingFormatter, register_secret
+from b24_telephony_mcp.redact import JsonFormatter, RedactingFormatter, register_secret
 from b24_telephony_mcp.tools import DEFAULT_TOOLSETS, TOOLSETS, ToolContext
 
 if TYPE_CHECKING:
@@ -135,8 +136,12 @@ def configure_logging(default: str = "INFO") -> None:
     level = raw_level.strip().upper() or default
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         raise ConfigError(f"B24_LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {raw_level!r}.")
+    log_format = os.environ.get("B24_LOG_FORMAT", "").strip().lower() or "text"
+    if log_format not in ("text", "json"):
+        raise ConfigError(f"B24_LOG_FORMAT must be text or json, got {log_format!r}.")
     handler = logging.StreamHandler(sys.stderr)  # stdout is the stdio protocol stream
-    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    text = RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler.setFormatter(JsonFormatter() if log_format == "json" else text)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -242,6 +247,8 @@ async def serve(args: argparse.Namespace, token: str | None) -> None:
                 extra_hosts=os.environ.get("B24_MCP_ALLOWED_HOSTS", "").split(","),
                 server_requests=any(spec.confirm is not None for spec in tools),  # asking the user mid-call
                 announce=lambda url: sys.stderr.write(f"{PROG}: serving MCP over {args.transport} at {url}\n"),
+                ready=lambda: is_ready(client, state),
+                stateless=settings.stateless_http,
             )
 
 

@@ -122,6 +122,9 @@ class Settings:
         return "profile" if self.portal.profile else "app variables"
     redis_url: str | None = field(default=None, repr=False)
     """B24_REDIS_URL: state shared with other replicas lives in Redis (None: files, this process only)."""
+    stateless_http: bool = False
+    """Streamable HTTP keeps no MCP session, so any replica answers any request (B24_MCP_STATELESS; default: on
+    with B24_REDIS_URL)."""
 
 
 def load_settings(
@@ -143,6 +146,7 @@ def load_settings(
         tools=_names(env, "B24_TOOLS"),
     )
     selection.tool_specs()  # unknown names fail at start, not at the first tools/list
+    redis_url = _redis_url(env)
     return Settings(
         portal=portal or resolve_portal(env, profile),
         files=files,
@@ -152,7 +156,8 @@ def load_settings(
         reveal_sip_passwords=_flag(env, "B24_REVEAL_SIP_PASSWORDS"),
         confirm_calls=_flag(env, "B24_CONFIRM_CALLS") if env.get("B24_CONFIRM_CALLS", "").strip() else True,
         sandbox=portal is not None,
-        redis_url=_redis_url(env),
+        redis_url=redis_url,
+        stateless_http=_flag(env, "B24_MCP_STATELESS") if env.get("B24_MCP_STATELESS") else redis_url is not None,
     )
 
 
@@ -425,6 +430,17 @@ def check_url(name: str, url: str) -> None:
             "unencrypted. Use https:// (plain http is accepted only for loopback addresses)."
         )
     raise ConfigError(f"{name} is not an http(s) URL.")
+
+
+async def is_ready(client: BitrixClient, state: RedisState | None) -> bool:
+    """Whether this replica can serve a call: its state store answers (and holds a token pair)."""
+    if state is None:
+        return True
+    try:
+        await state.ping()
+    except BitrixError:
+        return False
+    return True
 
 
 def build_client(settings: Settings, state: RedisState | None = None) -> BitrixClient:

@@ -27,7 +27,7 @@ from mcp_types import (
 )
 from pydantic import ValidationError
 
-from b24_telephony_mcp import __version__
+from b24_telephony_mcp import __version__, metrics
 from b24_telephony_mcp.bitrix import BitrixClient, BitrixError
 from b24_telephony_mcp.bitrix.errors import INVALID_ARGUMENTS
 from b24_telephony_mcp.confirmation import Confirmations, Confirmer, confirm_before_run
@@ -199,6 +199,12 @@ async def run_tool(
     return success_result(mask_secrets(structured))
 
 
+def _error_code(result: CallToolResult) -> str | None:
+    if not result.is_error or result.structured_content is None:
+        return None
+    return str(result.structured_content["error"]["code"])
+
+
 def build_server(client: BitrixClient, context: ToolContext, tools: Iterable[ToolSpec] | None = None) -> Server[Any]:
     """The MCP server offering `tools` (default: the default toolsets)."""
     specs = {spec.name: spec for spec in (select_tools() if tools is None else tools)}
@@ -215,9 +221,12 @@ def build_server(client: BitrixClient, context: ToolContext, tools: Iterable[Too
             return error_result(
                 BitrixError(UNKNOWN_TOOL, f"no tool named {params.name!r}; available: {', '.join(specs)}")
             )
-        return await run_tool(
+        result = await run_tool(
             spec, params.arguments or {}, ToolRun(client, context, specs), confirmations.confirmer(ctx, params)
         )
+        if isinstance(result, CallToolResult):  # not a question to the user (input_required): the call is done
+            metrics.tool_call(spec.name, _error_code(result))
+        return result
 
     server: Server[Any] = Server(
         SERVER_NAME,

@@ -15,6 +15,7 @@ import anyio
 import anyio.to_thread
 import httpx2
 
+from b24_telephony_mcp import metrics
 from b24_telephony_mcp.bitrix.errors import TOKEN_REFRESH_FAILED, BitrixError
 from b24_telephony_mcp.bitrix.token_store import TokenPair, TokenStore
 from b24_telephony_mcp.redact import register_secret
@@ -114,10 +115,16 @@ class OAuthAuth:
                 on_disk = self._load_store()
                 if on_disk is not None and on_disk.access_token != used_credential:
                     self._use(on_disk)  # another process refreshed first
+                    metrics.refresh("adopted")
                     return True
                 if not renew:
                     return False
-                new_pair = await self._request_new_pair(http)
+                try:
+                    new_pair = await self._request_new_pair(http)
+                except BitrixError:
+                    metrics.refresh("failed")
+                    raise
+                metrics.refresh("refreshed")
                 # Persist before use: the old refresh token is already spent.
                 try:
                     await anyio.to_thread.run_sync(self._store.save, new_pair)

@@ -40,6 +40,7 @@ class LeakyBucket:
 
     async def acquire(self) -> float:
         started = time.monotonic()
+        queued = self._lock.locked()  # behind a request that is sleeping for its slot
         async with self._lock:
             now = time.monotonic()
             self._level = max(0.0, self._level - (now - self._updated) * self.rate)
@@ -51,7 +52,7 @@ class LeakyBucket:
                 self._level -= overflow
                 self._updated = time.monotonic()
             self._level += 1
-        return time.monotonic() - started
+        return time.monotonic() - started if queued or overflow > 0 else 0.0
 
 
 def backoff_delay(attempt: int, base: float = 0.5, cap: float = 8.0) -> float:
