@@ -7,10 +7,12 @@ rate limit multiplied by the number of replicas.
 
 from __future__ import annotations
 
+import itertools
 import secrets
 import time
-from collections.abc import Mapping
-from contextlib import AsyncExitStack
+from collections import Counter
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ import anyio
 import httpx2
 import pytest
 from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
 
 from b24_telephony_mcp.sandbox import RunningSandbox, SandboxConfig, start_sandbox
 from redis_server import RedisServer
@@ -28,6 +31,7 @@ pytestmark = pytest.mark.anyio
 LIST = "list_external_lines"
 GET_METHOD = "telephony.externalline.get"
 MCP_TOKEN = secrets.token_urlsafe(32)
+PUBLIC_HOST = "mcp.example.test"
 
 
 def replica_envs(
@@ -48,11 +52,43 @@ def replica_envs(
             B24_OAUTH_TOKEN_URL=sandbox.token_url,
             B24_REDIS_URL=redis_url,
             B24_MCP_AUTH_TOKEN=MCP_TOKEN,
+            B24_MCP_ALLOWED_HOSTS=PUBLIC_HOST,
             **{**FAST_LIMITS, **extra},
         )
         env.pop("XDG_STATE_HOME", None)
         envs.append(env)
     return envs
+
+
+class RoundRobin(httpx2.AsyncBaseTransport):
+    """A load balancer without session affinity, as a client transport: each HTTP request goes to the next
+    replica over loopback, keeping the public `Host` (which the replicas admit via B24_MCP_ALLOWED_HOSTS)."""
+
+    def __init__(self, servers: list[HttpServer]) -> None:
+        self._targets = itertools.cycle([httpx2.URL(server.url) for server in servers])
+        self._inner = httpx2.AsyncHTTPTransport()
+        self.sent: Counter[int] = Counter()
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        target = next(self._targets)
+        assert target.port is not None
+        self.sent[target.port] += 1
+        request.url = request.url.copy_with(host=target.host, port=target.port)
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+@asynccontextmanager
+async def balanced_session(balancer: RoundRobin, mode: str = "legacy") -> AsyncIterator[Client]:
+    """An MCP client of `http://PUBLIC_HOST/mcp`, every request of which the balancer sends to the next replica."""
+    headers = {"Authorization": f"Bearer {MCP_TOKEN}"}
+    async with (
+        httpx2.AsyncClient(transport=balancer, headers=headers, timeout=30) as http,
+        Client(streamable_http_client(f"http://{PUBLIC_HOST}/mcp", http_client=http), mode=mode) as client,
+    ):
+        yield client
 
 
 def portal_stats(sandbox: RunningSandbox) -> dict[str, Any]:
@@ -110,3 +146,20 @@ async def test_replicas_share_one_rate_limit(redis_server: RedisServer, tmp_path
     assert sent <= burst + rate * elapsed + 1, (sent, elapsed)
     # Flat out means the bucket, not the callers, set the pace: close to the most it admits.
     assert sent >= burst + rate * (elapsed - 1.0), (sent, elapsed)
+
+
+async def test_any_replica_serves_any_request(
+    sandbox: RunningSandbox, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Behind a round-robin balancer without affinity: the handshake lands on one replica, the calls on the
+    others, and every one is answered (streamable HTTP is stateless with B24_REDIS_URL). Both protocol eras:
+    the 2025-11-25 handshake today's assistants speak, and the session-less 2026-07-28 protocol."""
+    with http_servers(replica_envs(sandbox, redis_server.url, tmp_path)) as servers:
+        for mode in ("legacy", "auto"):
+            balancer = RoundRobin(servers)
+            async with balanced_session(balancer, mode) as client:
+                assert ok(await client.call_tool("add_external_line", {"NUMBER": f"1{len(mode)}", "NAME": mode}))
+                for _ in range(5):
+                    assert ok(await client.call_tool(LIST, {}))[-1]["NAME"] == mode
+                assert len((await client.list_tools()).tools) > 0
+            assert len(balancer.sent) == 3 and min(balancer.sent.values()) >= 2, (mode, balancer.sent)
