@@ -22,6 +22,8 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
+from b24_telephony_mcp.bitrix import TokenPair
+from b24_telephony_mcp.bitrix.redis_state import RedisState
 from b24_telephony_mcp.sandbox import RunningSandbox, SandboxConfig, start_sandbox
 from redis_server import RedisServer
 from support import FAST_LIMITS, HttpServer, clean_env, http_servers, http_session, ok
@@ -163,3 +165,70 @@ async def test_any_replica_serves_any_request(
                     assert ok(await client.call_tool(LIST, {}))[-1]["NAME"] == mode
                 assert len((await client.list_tools()).tools) > 0
             assert len(balancer.sent) == 3 and min(balancer.sent.values()) >= 2, (mode, balancer.sent)
+
+
+def files_under(directory: Path, pattern: str) -> list[Path]:
+    return [path for path in directory.glob(f"{pattern}/**/*") if path.is_file()]
+
+
+def expire_tokens(sandbox: RunningSandbox) -> None:
+    assert httpx2.post(f"{sandbox.base_url}/_sandbox/expire-tokens").status_code == 200
+    assert httpx2.post(f"{sandbox.base_url}/_sandbox/reset-stats").status_code == 200
+
+
+async def stored_pair(redis_url: str, sandbox: RunningSandbox) -> TokenPair | None:
+    state = RedisState(redis_url)
+    try:
+        return await state.pair_store(sandbox.base_url, sandbox.config.client_id).load()
+    finally:
+        await state.aclose()
+
+
+def works_at_the_portal(sandbox: RunningSandbox, pair: TokenPair) -> bool:
+    response = httpx2.post(f"{sandbox.base_url}/rest/telephony.externalLine.get", json={"auth": pair.access_token})
+    return response.status_code == 200
+
+
+async def call_many(client: Client, count: int) -> list[Any]:
+    results: list[Any] = []
+
+    async def one() -> None:
+        results.append(ok(await client.call_tool(LIST, {})))
+
+    async with anyio.create_task_group() as group:
+        for _ in range(count):
+            group.start_soon(one)
+    return results
+
+
+async def test_concurrent_expiry_across_replicas_refreshes_once(
+    sandbox: RunningSandbox, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """60 calls spread over 3 replicas while the access token expires: one refresh at the portal, every call
+    succeeds, and Redis holds the newest pair (the one the portal now accepts)."""
+    installation = TokenPair(sandbox.access_token, sandbox.refresh_token)
+    with http_servers(replica_envs(sandbox, redis_server.url, tmp_path)) as servers:
+        balancer = RoundRobin(servers)
+        async with balanced_session(balancer) as client:
+            assert await call_many(client, 3) == [[]] * 3  # every replica has served a call with the first pair
+            assert await stored_pair(redis_server.url, sandbox) == installation, "the environment seeded Redis"
+
+            expire_tokens(sandbox)
+            assert await call_many(client, 60) == [[]] * 60
+            stats = portal_stats(sandbox)
+            assert stats["refreshes"] == 1, stats
+            assert stats["token_requests"] == 1, "no replica even tried a second refresh"
+            newest = await stored_pair(redis_server.url, sandbox)
+            assert newest is not None and newest != installation
+            assert works_at_the_portal(sandbox, newest)
+            # A second expiry: the replicas that adopted the pair refresh it again, once.
+            expire_tokens(sandbox)
+            assert await call_many(client, 30) == [[]] * 30
+            assert portal_stats(sandbox)["refreshes"] == 1
+            assert await stored_pair(redis_server.url, sandbox) not in (None, newest, installation)
+        assert min(balancer.sent.values()) >= 30, balancer.sent
+    for server in servers:
+        assert "NOT saved" not in server.stderr
+        assert "Traceback" not in server.stderr
+    # Each replica kept its state in Redis only: nothing under its own HOME.
+    assert files_under(tmp_path, "replica-*") == []

@@ -224,7 +224,7 @@ async def serve(args: argparse.Namespace, token: str | None) -> None:
         state = await open_state(settings)
         if state is not None:
             stack.push_async_callback(state.aclose)
-        client = build_client(settings, state)
+        client = await build_client(settings, state)
         stack.push_async_callback(client.aclose)
 
         context = ToolContext(

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from b24_telephony_mcp.bitrix import BitrixClient, BitrixError, OAuthAuth, TokenPair, TokenStore, WebhookAuth
 from b24_telephony_mcp.bitrix.limits import DEFAULT_BURST, DEFAULT_RATE
+from b24_telephony_mcp.bitrix.pair_store import FilePairStore, PairStore
 from b24_telephony_mcp.net import is_loopback_host
 from b24_telephony_mcp.profiles import (
     DEFAULT_PROFILE,
@@ -433,36 +434,49 @@ def check_url(name: str, url: str) -> None:
 
 
 async def is_ready(client: BitrixClient, state: RedisState | None) -> bool:
-    """Whether this replica can serve a call: its state store answers (and holds a token pair)."""
+    """Whether this replica can serve a call: its state store answers and holds a token pair (application)."""
     if state is None:
-        return True
+        return True  # the pair is in this process's memory
     try:
+        if isinstance(client.auth, OAuthAuth):
+            return await client.auth.store.load() is not None
         await state.ping()
-    except BitrixError:
+    except (BitrixError, ValueError):
         return False
     return True
 
 
-def build_client(settings: Settings, state: RedisState | None = None) -> BitrixClient:
-    """The REST client; with a shared `state` its rate limit is shared with every replica."""
+async def build_client(settings: Settings, state: RedisState | None = None) -> BitrixClient:
+    """The REST client, its OAuth pair read from the store (seeded from the settings when it has none); with a
+    shared `state` (Redis) the pair and the rate limit are those of every replica."""
     portal = settings.portal
     if isinstance(portal, WebhookConfig):
         auth: WebhookAuth | OAuthAuth = WebhookAuth(portal.url)
+        portal_url = portal.url
     else:
+        portal_url = portal.portal_url
         try:
-            auth = OAuthAuth(
+            auth = await OAuthAuth.open(
                 portal.portal_url,
                 portal.client_id,
                 portal.client_secret,
                 portal.token_url,
-                TokenStore(portal.token_file),
+                pair_store(portal, state),
                 portal.tokens,
             )
         except ValueError as exc:  # no tokens anywhere, or an unreadable token file
             raise ConfigError(str(exc)) from None
-    portal_url = portal.url if isinstance(portal, WebhookConfig) else portal.portal_url
+        except BitrixError as exc:  # Redis failed between the start-up check and here
+            raise ConfigError(exc.description) from None
     bucket = state.bucket(portal_url, settings.rate, settings.burst) if state is not None else None
     return BitrixClient(auth, rate=settings.rate, burst=settings.burst, bucket=bucket)
+
+
+def pair_store(portal: AppConfig, state: RedisState | None) -> PairStore:
+    """Where the application's pair lives: Redis when replicas share `state`, else the token file."""
+    if state is not None:
+        return state.pair_store(portal.portal_url, portal.client_id)
+    return FilePairStore(TokenStore(portal.token_file))
 
 
 def _number(env: Mapping[str, str], name: str, default: float) -> float:

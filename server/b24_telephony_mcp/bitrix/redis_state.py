@@ -1,16 +1,21 @@
 """State shared by every replica of the server, in Redis (`B24_REDIS_URL`).
 
-One connection pool serves everything a replica shares with the others: the rate-limit bucket of each portal
-(and the token pair, see `RedisPairStore`). Every Redis failure while serving becomes a `BitrixError` with
-`STATE_STORE_UNAVAILABLE` (retryable), raised before anything is sent to the portal.
+One connection pool serves everything a replica shares with the others: the token pair of each portal and
+application (`RedisPairStore`) and the rate-limit bucket of each portal (`RedisBucket`). Every Redis failure
+while serving becomes a `BitrixError` with `STATE_STORE_UNAVAILABLE` (retryable), raised before anything is
+sent to the portal.
 
 `redis` is imported only here, and this module only when B24_REDIS_URL is set: it costs ~0.3 s of start-up.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import random
+import secrets
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
@@ -22,7 +27,9 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, RedisError
 
-from b24_telephony_mcp.bitrix.errors import STATE_STORE_UNAVAILABLE, BitrixError
+from b24_telephony_mcp.bitrix.errors import STATE_STORE_UNAVAILABLE, TOKEN_REFRESH_FAILED, BitrixError
+from b24_telephony_mcp.bitrix.pair_store import StalePairError
+from b24_telephony_mcp.bitrix.token_store import TokenPair
 from b24_telephony_mcp.redact import register_secret
 
 if TYPE_CHECKING:
@@ -52,6 +59,39 @@ redis.call('HSET', KEYS[1], 'level', string.format('%.6f', level), 'updated', st
 redis.call('PEXPIRE', KEYS[1], math.ceil(level / rate * 1000) + 1000)
 return string.format('%.6f', wait)
 """
+
+
+# The pair is a hash {access_token, refresh_token, expires, saved_at}. A new pair replaces the stored one only if
+# the stored refresh token is the one that was spent to get it (ARGV[1]; '' for a seed, which only fills an empty
+# key). A missing key accepts any pair: Redis lost its data, and the pair being written is the newest there is.
+_SAVE_PAIR = """
+local stored = redis.call('HGET', KEYS[1], 'refresh_token')
+if stored and stored ~= ARGV[1] then
+    return 0
+end
+redis.call('HSET', KEYS[1], 'access_token', ARGV[2], 'refresh_token', ARGV[3], 'expires', ARGV[4], 'saved_at', ARGV[5])
+return 1
+"""
+
+# The refresh lock: a random owner token with a lease, renewed by its live holder and released only by it.
+_RENEW_LOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+_RELEASE_LOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+LOCK_LEASE = 5.0
+"""Seconds a refresh lock outlives its holder's last renewal: how long replicas wait for a killed one."""
+LOCK_WAIT = 30.0
+"""Seconds a replica waits for another one's refresh before giving up on this call."""
+_LOCK_POLL = 0.05
 
 
 def check_redis_url(url: str) -> str | None:
@@ -104,6 +144,9 @@ class RedisState:
             health_check_interval=30,
         )
         self._reserve_slot: AsyncScript = self.redis.register_script(_RESERVE_SLOT)
+        self._save_pair: AsyncScript = self.redis.register_script(_SAVE_PAIR)
+        self._renew_lock: AsyncScript = self.redis.register_script(_RENEW_LOCK)
+        self._release_lock: AsyncScript = self.redis.register_script(_RELEASE_LOCK)
 
     def key(self, *parts: str) -> str:
         return ":".join((KEY_PREFIX, *parts))
@@ -116,6 +159,10 @@ class RedisState:
         """The bucket of this portal (by scheme and host), shared with every replica calling it."""
         parts = urlsplit(portal_url)
         return RedisBucket(self, self.key("bucket", digest(f"{parts.scheme}://{parts.netloc}")), rate, burst)
+
+    def pair_store(self, portal_url: str, client_id: str, lease: float = LOCK_LEASE) -> RedisPairStore:
+        """The token pair of this portal and application, shared with every replica serving them."""
+        return RedisPairStore(self, self.key("app", digest(portal_url, client_id)), lease)
 
     @asynccontextmanager
     async def failures(self, doing: str) -> AsyncIterator[None]:
@@ -158,3 +205,84 @@ class RedisBucket:
         if wait > 0:
             await anyio.sleep(wait)
         return wait
+
+
+class RedisPairStore:
+    """The token pair in a Redis hash; a refresh lock with a lease beside it."""
+
+    def __init__(self, state: RedisState, key_base: str, lease: float = LOCK_LEASE) -> None:
+        self._state = state
+        self.key = f"{key_base}:tokens"
+        self.lock_key = f"{key_base}:refresh-lock"
+        self.lease = lease
+        self.where = f"Redis at {state.where} (key {self.key})"
+
+    async def load(self) -> TokenPair | None:
+        async with self._state.failures("reading the token pair"):
+            record = await self._state.redis.hgetall(self.key)
+        if not record:
+            return None
+        try:
+            return _pair_from(record)
+        except (KeyError, ValueError):
+            raise ValueError(f"{self.where} does not hold a valid token pair") from None
+
+    async def save(self, pair: TokenPair, spent: str | None) -> None:
+        expires = "" if pair.expires is None else repr(float(pair.expires))
+        args = [spent or "", pair.access_token, pair.refresh_token, expires, repr(time.time())]
+        async with self._state.failures("saving the token pair"):
+            saved = await self._state._save_pair(keys=[self.key], args=args)
+        if not saved:
+            raise StalePairError(f"{self.where} holds another pair")
+
+    async def seed(self, initial: TokenPair | None) -> TokenPair | None:
+        stored = await self.load()
+        if stored is not None or initial is None:
+            return stored
+        with contextlib.suppress(StalePairError):  # another replica seeded first: its pair is the same or newer
+            await self.save(initial, None)
+        return await self.load()
+
+    @asynccontextmanager
+    async def lock(self) -> AsyncIterator[None]:
+        owner = secrets.token_hex(16)
+        lease_ms = int(self.lease * 1000)
+        deadline = time.monotonic() + LOCK_WAIT
+        async with self._state.failures("taking the refresh lock"):
+            while not await self._state.redis.set(self.lock_key, owner, nx=True, px=lease_ms):
+                if time.monotonic() > deadline:
+                    raise BitrixError(
+                        TOKEN_REFRESH_FAILED,
+                        f"another replica has been renewing the token for over {LOCK_WAIT:.0f} s",
+                        retryable=True,
+                        hint="Call again; if this persists, check the other replicas' logs.",
+                    )
+                await anyio.sleep(_LOCK_POLL * (0.5 + random.random()))
+        try:
+            async with anyio.create_task_group() as group:
+                group.start_soon(self._keep_lease, owner, lease_ms)
+                try:
+                    yield
+                finally:
+                    group.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True), contextlib.suppress(BitrixError):
+                async with self._state.failures("releasing the refresh lock"):
+                    await self._state._release_lock(keys=[self.lock_key], args=[owner])
+
+    async def _keep_lease(self, owner: str, lease_ms: int) -> None:
+        """Renew the lease while the holder lives; a killed holder stops renewing and its lock expires."""
+        while True:
+            await anyio.sleep(self.lease / 3)
+            try:
+                async with self._state.failures("renewing the refresh lock"):
+                    if not await self._state._renew_lock(keys=[self.lock_key], args=[owner, lease_ms]):
+                        log.warning("the refresh lock at %s expired while held", self._state.where)
+                        return
+            except BitrixError:
+                return  # the save will meet the same failure and keep the pair in memory
+
+
+def _pair_from(record: dict[str, str]) -> TokenPair:
+    expires = record.get("expires")
+    return TokenPair(record["access_token"], record["refresh_token"], float(expires) if expires else None)
