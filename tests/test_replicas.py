@@ -7,11 +7,12 @@ rate limit multiplied by the number of replicas.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import secrets
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -232,3 +233,56 @@ async def test_concurrent_expiry_across_replicas_refreshes_once(
         assert "Traceback" not in server.stderr
     # Each replica kept its state in Redis only: nothing under its own HOME.
     assert files_under(tmp_path, "replica-*") == []
+
+
+async def test_replica_killed_mid_refresh_others_recover(
+    sandbox: RunningSandbox, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """A replica is SIGKILLed while its refresh request waits at the OAuth server (holding the refresh lock):
+    its lock expires with its lease, another replica refreshes with the still unspent refresh token, and every
+    replica serves again. No lockout, one refresh."""
+    with http_servers(replica_envs(sandbox, redis_server.url, tmp_path)) as servers:
+        victim = servers[0]
+        async with AsyncExitStack() as stack:
+            survivors = list((await sessions(servers[1:], stack)).values())
+            for client in survivors:
+                assert ok(await client.call_tool(LIST, {})) == []
+            set_oauth_delay(sandbox, 3.0)
+            expire_tokens(sandbox)
+
+            async def doomed_call() -> None:
+                with contextlib.suppress(Exception):  # its server dies under it
+                    async with http_session(victim.url, MCP_TOKEN) as client:
+                        await client.call_tool(LIST, {})
+
+            async with anyio.create_task_group() as group:
+                group.start_soon(doomed_call)
+                await until(
+                    lambda: portal_stats(sandbox)["token_requests"] > 0
+                )  # the victim's refresh is at the portal
+                victim.process.kill()
+                victim.process.wait(10)
+                set_oauth_delay(sandbox, 0.0)
+                results = []
+                for client in survivors:
+                    results.append(await call_many(client, 5))
+                group.cancel_scope.cancel()
+    assert results == [[[]] * 5] * 2
+    stats = portal_stats(sandbox)
+    assert stats["refreshes"] == 1, stats
+    newest = await stored_pair(redis_server.url, sandbox)
+    assert newest is not None and newest.access_token != sandbox.access_token
+    assert works_at_the_portal(sandbox, newest)
+
+
+def set_oauth_delay(sandbox: RunningSandbox, seconds: float) -> None:
+    response = httpx2.post(f"{sandbox.base_url}/_sandbox/oauth-delay", json={"seconds": seconds})
+    assert response.status_code == 200
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    with anyio.fail_after(20):
+        for _ in itertools.count():
+            if condition():
+                return
+            await anyio.sleep(0.02)
