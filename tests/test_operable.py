@@ -18,6 +18,7 @@ import pytest
 from mcp import Client
 from prometheus_client.parser import text_string_to_metric_families
 
+from b24_telephony_mcp.bitrix.redis_state import RedisState
 from b24_telephony_mcp.redact import JsonFormatter, register_secret
 from b24_telephony_mcp.sandbox import RunningSandbox
 from redis_server import RedisServer
@@ -97,6 +98,13 @@ async def test_probes_metrics_and_json_logs(sandbox: RunningSandbox, tmp_path: P
                 assert response.headers["content-type"].startswith("text/plain")
                 after = samples(response.text)
 
+            state = RedisState(redis.url)
+            try:
+                rotated = await state.pair_store(sandbox.base_url, sandbox.config.client_id).load()
+            finally:
+                await state.aclose()
+            assert rotated is not None and rotated.access_token != sandbox.access_token
+
     def moved(name: str, **labels: str) -> float:
         return value(after, name, **labels) - value(before, name, **labels)
 
@@ -121,7 +129,8 @@ async def test_probes_metrics_and_json_logs(sandbox: RunningSandbox, tmp_path: P
     assert entries, "B24_LOG_LEVEL=DEBUG logs something"
     assert all({"time", "level", "logger", "message"} <= entry.keys() for entry in entries)
     assert any(entry["logger"] == "b24_telephony_mcp.bitrix.auth" for entry in entries), "the refresh is logged"
-    for secret in (REDIS_PASSWORD, token, sandbox.config.client_secret, sandbox.access_token, sandbox.refresh_token):
+    secrets_known = (REDIS_PASSWORD, token, sandbox.config.client_secret, sandbox.access_token, sandbox.refresh_token)
+    for secret in (*secrets_known, rotated.access_token, rotated.refresh_token):
         assert secret not in server.stderr
 
 

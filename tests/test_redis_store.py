@@ -6,6 +6,7 @@ A real redis-server over a real socket; the server is the real subprocess over s
 from __future__ import annotations
 
 import secrets
+import stat
 import subprocess
 from pathlib import Path
 
@@ -13,9 +14,11 @@ import anyio
 import httpx2
 import pytest
 
+from b24_telephony_mcp.bitrix import BitrixClient, BitrixError, OAuthAuth, StalePairError, TokenPair, TokenStore
 from b24_telephony_mcp.bitrix.redis_state import RedisState
 from b24_telephony_mcp.config import ConfigError, load_settings
 from b24_telephony_mcp.sandbox import RunningSandbox
+from b24_telephony_mcp.store_cli import run_store_command
 from redis_server import RedisServer, free_port
 from support import app_env, clean_env, error_of, http_server, http_session, ok, server_command
 
@@ -108,6 +111,19 @@ async def test_redis_outage_mid_run_then_recovery(sandbox: RunningSandbox, tmp_p
                 redis.start()
                 assert httpx2.get(readyz).json() == {"status": "ready"}
                 assert ok(await client.call_tool(LIST, {})) == []
+
+                # Ready also means a token pair to serve with: without one in Redis, not ready.
+                state = RedisState(redis.url)
+                store = state.pair_store(sandbox.base_url, sandbox.config.client_id)
+                try:
+                    kept = await store.load()
+                    assert kept is not None, "AOF kept the pair across the restart"
+                    await state.redis.delete(store.key)
+                    assert httpx2.get(readyz).status_code == 503
+                    await store.save(kept, None)
+                    assert httpx2.get(readyz).status_code == 200
+                finally:
+                    await state.aclose()
     assert "STATE_STORE_UNAVAILABLE" in server.stderr
     assert "Traceback" not in server.stderr
 
@@ -137,3 +153,169 @@ async def test_two_buckets_on_one_key_are_one_bucket(redis_server: RedisServer) 
     finally:
         await first.aclose()
         await second.aclose()
+
+
+def pair(expires: float) -> TokenPair:
+    return TokenPair(secrets.token_hex(16), secrets.token_hex(16), expires)
+
+
+def test_store_import_and_export(
+    sandbox: RunningSandbox, redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Neither direction overwrites a newer pair (a later expiry), unless forced; files stay mode 0600."""
+    token_file = tmp_path / "state" / "tokens.json"
+    for name, value in app_env(sandbox, token_file, B24_REDIS_URL=redis_server.url).items():
+        monkeypatch.setenv(name, value)
+
+    def run(action: str, force: bool = False) -> str:
+        return anyio.run(run_store_command, action, None, force)
+
+    def in_redis() -> TokenPair | None:
+        async def load() -> TokenPair | None:
+            state = RedisState(redis_server.url)
+            try:
+                return await state.pair_store(sandbox.base_url, sandbox.config.client_id).load()
+            finally:
+                await state.aclose()
+
+        return anyio.run(load)
+
+    with pytest.raises(ConfigError, match="holds no token pair to import"):
+        run("import")
+    with pytest.raises(ConfigError, match="holds no token pair to export"):
+        run("export")
+
+    older, newer = pair(1_800_000_000), pair(1_800_003_600)
+    TokenStore(token_file).save(older)
+    assert run("import").startswith(f"Imported the token pair from {token_file} into Redis at redis://127.0.0.1:")
+    assert in_redis() == older
+    assert "nothing changed" in run("import")
+
+    # The replicas rotate the pair; the file's is now the older one, and importing it is refused.
+    async def rotate() -> None:
+        state = RedisState(redis_server.url)
+        try:
+            await state.pair_store(sandbox.base_url, sandbox.config.client_id).save(newer, older.refresh_token)
+        finally:
+            await state.aclose()
+
+    anyio.run(rotate)
+    with pytest.raises(ConfigError, match="at least as new") as caught:
+        run("import")
+    assert older.refresh_token not in str(caught.value) and newer.refresh_token not in str(caught.value)
+    assert in_redis() == newer
+
+    assert run("export").startswith("Exported the token pair")
+    assert TokenStore(token_file).load() == newer
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    TokenStore(token_file).save(older)
+    with pytest.raises(ConfigError, match="at least as new"):
+        run("import")
+    assert run("import", force=True).startswith("Imported")
+    assert in_redis() == older
+
+
+def test_store_command_through_the_cli(sandbox: RunningSandbox, redis_server: RedisServer, tmp_path: Path) -> None:
+    token_file = tmp_path / "tokens.json"
+    TokenStore(token_file).save(TokenPair(sandbox.access_token, sandbox.refresh_token))
+    env = app_env(sandbox, token_file, B24_REDIS_URL=redis_server.url)
+    imported = subprocess.run(
+        server_command("store", "import"), env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60
+    )
+    assert imported.returncode == 0, imported.stderr
+    assert imported.stdout.startswith("Imported the token pair")
+    refused = subprocess.run(
+        server_command("store", "export", "--file", str(tmp_path / "other.json")),
+        env={**env, "B24_REDIS_URL": "http://x"},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 2
+    assert refused.stderr.strip().endswith("B24_REDIS_URL must start with redis:// or rediss:// (TLS).")
+    for output in (imported.stdout, imported.stderr, refused.stderr):
+        assert sandbox.access_token not in output and sandbox.refresh_token not in output
+
+
+async def test_redis_pair_store_compare_and_set_seed_and_lock(redis_server: RedisServer) -> None:
+    state = RedisState(redis_server.url)
+    portal = f"https://cas-{secrets.token_hex(4)}.example.com"
+    store = state.pair_store(portal, "local.app", lease=0.3)
+    try:
+        first, second, third = pair(1), pair(2), pair(3)
+        # Seeding fills only an empty store; the store wins over any later seed (the environment's stale pair).
+        assert await store.seed(first) == first
+        assert await store.seed(second) == first
+        auth = await OAuthAuth.open(portal, "local.app", secrets.token_hex(8), "https://o.example/", store, third)
+        assert auth.tokens == first
+
+        # A new pair replaces the stored one only when it renewed exactly that one.
+        await store.save(second, first.refresh_token)
+        with pytest.raises(StalePairError):
+            await store.save(third, first.refresh_token)  # a slow replica that spent the same (older) token
+        with pytest.raises(StalePairError):
+            await store.save(third, None)
+        assert await store.load() == second
+
+        # One holder at a time; a holder that dies (never releases, never renews) loses the lock with its lease.
+        order: list[str] = []
+
+        async def hold(name: str, seconds: float) -> None:
+            async with store.lock():
+                order.append(f"{name} in")
+                await anyio.sleep(seconds)
+                order.append(f"{name} out")
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(hold, "a", 0.5)  # longer than the lease: it stays held because it is renewed
+            await anyio.sleep(0.1)
+            group.start_soon(hold, "b", 0)
+        assert order == ["a in", "a out", "b in", "b out"]
+
+        dead = await state.redis.set(store.lock_key, "a killed replica", px=300)
+        assert dead
+        with anyio.fail_after(5):
+            async with store.lock():
+                assert await state.redis.get(store.lock_key) != "a killed replica"
+        assert await state.redis.get(store.lock_key) is None, "released"
+
+        await state.redis.hset(store.key, "refresh_token", "")
+        await state.redis.hdel(store.key, "access_token")
+        with pytest.raises(ValueError, match="does not hold a valid token pair"):
+            await store.load()
+    finally:
+        await state.aclose()
+
+
+async def test_no_refresh_while_the_store_is_unreachable(sandbox: RunningSandbox, tmp_path: Path) -> None:
+    """The access token expired and Redis is gone: the call fails retryably without going near the OAuth
+    server, so no refresh token is spent that could not be saved; once Redis is back, one refresh."""
+    with RedisServer(tmp_path / "redis", persistent=True) as redis:
+        state = RedisState(redis.url)
+        store = state.pair_store(sandbox.base_url, sandbox.config.client_id)
+        auth = await OAuthAuth.open(
+            sandbox.base_url,
+            sandbox.config.client_id,
+            sandbox.config.client_secret,
+            sandbox.token_url,
+            store,
+            TokenPair(sandbox.access_token, sandbox.refresh_token),
+        )
+        client = BitrixClient(auth, rate=1000, burst=10000)  # this process's own bucket: the portal is reached
+        try:
+            assert httpx2.post(f"{sandbox.base_url}/_sandbox/expire-tokens").status_code == 200
+            redis.stop()
+            with pytest.raises(BitrixError) as caught:
+                await client.call("telephony.externalLine.get", read_only=True)
+            assert (caught.value.code, caught.value.retryable) == ("STATE_STORE_UNAVAILABLE", True)
+            stats = httpx2.get(f"{sandbox.base_url}/_sandbox/stats").json()
+            assert (stats["token_requests"], stats["refreshes"]) == (0, 0)
+
+            redis.start()
+            assert (await client.call("telephony.externalLine.get", read_only=True)).result == []
+            assert httpx2.get(f"{sandbox.base_url}/_sandbox/stats").json()["refreshes"] == 1
+            assert await store.load() == auth.tokens
+        finally:
+            await client.aclose()
+            await state.aclose()

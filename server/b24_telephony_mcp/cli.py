@@ -119,6 +119,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default="stdio",
         help="stdio: the client starts the server (default); http: it connects to one at --host/--port",
     )
+    store = commands.add_parser(
+        "store", help="move the application's token pair between its token file and Redis (B24_REDIS_URL)"
+    )
+    store.add_argument("action", choices=("import", "export"), help="import: file -> Redis; export: Redis -> file")
+    store.add_argument("--file", type=Path, help="the token file or profile (default: the server's token file)")
+    store.add_argument("--force", action="store_true", help="overwrite even a pair that looks newer")
+    store.add_argument("--profile", metavar="NAME", default=argparse.SUPPRESS, help=PROFILE_HELP)
     return parser.parse_args(argv)
 
 
@@ -184,6 +191,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_doctor(args)
     if args.command == "config":
         return run_config(args)
+    if args.command == "store":
+        from b24_telephony_mcp.store_cli import run_store_command
+
+        try:
+            sys.stdout.write(anyio.run(run_store_command, args.action, args.file, args.force, args.profile) + "\n")
+        except ConfigError as exc:
+            return fail(str(exc))
+        return 0
 
     token = None
     if args.transport != "stdio":

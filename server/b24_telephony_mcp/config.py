@@ -121,6 +121,7 @@ class Settings:
         if isinstance(self.portal, WebhookConfig):
             return "webhook"
         return "profile" if self.portal.profile else "app variables"
+
     redis_url: str | None = field(default=None, repr=False)
     """B24_REDIS_URL: state shared with other replicas lives in Redis (None: files, this process only)."""
     stateless_http: bool = False
