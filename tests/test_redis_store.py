@@ -16,7 +16,7 @@ import pytest
 
 from b24_telephony_mcp.bitrix import BitrixClient, BitrixError, OAuthAuth, StalePairError, TokenPair, TokenStore
 from b24_telephony_mcp.bitrix.redis_state import RedisState
-from b24_telephony_mcp.config import ConfigError, load_settings
+from b24_telephony_mcp.config import ConfigError, build_client, load_settings, open_state
 from b24_telephony_mcp.sandbox import RunningSandbox
 from b24_telephony_mcp.store_cli import run_store_command
 from redis_server import RedisServer, free_port
@@ -319,3 +319,30 @@ async def test_no_refresh_while_the_store_is_unreachable(sandbox: RunningSandbox
         finally:
             await client.aclose()
             await state.aclose()
+
+
+async def test_an_empty_redis_is_seeded_from_the_token_file_first(
+    sandbox: RunningSandbox, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Moving one server to Redis: its token file (or profile), holding the rotated pair, seeds Redis, not the
+    environment's stale installation pair; once seeded, Redis wins over both."""
+    token_file = tmp_path / "tokens.json"
+    rotated = pair(1_800_000_000)
+    TokenStore(token_file).save(rotated)
+    env = app_env(sandbox, token_file, B24_REDIS_URL=redis_server.url)
+    env["B24_PORTAL_URL"] = f"http://127.0.0.1:{free_port()}"  # a portal of its own: its own Redis key
+    state = await open_state(load_settings(env))
+    assert state is not None
+    try:
+        client = await build_client(load_settings(env), state)
+        assert isinstance(client.auth, OAuthAuth)
+        assert client.auth.tokens == rotated
+        assert await client.auth.store.load() == rotated
+        await client.aclose()
+
+        TokenStore(token_file).save(pair(1_800_000_001))  # the file moves on; Redis is the store now
+        client = await build_client(load_settings(env), state)
+        assert isinstance(client.auth, OAuthAuth) and client.auth.tokens == rotated
+        await client.aclose()
+    finally:
+        await state.aclose()

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+import anyio.to_thread
+
 from b24_telephony_mcp.bitrix import BitrixClient, BitrixError, OAuthAuth, TokenPair, TokenStore, WebhookAuth
 from b24_telephony_mcp.bitrix.limits import DEFAULT_BURST, DEFAULT_RATE
 from b24_telephony_mcp.bitrix.pair_store import FilePairStore, PairStore
@@ -463,7 +465,7 @@ async def build_client(settings: Settings, state: RedisState | None = None) -> B
                 portal.client_secret,
                 portal.token_url,
                 pair_store(portal, state),
-                portal.tokens,
+                await seed_pair(portal, state),
             )
         except ValueError as exc:  # no tokens anywhere, or an unreadable token file
             raise ConfigError(str(exc)) from None
@@ -471,6 +473,15 @@ async def build_client(settings: Settings, state: RedisState | None = None) -> B
             raise ConfigError(exc.description) from None
     bucket = state.bucket(portal_url, settings.rate, settings.burst) if state is not None else None
     return BitrixClient(auth, rate=settings.rate, burst=settings.burst, bucket=bucket)
+
+
+async def seed_pair(portal: AppConfig, state: RedisState | None) -> TokenPair | None:
+    """The pair an empty store starts from. The token file (or profile) wins over the environment, as it does
+    when it is the store: after a rotation the environment's pair is dead."""
+    if state is None:
+        return portal.tokens  # the file is the store: it is read as such
+    file_pair = await anyio.to_thread.run_sync(TokenStore(portal.token_file).load)
+    return file_pair or portal.tokens
 
 
 def pair_store(portal: AppConfig, state: RedisState | None) -> PairStore:
