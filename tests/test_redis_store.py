@@ -5,6 +5,7 @@ A real redis-server over a real socket; the server is the real subprocess over s
 
 from __future__ import annotations
 
+import json
 import secrets
 import stat
 import subprocess
@@ -17,10 +18,12 @@ import pytest
 from b24_telephony_mcp.bitrix import BitrixClient, BitrixError, OAuthAuth, StalePairError, TokenPair, TokenStore
 from b24_telephony_mcp.bitrix.redis_state import RedisState
 from b24_telephony_mcp.config import ConfigError, build_client, load_settings, open_state
+from b24_telephony_mcp.doctor import doctor_command
 from b24_telephony_mcp.sandbox import RunningSandbox
 from b24_telephony_mcp.store_cli import run_store_command
 from redis_server import RedisServer, free_port
 from support import app_env, clean_env, error_of, http_server, http_session, ok, server_command
+from test_onboarding import installed_profile, profile_file
 
 pytestmark = pytest.mark.anyio
 
@@ -346,3 +349,34 @@ async def test_an_empty_redis_is_seeded_from_the_token_file_first(
         await client.aclose()
     finally:
         await state.aclose()
+
+
+def test_doctor_uses_the_shared_store(
+    sandbox: RunningSandbox, redis_server: RedisServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With B24_REDIS_URL, doctor checks what the replicas use: Redis (seeded from the profile), and a refresh it
+    causes lands there; an unreachable Redis is a failed check, not a silent fall back to the profile file."""
+    saved = installed_profile(sandbox, tmp_path)
+    httpx2.post(f"{sandbox.base_url}/_sandbox/expire-tokens")  # doctor's first call refreshes
+    settings = load_settings({"XDG_CONFIG_HOME": str(tmp_path), "B24_REDIS_URL": redis_server.url})
+    assert doctor_command(settings, settings.selection.tool_specs(), as_json=True) == 0, capsys.readouterr().out
+    checks = {check["name"]: check["status"] for check in json.loads(capsys.readouterr().out)["checks"]}
+    assert checks["credentials"] == "ok" and "token store" not in checks
+
+    async def stored() -> TokenPair | None:
+        state = RedisState(redis_server.url)
+        try:
+            return await state.pair_store(sandbox.base_url, sandbox.config.client_id).load()
+        finally:
+            await state.aclose()
+
+    in_redis = anyio.run(stored)
+    assert in_redis is not None and in_redis.access_token != saved["access_token"], "refreshed into Redis"
+    assert TokenStore(profile_file(tmp_path, "default")).load() == TokenPair(
+        saved["access_token"], saved["refresh_token"], saved["expires"]
+    ), "the profile file is not the store"
+
+    settings = load_settings({"XDG_CONFIG_HOME": str(tmp_path), "B24_REDIS_URL": f"redis://127.0.0.1:{free_port()}"})
+    assert doctor_command(settings, settings.selection.tool_specs(), as_json=True) == 1
+    checks = {check["name"]: check["status"] for check in json.loads(capsys.readouterr().out)["checks"]}
+    assert checks["state store"] == "fail"
