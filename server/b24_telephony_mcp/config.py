@@ -57,7 +57,11 @@ PRECEDENCE: tuple[tuple[str, str], ...] = (
         "token pair",
         "the token store once it holds a pair (rotated tokens win), then B24_ACCESS_TOKEN and B24_REFRESH_TOKEN",
     ),
-    ("token store", "B24_TOKEN_FILE, then the profile file, then ~/.local/state/b24-telephony-mcp/tokens-<hash>.json"),
+    (
+        "token store",
+        "B24_REDIS_URL (Redis, seeded from the file below), then B24_TOKEN_FILE, then the profile file, then "
+        "~/.local/state/b24-telephony-mcp/tokens-<hash>.json",
+    ),
     ("profiles directory", "B24_CONFIG_DIR, then $XDG_CONFIG_HOME/b24-telephony-mcp, then ~/.config/b24-telephony-mcp"),
 )
 """Which source wins, setting by setting: the table `--help` and the README show."""
