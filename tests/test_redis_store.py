@@ -380,3 +380,17 @@ def test_doctor_uses_the_shared_store(
     assert doctor_command(settings, settings.selection.tool_specs(), as_json=True) == 1
     checks = {check["name"]: check["status"] for check in json.loads(capsys.readouterr().out)["checks"]}
     assert checks["state store"] == "fail"
+
+
+async def test_a_yes_is_spent_once_across_replicas(redis_server: RedisServer) -> None:
+    first, second = RedisState(redis_server.url), RedisState(redis_server.url)
+    try:
+        one, other = await first.approvals(), await second.approvals()
+        assert one.key == other.key and len(one.key) == 32, "every replica seals with the same key"
+        question = secrets.token_hex(8)
+        assert await one.spend(question, 60)
+        assert not await other.spend(question, 60), "the same yes on another replica places nothing more"
+        assert await other.spend(secrets.token_hex(8), 60)
+    finally:
+        await first.aclose()
+        await second.aclose()

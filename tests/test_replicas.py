@@ -21,6 +21,7 @@ import anyio
 import httpx2
 import pytest
 from mcp import Client
+from mcp.client.session import ElicitationFnT
 from mcp.client.streamable_http import streamable_http_client
 
 from b24_telephony_mcp.bitrix import TokenPair
@@ -28,6 +29,7 @@ from b24_telephony_mcp.bitrix.redis_state import RedisState
 from b24_telephony_mcp.sandbox import RunningSandbox, SandboxConfig, start_sandbox
 from redis_server import RedisServer
 from support import FAST_LIMITS, HttpServer, clean_env, http_servers, http_session, ok
+from test_tools_call_placement import CALLBACK, User, placed
 
 pytestmark = pytest.mark.anyio
 
@@ -84,12 +86,18 @@ class RoundRobin(httpx2.AsyncBaseTransport):
 
 
 @asynccontextmanager
-async def balanced_session(balancer: RoundRobin, mode: str = "legacy") -> AsyncIterator[Client]:
+async def balanced_session(
+    balancer: RoundRobin, mode: str = "legacy", elicitation_callback: ElicitationFnT | None = None
+) -> AsyncIterator[Client]:
     """An MCP client of `http://PUBLIC_HOST/mcp`, every request of which the balancer sends to the next replica."""
     headers = {"Authorization": f"Bearer {MCP_TOKEN}"}
     async with (
         httpx2.AsyncClient(transport=balancer, headers=headers, timeout=30) as http,
-        Client(streamable_http_client(f"http://{PUBLIC_HOST}/mcp", http_client=http), mode=mode) as client,
+        Client(
+            streamable_http_client(f"http://{PUBLIC_HOST}/mcp", http_client=http),
+            mode=mode,
+            elicitation_callback=elicitation_callback,
+        ) as client,
     ):
         yield client
 
@@ -286,3 +294,27 @@ async def until(condition: Callable[[], bool]) -> None:
             if condition():
                 return
             await anyio.sleep(0.02)
+
+
+async def test_confirmation_asked_by_one_replica_is_honoured_by_another(
+    sandbox: RunningSandbox, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """A billed call behind the round-robin balancer: on the 2026-07-28 protocol the question comes from one
+    replica and the retry carrying the user's yes lands on another, which places the call exactly once (the
+    sealing key and the spent yes live in Redis). On 2025-11-25 the question would need the first request's
+    stream, which a stateless replica cannot keep open for the answer: refused, nothing placed."""
+    envs = replica_envs(sandbox, redis_server.url, tmp_path, count=2)
+    with http_servers(envs, "http", "--toolsets", "call_placement") as servers:
+        user = User("accept")
+        async with balanced_session(RoundRobin(servers), mode="auto", elicitation_callback=user) as client:
+            result = await client.call_tool("start_callback", CALLBACK)
+            assert not result.is_error, result
+        assert len(user.questions) == 1
+        assert [call.method for call in placed(sandbox)] == ["voximplant.callback.start"]
+
+        legacy_user = User("accept")
+        async with balanced_session(RoundRobin(servers), elicitation_callback=legacy_user) as client:
+            result = await client.call_tool("start_callback", CALLBACK)
+        assert result.is_error and result.structured_content is not None
+        assert result.structured_content["error"]["code"] == "CONFIRMATION_UNAVAILABLE"
+        assert len(placed(sandbox)) == 1, "nothing more was placed"

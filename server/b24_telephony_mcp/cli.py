@@ -29,6 +29,7 @@ from b24_telephony_mcp.config import (
     launch_env,
     load_settings,
     open_state,
+    shared_approvals,
     split_names,
 )
 from b24_telephony_mcp.net import is_loopback_host, url_host
@@ -245,7 +246,7 @@ async def serve(args: argparse.Namespace, token: str | None) -> None:
         context = ToolContext(
             settings.files, reveal_sip_passwords=settings.reveal_sip_passwords, confirm_calls=settings.confirm_calls
         )
-        server = build_server(client, context, tools)
+        server = build_server(client, context, tools, await shared_approvals(state))
         if args.transport == "stdio":
             async with stdio_server() as (read_stream, write_stream):
                 await server.run(read_stream, write_stream, server.create_initialization_options())

@@ -31,7 +31,7 @@ from b24_telephony_mcp.tools import ToolSpec, UnknownNameError, select_tools
 from b24_telephony_mcp.tools.files import DEFAULT_MAX_MB, MIB, FilePolicy
 
 if TYPE_CHECKING:
-    from b24_telephony_mcp.bitrix.redis_state import RedisState
+    from b24_telephony_mcp.bitrix.redis_state import RedisApprovals, RedisState
 
 DEFAULT_TOKEN_URL = "https://oauth.bitrix.info/oauth/token/"
 
@@ -438,6 +438,16 @@ def check_url(name: str, url: str) -> None:
             "unencrypted. Use https:// (plain http is accepted only for loopback addresses)."
         )
     raise ConfigError(f"{name} is not an http(s) URL.")
+
+
+async def shared_approvals(state: RedisState | None) -> RedisApprovals | None:
+    """What confirmations share across replicas (None: this process keeps its own)."""
+    if state is None:
+        return None
+    try:
+        return await state.approvals()
+    except BitrixError as exc:  # Redis went away since the start-up check
+        raise ConfigError(f"{exc.description}.") from None
 
 
 async def is_ready(client: BitrixClient, state: RedisState | None) -> bool:

@@ -30,7 +30,7 @@ from pydantic import ValidationError
 from b24_telephony_mcp import __version__, metrics
 from b24_telephony_mcp.bitrix import BitrixClient, BitrixError
 from b24_telephony_mcp.bitrix.errors import INVALID_ARGUMENTS
-from b24_telephony_mcp.confirmation import Confirmations, Confirmer, confirm_before_run
+from b24_telephony_mcp.confirmation import Confirmations, Confirmer, SharedApprovals, confirm_before_run
 from b24_telephony_mcp.redact import redact, register_secret
 from b24_telephony_mcp.tools import TOOLS_BY_NAME, TOOLSETS, ToolContext, ToolSpec, select_tools
 from b24_telephony_mcp.tools.base import SECRET_ARGUMENTS, ToolRun, mask_secrets
@@ -205,12 +205,18 @@ def _error_code(result: CallToolResult) -> str | None:
     return str(result.structured_content["error"]["code"])
 
 
-def build_server(client: BitrixClient, context: ToolContext, tools: Iterable[ToolSpec] | None = None) -> Server[Any]:
-    """The MCP server offering `tools` (default: the default toolsets)."""
+def build_server(
+    client: BitrixClient,
+    context: ToolContext,
+    tools: Iterable[ToolSpec] | None = None,
+    approvals: SharedApprovals | None = None,
+) -> Server[Any]:
+    """The MCP server offering `tools` (default: the default toolsets); `approvals` when replicas share state."""
     specs = {spec.name: spec for spec in (select_tools() if tools is None else tools)}
     # Built once: the list never changes while the process runs.
     listing = ListToolsResult(tools=[mcp_tool(spec) for spec in specs.values()])
-    confirmations = Confirmations()  # asking the user before tools that declare `confirm` (confirmation.py)
+    # Asking the user before tools that declare `confirm` (confirmation.py); replicas share what that needs.
+    confirmations = Confirmations(approvals)
 
     async def list_tools(_ctx: Any, _params: PaginatedRequestParams | None) -> ListToolsResult:
         return listing

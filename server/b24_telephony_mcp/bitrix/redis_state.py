@@ -164,6 +164,16 @@ class RedisState:
         """The token pair of this portal and application, shared with every replica serving them."""
         return RedisPairStore(self, self.key("app", digest(portal_url, client_id)), lease)
 
+    async def approvals(self) -> RedisApprovals:
+        """What confirmations need across replicas: one sealing key for all (made by whichever replica asks first)
+        and the record of each yes spent."""
+        key_name = self.key("request-state-key")
+        async with self.failures("reading the request-state key"):
+            await self.redis.set(key_name, secrets.token_hex(32), nx=True)
+            key = await self.redis.get(key_name)
+        assert key is not None
+        return RedisApprovals(self, bytes.fromhex(key))
+
     @asynccontextmanager
     async def failures(self, doing: str) -> AsyncIterator[None]:
         """Turn any Redis failure inside into STATE_STORE_UNAVAILABLE, naming what was being done."""
@@ -286,3 +296,16 @@ class RedisPairStore:
 def _pair_from(record: dict[str, str]) -> TokenPair:
     expires = record.get("expires")
     return TokenPair(record["access_token"], record["refresh_token"], float(expires) if expires else None)
+
+
+class RedisApprovals:
+    """A yes to a confirmation question counts once across every replica (`confirmation.SharedApprovals`)."""
+
+    def __init__(self, state: RedisState, key: bytes) -> None:
+        self._state = state
+        self.key = key
+
+    async def spend(self, question_id: str, seconds: float) -> bool:
+        name = self._state.key("approval", hashlib.sha256(question_id.encode()).hexdigest()[:32])
+        async with self._state.failures("recording the user's confirmation"):
+            return bool(await self._state.redis.set(name, "1", nx=True, px=int(seconds * 1000)))
