@@ -7,7 +7,8 @@ Measures, in one run and all on loopback:
 2. the size of the `tools/list` answer (compact JSON of the tools array);
 3. per-call round trip over stdio: `list_external_lines` vs the same REST call made directly, and our
    overhead vs the SDK's trivial-tool round trip;
-4. the same over streamable HTTP.
+4. the same over streamable HTTP;
+5. the shared service (replicas.py): the Redis store's per-call overhead, and calls/s through 1 and 3 replicas.
 
 Prints a table and writes `benchmarks/results/latest.json`. Machines here are shared and small, so
 every figure is a median and the ratios matter more than the absolutes.
@@ -43,6 +44,8 @@ from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 
 from b24_telephony_mcp.sandbox import RunningSandbox, SandboxConfig, start_sandbox
+from replicas import measure_replicas
+from replicas import rows as replica_rows
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -59,7 +62,7 @@ BLOCK = 25
 # A fresh sandbox has no lines, and an empty list would spare the JSON and schema-validation paths.
 SEED_LINES = 5
 
-OVERALL_TIMEOUT = 240.0
+OVERALL_TIMEOUT = 480.0
 SPAWN_TIMEOUT = 30.0
 CALL_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0
@@ -95,6 +98,8 @@ def fmt(value: float | None, unit: str) -> str:
         return f"{value:,.0f} B"
     if unit == "s":
         return f"{value:.3f} s"
+    if unit == "calls/s":
+        return f"{value:,.0f} calls/s"
     return f"{value:.2f} ms"
 
 
@@ -407,6 +412,26 @@ async def measure_calls(stack: AsyncExitStack) -> tuple[dict[str, Any], list[Std
         }
     )
     stats = {name: summary(values, scale=1000.0) for name, values in samples.items()}
+
+    async def start_server(name: str, env: dict[str, str]) -> str:
+        args = [*OUR_ARGS, "--transport", "http", "--host", "127.0.0.1", "--port", "0"]
+        url, log = await stack.enter_async_context(http_server(name, args, env))
+        logs.append(log)
+        return url
+
+    async def connect(url: str) -> Client:
+        return await stack.enter_async_context(http_mcp_client(url, mcp_token, stack))
+
+    shared = await measure_replicas(
+        stack,
+        app_env(sandbox, tmp / "tokens-shared.json"),
+        mcp_token,
+        start_server,
+        connect,
+        sample_interleaved,
+        tool_call,
+        progress,
+    )
     direct = stats["direct_rest"]["median"]
     derived: dict[str, Any] = {}
     # Each transport is compared with the SDK floor in the same response mode: our HTTP transport answers
@@ -422,7 +447,7 @@ async def measure_calls(stack: AsyncExitStack) -> tuple[dict[str, Any], list[Std
             "overhead_vs_floor": (ours - direct) / floor,
             "ours_vs_direct": ours / direct,
         }
-    return {"per_call_ms": stats, "per_call": derived}, logs
+    return {"per_call_ms": stats, "per_call": derived, "shared_service": shared}, logs
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -554,7 +579,9 @@ async def run() -> dict[str, Any]:
         **calls,
         "notes": notes,
     }
-    report["table"] = build_rows(report["cold_start_s"], size, report["per_call"])
+    report["table"] = build_rows(report["cold_start_s"], size, report["per_call"]) + replica_rows(
+        report["shared_service"], row
+    )
     return report
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from b24_telephony_mcp.sandbox import RunningSandbox, SandboxConfig, start_sandbox
+from redis_server import RedisServer
 
 
 @pytest.fixture
@@ -23,3 +24,10 @@ def sandbox() -> Iterator[RunningSandbox]:
 @pytest.fixture
 def token_file(tmp_path: Path) -> Path:
     return tmp_path / "state" / "tokens.json"
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One real redis-server for the whole session; tests keep apart through their own portal (own keys)."""
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server

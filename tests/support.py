@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,38 +96,59 @@ class HttpServer:
 
 @contextmanager
 def http_server(env: Mapping[str, str], transport: str = "http", *args: str) -> Iterator[HttpServer]:
-    process = subprocess.Popen(
-        server_command("--transport", transport, "--port", "0", *args),
-        env=dict(env),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    with http_servers([env], transport, *args) as servers:
+        yield servers[0]
+
+
+@contextmanager
+def http_servers(envs: Sequence[Mapping[str, str]], transport: str = "http", *args: str) -> Iterator[list[HttpServer]]:
+    """One server process per environment (replicas), all spawned before any is waited for."""
+    processes = [
+        subprocess.Popen(
+            server_command("--transport", transport, "--port", "0", *args),
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for env in envs
+    ]
+    servers: list[HttpServer] = []
+    drains: list[threading.Thread] = []
+    try:
+        for process in processes:
+            server = _announced(process)
+            # Keep draining stderr so the child never blocks on a full pipe; tests read the lines afterwards.
+            drain = threading.Thread(target=lambda s=server: s.stderr_lines.extend(s.process.stderr or ()), daemon=True)
+            drain.start()
+            servers.append(server)
+            drains.append(drain)
+        yield servers
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.terminate()
+        for process in processes:
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        for drain in drains:
+            drain.join(5)
+
+
+def _announced(process: subprocess.Popen[str]) -> HttpServer:
+    """The server once it announced its URL on stderr, or AssertionError with what it wrote instead."""
     assert process.stderr is not None
     lines: list[str] = []
-    url = ""
     for line in process.stderr:
         lines.append(line)
         if "serving MCP over" in line:
-            url = line.rsplit(" at ", 1)[1].strip()
-            break
-    if not url:
-        process.wait(5)
-        raise AssertionError(f"server did not start: {''.join(lines)}")
-    # Keep draining stderr so the child never blocks on a full pipe; tests read the lines afterwards.
-    drain = threading.Thread(target=lambda: lines.extend(process.stderr or ()), daemon=True)
-    drain.start()
-    try:
-        yield HttpServer(process, url, lines)
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        drain.join(5)
+            return HttpServer(process, line.rsplit(" at ", 1)[1].strip(), lines)
+    process.wait(5)
+    raise AssertionError(f"server did not start: {''.join(lines)}")
 
 
 @asynccontextmanager

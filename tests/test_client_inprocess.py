@@ -11,7 +11,7 @@ from typing import Any
 import httpx2
 import pytest
 
-from b24_telephony_mcp.bitrix import BitrixClient, BitrixError, OAuthAuth, TokenPair, TokenStore
+from b24_telephony_mcp.bitrix import BitrixClient, BitrixError, FilePairStore, OAuthAuth, TokenPair, TokenStore
 from b24_telephony_mcp.bitrix.errors import TOKEN_REFRESH_FAILED
 from b24_telephony_mcp.sandbox import RunningSandbox
 
@@ -23,15 +23,15 @@ class FullDiskStore(TokenStore):
         raise OSError(28, "No space left on device")
 
 
-def oauth_client(
+async def oauth_client(
     sandbox: RunningSandbox, store: TokenStore, initial: TokenPair | None, token_url: str | None = None
 ) -> BitrixClient:
-    auth = OAuthAuth(
+    auth = await OAuthAuth.open(
         sandbox.base_url,
         sandbox.config.client_id,
         sandbox.config.client_secret,
         token_url or sandbox.token_url,
-        store,
+        FilePairStore(store),
         initial,
     )
     return BitrixClient(auth, rate=1000, burst=10000)
@@ -46,7 +46,7 @@ async def test_rotated_pair_survives_a_failed_save(
     sandbox: RunningSandbox, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     installation = TokenPair(sandbox.access_token, sandbox.refresh_token)
-    client = oauth_client(sandbox, FullDiskStore(tmp_path / "tokens.json"), installation)
+    client = await oauth_client(sandbox, FullDiskStore(tmp_path / "tokens.json"), installation)
     assert isinstance(client.auth, OAuthAuth)
     httpx2.post(f"{sandbox.base_url}/_sandbox/expire-tokens")
     with caplog.at_level(logging.ERROR):
@@ -61,7 +61,7 @@ async def test_rotated_pair_survives_a_failed_save(
 
 async def test_corrupt_token_file_at_refresh_is_a_clear_error(sandbox: RunningSandbox, tmp_path: Path) -> None:
     token_file = tmp_path / "tokens.json"
-    client = oauth_client(sandbox, TokenStore(token_file), TokenPair(sandbox.access_token, sandbox.refresh_token))
+    client = await oauth_client(sandbox, TokenStore(token_file), TokenPair(sandbox.access_token, sandbox.refresh_token))
     token_file.write_text("{not json")
     httpx2.post(f"{sandbox.base_url}/_sandbox/expire-tokens")
     with pytest.raises(BitrixError) as caught:
@@ -76,7 +76,7 @@ async def test_a_token_revoked_by_another_clients_refresh_is_replaced_from_the_f
     sandbox: RunningSandbox, token_file: Path
 ) -> None:
     installation = TokenPair(sandbox.access_token, sandbox.refresh_token)
-    first, second = (oauth_client(sandbox, TokenStore(token_file), installation) for _ in range(2))
+    first, second = [await oauth_client(sandbox, TokenStore(token_file), installation) for _ in range(2)]
     try:
         assert (await first.call("telephony.externalLine.get", read_only=True)).result == []
         httpx2.post(f"{sandbox.base_url}/_sandbox/expire-tokens")
@@ -96,21 +96,26 @@ async def test_a_token_revoked_by_another_clients_refresh_is_replaced_from_the_f
 
 async def test_an_unknown_token_with_nothing_newer_is_reported(sandbox: RunningSandbox, token_file: Path) -> None:
     bogus = TokenPair(secrets.token_hex(16), secrets.token_hex(16))
-    client = oauth_client(sandbox, TokenStore(token_file), bogus)
+    client = await oauth_client(sandbox, TokenStore(token_file), bogus)
     try:
         with pytest.raises(BitrixError) as caught:
             await client.call("telephony.externalLine.get", read_only=True)
     finally:
         await client.aclose()
     assert (caught.value.code, caught.value.http_status) == ("invalid_token", 401)
-    assert stats(sandbox) == {"requests": {"telephony.externalline.get": 1}, "refreshes": 0}
+    assert stats(sandbox) == {
+        "requests": {"telephony.externalline.get": 1},
+        "refreshes": 0,
+        "limited": 0,
+        "token_requests": 0,
+    }
     assert TokenStore(token_file).load() is None, "nothing was rotated"
 
 
 async def test_an_unreachable_oauth_server_is_reported_with_a_hint(sandbox: RunningSandbox, token_file: Path) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as closed:
         closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
-        client = oauth_client(
+        client = await oauth_client(
             sandbox,
             TokenStore(token_file),
             TokenPair(sandbox.access_token, sandbox.refresh_token),

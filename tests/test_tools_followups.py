@@ -244,7 +244,10 @@ async def test_expired_token_on_a_rest_3_call_refreshes_and_repeats(sandbox: Run
         fields = await tools.ok(FIELDS, {"select": ["name"]})
         assert len(fields["items"]) == len(ROOT)
     stats = httpx2.get(f"{sandbox.base_url}/_sandbox/stats").json()
-    assert stats == {"requests": {"call.followup.field.list": 2}, "refreshes": 1}  # expired, refreshed, repeated
+    assert (stats["requests"], stats["refreshes"]) == (
+        {"call.followup.field.list": 2},
+        1,
+    )  # expired, refreshed, repeated
     assert sandbox.access_token not in await anyio.Path(token_file).read_text(encoding="utf-8")  # rotated, saved
 
 

@@ -18,10 +18,11 @@ import traceback
 from pathlib import Path
 from typing import Literal
 
+import anyio
 import pytest
 from pydantic import BaseModel, ConfigDict, Field
 
-from b24_telephony_mcp.bitrix import BitrixError, OAuthAuth, TokenPair, TokenStore
+from b24_telephony_mcp.bitrix import BitrixError, FilePairStore, OAuthAuth, TokenPair, TokenStore
 from b24_telephony_mcp.bitrix.client import _page_title
 from b24_telephony_mcp.bitrix.errors import (
     ERROR_CORE,
@@ -335,7 +336,7 @@ def test_build_client_with_a_corrupt_token_file_is_a_config_error(tmp_path: Path
     token_file.write_text("garbage-that-might-be-a-secret", encoding="utf-8")
     settings = load_settings({**APP_ENV, "B24_TOKEN_FILE": str(token_file)})
     with pytest.raises(ConfigError, match="not a valid token file") as caught:
-        build_client(settings)
+        anyio.run(build_client, settings)
     assert "garbage" not in str(caught.value)
 
 
@@ -383,6 +384,14 @@ def test_stale_environment_tokens_are_secrets_even_when_the_file_wins(tmp_path: 
     store = TokenStore(tmp_path / "tokens.json")
     store.save(TokenPair(secrets.token_hex(16), secrets.token_hex(16)))
     stale = TokenPair(secrets.token_hex(16), secrets.token_hex(16))
-    auth = OAuthAuth("https://p.bitrix24.com", "id", secrets.token_hex(16), "https://o.example/", store, stale)
+    auth = anyio.run(
+        OAuthAuth.open,
+        "https://p.bitrix24.com",
+        "id",
+        secrets.token_hex(16),
+        "https://o.example/",
+        FilePairStore(store),
+        stale,
+    )
     assert auth.tokens == store.load()
     assert redact(json.dumps([stale.access_token, stale.refresh_token])) == '["***", "***"]'

@@ -25,13 +25,16 @@ from b24_telephony_mcp.config import (
     Selection,
     Settings,
     build_client,
+    is_ready,
     launch_env,
     load_settings,
+    open_state,
+    shared_approvals,
     split_names,
 )
 from b24_telephony_mcp.net import is_loopback_host, url_host
 from b24_telephony_mcp.profiles import DEFAULT_PROFILE
-from b24_telephony_mcp.redact import RedactingFormatter, register_secret
+from b24_telephony_mcp.redact import JsonFormatter, RedactingFormatter, register_secret
 from b24_telephony_mcp.tools import DEFAULT_TOOLSETS, TOOLSETS, ToolContext
 
 if TYPE_CHECKING:
@@ -118,6 +121,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default="stdio",
         help="stdio: the client starts the server (default); http: it connects to one at --host/--port",
     )
+    store = commands.add_parser(
+        "store", help="move the application's token pair between its token file and Redis (B24_REDIS_URL)"
+    )
+    store.add_argument("action", choices=("import", "export"), help="import: file -> Redis; export: Redis -> file")
+    store.add_argument("--file", type=Path, help="the token file or profile (default: the server's token file)")
+    store.add_argument("--force", action="store_true", help="overwrite even a pair that looks newer")
+    store.add_argument("--profile", metavar="NAME", default=argparse.SUPPRESS, help=PROFILE_HELP)
     return parser.parse_args(argv)
 
 
@@ -135,8 +145,12 @@ def configure_logging(default: str = "INFO") -> None:
     level = raw_level.strip().upper() or default
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         raise ConfigError(f"B24_LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {raw_level!r}.")
+    log_format = os.environ.get("B24_LOG_FORMAT", "").strip().lower() or "text"
+    if log_format not in ("text", "json"):
+        raise ConfigError(f"B24_LOG_FORMAT must be text or json, got {log_format!r}.")
     handler = logging.StreamHandler(sys.stderr)  # stdout is the stdio protocol stream
-    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    text = RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler.setFormatter(JsonFormatter() if log_format == "json" else text)
     handler.setLevel(level)  # a client's logging/setLevel may lower our loggers' level; stderr keeps this one
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -180,6 +194,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_doctor(args)
     if args.command == "config":
         return run_config(args)
+    if args.command == "store":
+        from b24_telephony_mcp.store_cli import run_store_command
+
+        try:
+            sys.stdout.write(anyio.run(run_store_command, args.action, args.file, args.force, args.profile) + "\n")
+        except ConfigError as exc:
+            return fail(str(exc))
+        return 0
 
     token = None
     if args.transport != "stdio":
@@ -216,13 +238,16 @@ async def serve(args: argparse.Namespace, token: str | None) -> None:
     async with AsyncExitStack() as stack:
         settings = settings_for(args, stack)
         offer = selection_from(args, settings.selection).offer()
-        client = build_client(settings)
+        state = await open_state(settings)
+        if state is not None:
+            stack.push_async_callback(state.aclose)
+        client = await build_client(settings, state)
         stack.push_async_callback(client.aclose)
 
         context = ToolContext(
             settings.files, reveal_sip_passwords=settings.reveal_sip_passwords, confirm_calls=settings.confirm_calls
         )
-        server = build_server(client, context, offer)
+        server = build_server(client, context, offer, await shared_approvals(state))
         if args.transport == "stdio":
             async with stdio_server() as (read_stream, write_stream):
                 await server.run(read_stream, write_stream, server.create_initialization_options())
@@ -239,6 +264,8 @@ async def serve(args: argparse.Namespace, token: str | None) -> None:
                 extra_hosts=os.environ.get("B24_MCP_ALLOWED_HOSTS", "").split(","),
                 server_requests=any(spec.confirm is not None for spec in offer.possible()),  # asking mid-call
                 announce=lambda url: sys.stderr.write(f"{PROG}: serving MCP over {args.transport} at {url}\n"),
+                ready=lambda: is_ready(client, state),
+                stateless=settings.stateless_http,
             )
 
 

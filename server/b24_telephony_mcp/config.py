@@ -9,10 +9,14 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from b24_telephony_mcp.bitrix import BitrixClient, OAuthAuth, TokenPair, TokenStore, WebhookAuth
+import anyio.to_thread
+
+from b24_telephony_mcp.bitrix import BitrixClient, BitrixError, OAuthAuth, TokenPair, TokenStore, WebhookAuth
 from b24_telephony_mcp.bitrix.limits import DEFAULT_BURST, DEFAULT_RATE
+from b24_telephony_mcp.bitrix.pair_store import FilePairStore, PairStore
 from b24_telephony_mcp.net import is_loopback_host
 from b24_telephony_mcp.profiles import (
     DEFAULT_PROFILE,
@@ -26,6 +30,9 @@ from b24_telephony_mcp.profiles import (
 from b24_telephony_mcp.tools import ToolSpec, UnknownNameError
 from b24_telephony_mcp.tools.dynamic import ToolOffer
 from b24_telephony_mcp.tools.files import DEFAULT_MAX_MB, MIB, FilePolicy
+
+if TYPE_CHECKING:
+    from b24_telephony_mcp.bitrix.redis_state import RedisApprovals, RedisState
 
 DEFAULT_TOKEN_URL = "https://oauth.bitrix.info/oauth/token/"
 
@@ -51,7 +58,11 @@ PRECEDENCE: tuple[tuple[str, str], ...] = (
         "token pair",
         "the token store once it holds a pair (rotated tokens win), then B24_ACCESS_TOKEN and B24_REFRESH_TOKEN",
     ),
-    ("token store", "B24_TOKEN_FILE, then the profile file, then ~/.local/state/b24-telephony-mcp/tokens-<hash>.json"),
+    (
+        "token store",
+        "B24_REDIS_URL (Redis, seeded from the file below), then B24_TOKEN_FILE, then the profile file, then "
+        "~/.local/state/b24-telephony-mcp/tokens-<hash>.json",
+    ),
     ("profiles directory", "B24_CONFIG_DIR, then $XDG_CONFIG_HOME/b24-telephony-mcp, then ~/.config/b24-telephony-mcp"),
 )
 """Which source wins, setting by setting: the table `--help` and the README show."""
@@ -123,6 +134,12 @@ class Settings:
             return "webhook"
         return "profile" if self.portal.profile else "app variables"
 
+    redis_url: str | None = field(default=None, repr=False)
+    """B24_REDIS_URL: state shared with other replicas lives in Redis (None: files, this process only)."""
+    stateless_http: bool = False
+    """Streamable HTTP keeps no MCP session, so any replica answers any request (B24_MCP_STATELESS; default: on
+    with B24_REDIS_URL)."""
+
 
 def load_settings(
     env: Mapping[str, str] = os.environ,
@@ -144,6 +161,7 @@ def load_settings(
         dynamic=_flag(env, "B24_DYNAMIC_TOOLSETS"),
     )
     selection.offer()  # unknown names fail at start, not at the first tools/list
+    redis_url = _redis_url(env)
     return Settings(
         portal=portal or resolve_portal(env, profile),
         files=files,
@@ -153,7 +171,38 @@ def load_settings(
         reveal_sip_passwords=_flag(env, "B24_REVEAL_SIP_PASSWORDS"),
         confirm_calls=_flag(env, "B24_CONFIRM_CALLS") if env.get("B24_CONFIRM_CALLS", "").strip() else True,
         sandbox=portal is not None,
+        redis_url=redis_url,
+        stateless_http=_flag(env, "B24_MCP_STATELESS") if env.get("B24_MCP_STATELESS") else redis_url is not None,
     )
+
+
+def _redis_url(env: Mapping[str, str]) -> str | None:
+    url = env.get("B24_REDIS_URL", "").strip()
+    if not url:
+        return None
+    from b24_telephony_mcp.bitrix.redis_state import check_redis_url
+
+    problem = check_redis_url(url)
+    if problem:
+        raise ConfigError(problem)
+    return url
+
+
+async def open_state(settings: Settings) -> RedisState | None:
+    """The shared state store (B24_REDIS_URL) once it answers, or None for this process's own files."""
+    if settings.redis_url is None:
+        return None
+    from b24_telephony_mcp.bitrix.redis_state import RedisState
+
+    state = RedisState(settings.redis_url)
+    try:
+        await state.ping()
+    except BitrixError as exc:
+        await state.aclose()
+        advice = "Check B24_REDIS_URL and that Redis runs and accepts connections from here."
+        description = exc.description[0].upper() + exc.description[1:]
+        raise ConfigError(f"{description}. {advice if exc.retryable else exc.hint}") from None
+    return state
 
 
 def split_names(raw: str) -> tuple[str, ...]:
@@ -398,23 +447,69 @@ def check_url(name: str, url: str) -> None:
     raise ConfigError(f"{name} is not an http(s) URL.")
 
 
-def build_client(settings: Settings) -> BitrixClient:
+async def shared_approvals(state: RedisState | None) -> RedisApprovals | None:
+    """What confirmations share across replicas (None: this process keeps its own)."""
+    if state is None:
+        return None
+    try:
+        return await state.approvals()
+    except BitrixError as exc:  # Redis went away since the start-up check
+        raise ConfigError(f"{exc.description}.") from None
+
+
+async def is_ready(client: BitrixClient, state: RedisState | None) -> bool:
+    """Whether this replica can serve a call: its state store answers and holds a token pair (application)."""
+    if state is None:
+        return True  # the pair is in this process's memory
+    try:
+        if isinstance(client.auth, OAuthAuth):
+            return await client.auth.store.load() is not None
+        await state.ping()
+    except (BitrixError, ValueError):
+        return False
+    return True
+
+
+async def build_client(settings: Settings, state: RedisState | None = None) -> BitrixClient:
+    """The REST client, its OAuth pair read from the store (seeded from the settings when it has none); with a
+    shared `state` (Redis) the pair and the rate limit are those of every replica."""
     portal = settings.portal
     if isinstance(portal, WebhookConfig):
         auth: WebhookAuth | OAuthAuth = WebhookAuth(portal.url)
+        portal_url = portal.url
     else:
+        portal_url = portal.portal_url
         try:
-            auth = OAuthAuth(
+            auth = await OAuthAuth.open(
                 portal.portal_url,
                 portal.client_id,
                 portal.client_secret,
                 portal.token_url,
-                TokenStore(portal.token_file),
-                portal.tokens,
+                pair_store(portal, state),
+                await seed_pair(portal, state),
             )
         except ValueError as exc:  # no tokens anywhere, or an unreadable token file
             raise ConfigError(str(exc)) from None
-    return BitrixClient(auth, rate=settings.rate, burst=settings.burst)
+        except BitrixError as exc:  # Redis failed between the start-up check and here
+            raise ConfigError(exc.description) from None
+    bucket = state.bucket(portal_url, settings.rate, settings.burst) if state is not None else None
+    return BitrixClient(auth, rate=settings.rate, burst=settings.burst, bucket=bucket)
+
+
+async def seed_pair(portal: AppConfig, state: RedisState | None) -> TokenPair | None:
+    """The pair an empty store starts from. The token file (or profile) wins over the environment, as it does
+    when it is the store: after a rotation the environment's pair is dead."""
+    if state is None:
+        return portal.tokens  # the file is the store: it is read as such
+    file_pair = await anyio.to_thread.run_sync(TokenStore(portal.token_file).load)
+    return file_pair or portal.tokens
+
+
+def pair_store(portal: AppConfig, state: RedisState | None) -> PairStore:
+    """Where the application's pair lives: Redis when replicas share `state`, else the token file."""
+    if state is not None:
+        return state.pair_store(portal.portal_url, portal.client_id)
+    return FilePairStore(TokenStore(portal.token_file))
 
 
 def _number(env: Mapping[str, str], name: str, default: float) -> float:

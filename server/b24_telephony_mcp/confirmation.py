@@ -24,7 +24,7 @@ import json
 import logging
 import secrets
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from mcp.server import Server
 from mcp.server.context import ServerRequestContext
@@ -71,11 +71,22 @@ _REFUSED = {
 }
 
 
-class Confirmations:
-    """One server's confirmation machinery: what seals the 2026-07-28 `requestState`, and the approvals spent."""
+class SharedApprovals(Protocol):
+    """What replicas share so that any of them honours a yes to a question another one asked (2026-07-28): the key
+    that seals `requestState`, and the record of each yes spent (`spend` is True only the first time, anywhere)."""
 
-    def __init__(self) -> None:
-        self._security = RequestStateSecurity.ephemeral()
+    key: bytes
+
+    async def spend(self, question_id: str, seconds: float) -> bool: ...
+
+
+class Confirmations:
+    """One server's confirmation machinery: what seals the 2026-07-28 `requestState`, and the approvals spent.
+    With `shared` (replicas on Redis) both are shared; otherwise they are this process's own."""
+
+    def __init__(self, shared: SharedApprovals | None = None) -> None:
+        self._security = RequestStateSecurity(keys=[shared.key]) if shared else RequestStateSecurity.ephemeral()
+        self._shared = shared
         self._spent: dict[str, float] = {}
         """Question ids already answered yes -> when their sealed state expires (then it cannot come back)."""
 
@@ -86,13 +97,16 @@ class Confirmations:
     def confirmer(self, ctx: ServerRequestContext[Any, Any], request: CallToolRequestParams) -> Confirmer:
         return Confirmer(ctx, request, self)
 
-    def spend(self, question_id: str) -> bool:
+    async def spend(self, question_id: str) -> bool:
         """True the first time a question id is spent; False when that yes was already used."""
+        keep = self._security.ttl + 60  # the boundary's expiry plus its clock skew
+        if self._shared is not None:
+            return await self._shared.spend(question_id, keep)
         now = time.monotonic()
         self._spent = {key: until for key, until in self._spent.items() if until > now}
         if question_id in self._spent:
             return False
-        self._spent[question_id] = now + self._security.ttl + 60  # the boundary's expiry plus its clock skew
+        self._spent[question_id] = now + keep
         return True
 
 
@@ -142,7 +156,7 @@ class Confirmer:
         """
         if is_version_at_least(self._ctx.protocol_version, INPUT_REQUIRED_VERSION):
             action = self._answer_in_request(question)
-            if action == "accept" and not self._confirmations.spend(str(self._request.request_state)):
+            if action == "accept" and not await self._confirmations.spend(str(self._request.request_state)):
                 log.warning("%s: a yes was sent again; asking anew instead of placing a second call", spec.name)
                 action = None
             if action is None:

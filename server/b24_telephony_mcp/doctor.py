@@ -26,7 +26,7 @@ from b24_telephony_mcp.bitrix import BitrixClient, BitrixError, OAuthAuth, Token
 from b24_telephony_mcp.bitrix.client import NETWORK_ERROR
 from b24_telephony_mcp.bitrix.errors import INVALID_ARGUMENTS, TOKEN_REFRESH_FAILED
 from b24_telephony_mcp.bitrix.limits import DEFAULT_BURST, DEFAULT_RATE
-from b24_telephony_mcp.config import AppConfig, ConfigError, Settings, build_client, profile_command
+from b24_telephony_mcp.config import AppConfig, ConfigError, Settings, build_client, open_state, profile_command
 from b24_telephony_mcp.redact import redact
 from b24_telephony_mcp.tools import ToolSpec
 
@@ -79,7 +79,7 @@ async def diagnose(settings: Settings, tools: Sequence[ToolSpec]) -> list[Check]
     app = portal if isinstance(portal, AppConfig) else None
     origin = _origin(app.portal_url if app else portal.url)
     checks = [setup_check(settings, origin)]
-    if app is not None:
+    if app is not None and settings.redis_url is None:  # with Redis the file is not the store
         checks.append(token_store_check(app))
     checks.append(await reachability_check(origin))
     blocked = next((check for check in checks if check.status == "fail"), None)
@@ -88,8 +88,16 @@ async def diagnose(settings: Settings, tools: Sequence[ToolSpec]) -> list[Check]
         skipped = [Check(name, "skip", f"not checked: {blocked.name} failed") for name in later]
         return [*checks, *skipped, rate_check(settings, {})]
     try:
-        client = build_client(settings)
+        # The state store the server would use: with B24_REDIS_URL a refresh here must land in Redis, never in a
+        # file the replicas do not read.
+        state = await open_state(settings)
     except ConfigError as exc:
+        return [*checks, Check("state store", "fail", str(exc), "fix B24_REDIS_URL or start Redis")]
+    try:
+        client = await build_client(settings, state)
+    except ConfigError as exc:
+        if state is not None:
+            await state.aclose()
         return [*checks, Check("credentials", "fail", str(exc), _login_fix(settings)), rate_check(settings, {})]
     try:
         credentials, info, renewed = await credentials_check(client, settings)
@@ -106,6 +114,8 @@ async def diagnose(settings: Settings, tools: Sequence[ToolSpec]) -> list[Check]
         checks.append(rate_check(settings, info))
     finally:
         await client.aclose()
+        if state is not None:
+            await state.aclose()
     return checks
 
 

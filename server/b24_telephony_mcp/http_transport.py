@@ -1,19 +1,22 @@
-"""Serving the MCP server over streamable HTTP (`/mcp`) or SSE (`/sse`).
+"""Serving the MCP server over streamable HTTP (`/mcp`) or SSE (`/sse`), with `/metrics` and health probes.
 
 Imported only for those transports, so a stdio start does not pay for uvicorn.
 
 The HTTP transports sit behind one guard: a foreign `Host` (DNS rebinding) gets 421, a foreign
 `Origin` (a web page in the user's browser) gets 403, a missing or wrong bearer token gets 401.
+Only the probes `/healthz` (the process answers) and `/readyz` (it can serve: state store reachable, token
+pair present) pass without checks, for load balancers and orchestrators; they say nothing but ok or not.
 """
 
 from __future__ import annotations
 
 import hmac
 import json
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 import uvicorn
 from mcp.server import Server
 from mcp.server.sse import SseServerTransport
@@ -24,6 +27,7 @@ from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from b24_telephony_mcp import metrics
 from b24_telephony_mcp.config import ConfigError
 from b24_telephony_mcp.net import is_loopback_host, listen_socket, url_host
 
@@ -31,18 +35,27 @@ from b24_telephony_mcp.net import is_loopback_host, listen_socket, url_host
 _SDK_CHECKS_OFF = TransportSecuritySettings(enable_dns_rebinding_protection=False)
 
 
+Readiness = Callable[[], Awaitable[bool]]
+READY_TIMEOUT = 3.0
+
+
 @dataclass(frozen=True)
 class HttpGuard:
-    """ASGI middleware: Host, then Origin, then the bearer token."""
+    """ASGI middleware: Host, then Origin, then the bearer token; `open_paths` are answered without checks."""
 
     app: ASGIApp
     token: str
     allowed_hosts: frozenset[str]
     allowed_origins: frozenset[str]
+    open_paths: Mapping[str, ASGIApp] = field(default_factory=dict)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        probe = self.open_paths.get(scope["path"])
+        if probe is not None:
+            await probe(scope, receive, send)
             return
         headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope["headers"]}
         refusal: tuple[int, str, dict[str, str]] | None = None
@@ -65,7 +78,14 @@ def _bearer_matches(header: str, token: str) -> bool:
     return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), token.encode())
 
 
-def guarded(app: ASGIApp, token: str, host: str, port: int, extra_hosts: Iterable[str] = ()) -> HttpGuard:
+def guarded(
+    app: ASGIApp,
+    token: str,
+    host: str,
+    port: int,
+    extra_hosts: Iterable[str] = (),
+    open_paths: Mapping[str, ASGIApp] | None = None,
+) -> HttpGuard:
     """Allow the loopback names and the bound host on this port, plus `extra_hosts`: exact `Host` values
     (e.g. `mcp.example.com` behind a TLS proxy) the user vouched for with B24_MCP_ALLOWED_HOSTS."""
     names = {"127.0.0.1", "localhost", "[::1]"}
@@ -74,20 +94,66 @@ def guarded(app: ASGIApp, token: str, host: str, port: int, extra_hosts: Iterabl
     hosts = {f"{name}:{port}" for name in names} | ({name for name in names} if port == 80 else set())
     hosts |= {extra.strip().lower() for extra in extra_hosts if extra.strip()}
     origins = {f"{scheme}://{hostport}" for scheme in ("http", "https") for hostport in hosts}
-    return HttpGuard(app, token, frozenset(hosts), frozenset(origins))
+    return HttpGuard(app, token, frozenset(hosts), frozenset(origins), open_paths or {})
 
 
-def streamable_http_app(server: Server[Any], server_requests: bool = False) -> Starlette:
+def probes(ready: Readiness) -> dict[str, ASGIApp]:
+    """`/healthz`: the process serves HTTP. `/readyz`: `ready()` said yes within READY_TIMEOUT."""
+
+    async def healthz(request: Request) -> Response:
+        return _status(200, "ok")
+
+    async def readyz(request: Request) -> Response:
+        with anyio.move_on_after(READY_TIMEOUT):
+            if await ready():
+                return _status(200, "ready")
+        return _status(503, "not ready")
+
+    return {
+        path: Route(path, endpoint, methods=["GET", "HEAD"])
+        for path, endpoint in (("/healthz", healthz), ("/readyz", readyz))
+    }
+
+
+def _status(code: int, status: str) -> Response:
+    return Response(json.dumps({"status": status}), code, {"Cache-Control": "no-store"}, media_type="application/json")
+
+
+def metrics_route() -> Route:
+    registry = metrics.enable()
+
+    async def serve_metrics(request: Request) -> Response:
+        return Response(metrics.render(registry), media_type=metrics.CONTENT_TYPE)
+
+    return Route("/metrics", serve_metrics, methods=["GET"])
+
+
+@dataclass(frozen=True)
+class AppOptions:
+    routes: list[Route]
+    """Served beside the transport's own, behind the guard (`/metrics`)."""
+    server_requests: bool = False
+    """Some tool sends the client requests mid-call (elicitation)."""
+    stateless: bool = False
+    """Streamable HTTP keeps no session: any replica answers any request."""
+
+
+def streamable_http_app(server: Server[Any], options: AppOptions) -> Starlette:
     # Plain JSON responses: an SSE stream per response costs ~30% of each round trip (make bench). But a request
     # from the server in the middle of a call (asking the user to confirm one, protocol 2025-11-25) can only ride
     # such a stream, so `server_requests` brings it back; a tool that reports progress would need it too.
     return server.streamable_http_app(
-        streamable_http_path="/mcp", json_response=not server_requests, transport_security=_SDK_CHECKS_OFF
+        streamable_http_path="/mcp",
+        json_response=not options.server_requests,
+        stateless_http=options.stateless,
+        transport_security=_SDK_CHECKS_OFF,
+        custom_starlette_routes=options.routes,
     )
 
 
-def sse_app(server: Server[Any], server_requests: bool = True) -> Starlette:
-    # `server_requests` changes nothing: the SSE transport's one stream carries the server's requests anyway.
+def sse_app(server: Server[Any], options: AppOptions) -> Starlette:
+    # Only `routes` apply: the SSE transport's one stream carries the server's requests anyway, and it pins a
+    # client to one process, so it cannot be stateless.
     transport = SseServerTransport("/messages/", security_settings=_SDK_CHECKS_OFF)
 
     async def handle_sse(request: Request) -> Response:
@@ -99,12 +165,13 @@ def sse_app(server: Server[Any], server_requests: bool = True) -> Starlette:
         routes=[
             Route("/sse", endpoint=handle_sse, methods=["GET"]),
             Mount("/messages/", app=transport.handle_post_message),
+            *options.routes,
         ]
     )
 
 
 # Each HTTP transport: the app serving it and the path clients connect to.
-APPS: dict[str, tuple[Callable[[Server[Any], bool], Starlette], str]] = {
+APPS: dict[str, tuple[Callable[[Server[Any], AppOptions], Starlette], str]] = {
     "http": (streamable_http_app, "/mcp"),
     "sse": (sse_app, "/sse"),
 }
@@ -119,9 +186,13 @@ async def serve_http(
     announce: Callable[[str], None],
     extra_hosts: Iterable[str] = (),
     server_requests: bool = False,
+    ready: Readiness | None = None,
+    stateless: bool = False,
 ) -> None:
     """Serve until cancelled; `announce` gets the URL once the socket listens. `server_requests`: some tool sends
-    the client requests mid-call (elicitation), so streamable HTTP answers with SSE streams."""
+    the client requests mid-call (elicitation), so streamable HTTP answers with SSE streams. `ready` answers
+    `/readyz` (default: always ready). `stateless`: streamable HTTP keeps no session, so any replica behind a load
+    balancer can answer any request."""
     try:
         sock = listen_socket(host, port)
     except OSError as exc:
@@ -132,8 +203,10 @@ async def serve_http(
     actual_port = sock.getsockname()[1]
     make_app, path = APPS[transport]
     url = f"http://{url_host(host)}:{actual_port}{path}"
+    app = make_app(server, AppOptions([metrics_route()], server_requests, stateless))
+    open_paths = probes(ready or _always_ready)
     config = uvicorn.Config(
-        guarded(make_app(server, server_requests), token, host, actual_port, extra_hosts),
+        guarded(app, token, host, actual_port, extra_hosts, open_paths),
         log_level="warning",
         access_log=False,
         # No handlers of uvicorn's own: its records reach the root handler, whose formatter redacts.
@@ -142,3 +215,7 @@ async def serve_http(
     )
     announce(url)
     await uvicorn.Server(config).serve(sockets=[sock])
+
+
+async def _always_ready() -> bool:
+    return True

@@ -7,8 +7,10 @@ formatter applies it to every record, tracebacks included.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Collection
+from datetime import UTC, datetime
 
 _MIN_SECRET_LENGTH = 6  # shorter values would redact ordinary words
 _secrets: set[str] = set()
@@ -36,3 +38,18 @@ class RedactingFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         return redact(super().format(record))
+
+
+class JsonFormatter(RedactingFormatter):
+    """One JSON object per line (B24_LOG_FORMAT=json): time (UTC), level, logger, message, exception; redacted."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": redact(record.getMessage()),
+        }
+        if record.exc_info:
+            entry["exception"] = redact(self.formatException(record.exc_info))
+        return redact(json.dumps(entry, ensure_ascii=False))

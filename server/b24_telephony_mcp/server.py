@@ -31,11 +31,11 @@ from mcp_types import (
 )
 from pydantic import ValidationError
 
-from b24_telephony_mcp import __version__
+from b24_telephony_mcp import __version__, metrics
 from b24_telephony_mcp.bitrix import BitrixClient, BitrixError
 from b24_telephony_mcp.bitrix.errors import INVALID_ARGUMENTS
 from b24_telephony_mcp.client_log import ClientLog
-from b24_telephony_mcp.confirmation import Confirmations, Confirmer, confirm_before_run
+from b24_telephony_mcp.confirmation import Confirmations, Confirmer, SharedApprovals, confirm_before_run
 from b24_telephony_mcp.redact import redact, register_secret
 from b24_telephony_mcp.tools import TOOLSETS, ToolContext, ToolSpec, select_tools
 from b24_telephony_mcp.tools.base import SECRET_ARGUMENTS, ToolRun, mask_secrets
@@ -238,16 +238,26 @@ class TelephonyServer(Server[Any]):
         )
 
 
+def _error_code(result: CallToolResult) -> str | None:
+    if not result.is_error or result.structured_content is None:
+        return None
+    return str(result.structured_content["error"]["code"])
+
+
 def build_server(
-    client: BitrixClient, context: ToolContext, tools: ToolOffer | Iterable[ToolSpec] | None = None
+    client: BitrixClient,
+    context: ToolContext,
+    tools: ToolOffer | Iterable[ToolSpec] | None = None,
+    approvals: SharedApprovals | None = None,
 ) -> TelephonyServer:
-    """The MCP server offering `tools` (default: the default toolsets)."""
+    """The MCP server offering `tools` (default: the default toolsets); `approvals` when replicas share state."""
     offer = tools if isinstance(tools, ToolOffer) else ToolOffer(select_tools() if tools is None else tools)
     client_log = ClientLog()
     # 2026-07-28 clients learn of a changed list through `subscriptions/listen`; handshake clients by notification.
     changes = InMemorySubscriptionBus() if offer.dynamic else None
     listing = (-1, ListToolsResult(tools=[]))
-    confirmations = Confirmations()  # asking the user before tools that declare `confirm` (confirmation.py)
+    # Asking the user before tools that declare `confirm` (confirmation.py); replicas share what that needs.
+    confirmations = Confirmations(approvals)
 
     async def list_tools(_ctx: Any, _params: PaginatedRequestParams | None) -> ListToolsResult:
         nonlocal listing
@@ -272,6 +282,8 @@ def build_server(
         if offer.version != version and changes is not None:
             server.instructions = instructions_for(offer)
             await announce_tools_changed(ctx, changes)
+        if isinstance(result, CallToolResult):  # not a question to the user (input_required): the call is done
+            metrics.tool_call(spec.name, _error_code(result))
         return result
 
     server = TelephonyServer(

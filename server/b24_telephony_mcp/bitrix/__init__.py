@@ -3,6 +3,7 @@
 from b24_telephony_mcp.bitrix.auth import AccessTokenAuth, Auth, OAuthAuth, WebhookAuth, request_tokens
 from b24_telephony_mcp.bitrix.client import BitrixClient, BitrixResponse, RetryPolicy
 from b24_telephony_mcp.bitrix.errors import BitrixError
+from b24_telephony_mcp.bitrix.pair_store import FilePairStore, PairStore, StalePairError
 from b24_telephony_mcp.bitrix.token_store import TokenPair, TokenStore
 
 __all__ = [
@@ -11,8 +12,11 @@ __all__ = [
     "BitrixClient",
     "BitrixError",
     "BitrixResponse",
+    "FilePairStore",
     "OAuthAuth",
+    "PairStore",
     "RetryPolicy",
+    "StalePairError",
     "TokenPair",
     "TokenStore",
     "WebhookAuth",

@@ -12,14 +12,18 @@ import time
 from typing import Any, Protocol
 
 import anyio
-import anyio.to_thread
 import httpx2
 
+from b24_telephony_mcp import metrics
 from b24_telephony_mcp.bitrix.errors import TOKEN_REFRESH_FAILED, BitrixError
-from b24_telephony_mcp.bitrix.token_store import TokenPair, TokenStore
+from b24_telephony_mcp.bitrix.pair_store import PairStore, StalePairError
+from b24_telephony_mcp.bitrix.token_store import TokenPair
 from b24_telephony_mcp.redact import register_secret
 
 log = logging.getLogger(__name__)
+
+_SAVE_ATTEMPTS = 3
+_SAVE_RETRY_DELAY = 0.5
 
 
 def rest_url(base: str, method: str, rest_api: int) -> str:
@@ -60,7 +64,8 @@ class WebhookAuth:
 
 
 class OAuthAuth:
-    """An application's token pair, persisted in a `TokenStore` and rotated on expiry."""
+    """An application's token pair, persisted in a `PairStore` (a file, or Redis for replicas) and rotated on
+    expiry. Start one with `open`, which reads the store."""
 
     def __init__(
         self,
@@ -68,23 +73,44 @@ class OAuthAuth:
         client_id: str,
         client_secret: str,
         token_url: str,
-        store: TokenStore,
-        initial: TokenPair | None,
+        store: PairStore,
+        pair: TokenPair,
     ) -> None:
         self._rest_base = portal_url.rstrip("/") + "/rest/"
         self._client_id = client_id
         self._client_secret = client_secret
         self._token_url = token_url
         self._store = store
-        # The token file wins over the environment: after a rotation the environment's pair is dead.
-        pair = store.load() or initial
-        if pair is None:
-            raise ValueError(f"no OAuth tokens: set B24_ACCESS_TOKEN and B24_REFRESH_TOKEN, or provide {store.path}")
         self._lock = anyio.Lock()
         register_secret(client_secret)
-        if initial is not None:
-            _register_pair(initial)  # stale once the file wins, but still credentials
         self._use(pair)
+
+    @classmethod
+    async def open(
+        cls,
+        portal_url: str,
+        client_id: str,
+        client_secret: str,
+        token_url: str,
+        store: PairStore,
+        initial: TokenPair | None,
+    ) -> OAuthAuth:
+        """Start from the stored pair, or from `initial` (environment, profile) when the store has none yet.
+
+        The store wins over `initial`: after a rotation the environment's pair is dead. ValueError when there
+        is no pair at all, or the stored one cannot be read.
+        """
+        register_secret(client_secret)
+        if initial is not None:
+            _register_pair(initial)  # stale once the store wins, but still credentials
+        pair = await store.seed(initial)
+        if pair is None:
+            raise ValueError(f"no OAuth tokens: set B24_ACCESS_TOKEN and B24_REFRESH_TOKEN, or provide {store.where}")
+        return cls(portal_url, client_id, client_secret, token_url, store, pair)
+
+    @property
+    def store(self) -> PairStore:
+        return self._store
 
     @property
     def tokens(self) -> TokenPair:
@@ -101,53 +127,74 @@ class OAuthAuth:
         """Renew the pair unless someone already did since `used_credential` was sent.
 
         Concurrent calls that all met `expired_token` queue on one lock; the first refreshes, the
-        rest find a newer token and just retry. The file lock extends that to other processes.
-        With `renew=False` (after `invalid_token`: a refresh elsewhere revokes the old access token)
-        only a newer pair, in memory or in the token file, is adopted; returns whether there was one.
+        rest find a newer token and just retry. The store's lock extends that to other processes (the file)
+        or replicas (Redis). With `renew=False` (after `invalid_token`: a refresh elsewhere revokes the old
+        access token) only a newer pair, in memory or in the store, is adopted; returns whether there was one.
         """
         async with self._lock:
             if self._pair.access_token != used_credential:
                 return True
-            file_lock = self._store.lock()
-            await anyio.to_thread.run_sync(file_lock.acquire)
-            try:
-                on_disk = self._load_store()
-                if on_disk is not None and on_disk.access_token != used_credential:
-                    self._use(on_disk)  # another process refreshed first
+            async with self._store.lock():
+                stored = await self._load_store()
+                if stored is not None and stored.access_token != used_credential:
+                    self._use(stored)  # another process refreshed first
+                    metrics.refresh("adopted")
                     return True
                 if not renew:
                     return False
-                new_pair = await self._request_new_pair(http)
-                # Persist before use: the old refresh token is already spent.
                 try:
-                    await anyio.to_thread.run_sync(self._store.save, new_pair)
-                    log.info("OAuth tokens refreshed and saved to %s", self._store.path)
-                except OSError as exc:
-                    # Dropping the pair would lock the application out for good; keep serving from
-                    # memory and say loudly that the file needs fixing.
-                    log.error(
-                        "OAuth tokens refreshed but NOT saved to %s (%s); they live only in this process "
-                        "until a later refresh can save them",
-                        self._store.path,
-                        exc.strerror or type(exc).__name__,
-                    )
+                    new_pair = await self._request_new_pair(http)
+                except BitrixError:
+                    metrics.refresh("failed")
+                    raise
+                metrics.refresh("refreshed")
+                # Persist before use: the old refresh token is already spent.
+                await self._save(new_pair, spent=self._pair.refresh_token)
                 self._use(new_pair)
                 return True
-            finally:
-                file_lock.release()
+
+    async def _save(self, pair: TokenPair, spent: str) -> None:
+        for attempt in range(_SAVE_ATTEMPTS):
+            try:
+                await self._store.save(pair, spent)
+            except StalePairError:
+                # Someone wrote another pair while this process held the lock (an import, say): never overwrite
+                # it. Both pairs were issued by the portal; this process goes on with the one it just got.
+                log.error(
+                    "OAuth tokens refreshed but NOT saved: %s holds a pair written meanwhile by someone else; "
+                    "this process keeps its own",
+                    self._store.where,
+                )
+                return
+            except (OSError, BitrixError) as exc:
+                if isinstance(exc, BitrixError) and exc.retryable and attempt + 1 < _SAVE_ATTEMPTS:
+                    await anyio.sleep(_SAVE_RETRY_DELAY)  # the state store blinked: the pair is too precious to drop
+                    continue
+                # Dropping the pair would lock the application out for good; keep serving from memory and say
+                # loudly that the store needs fixing.
+                reason = (exc.strerror or type(exc).__name__) if isinstance(exc, OSError) else exc.code
+                log.error(
+                    "OAuth tokens refreshed but NOT saved to %s (%s); they live only in this process "
+                    "until a later refresh can save them",
+                    self._store.where,
+                    reason,
+                )
+                return
+            log.info("OAuth tokens refreshed and saved to %s", self._store.where)
+            return
 
     def _use(self, pair: TokenPair) -> None:
         _register_pair(pair)
         self._pair = pair
 
-    def _load_store(self) -> TokenPair | None:
+    async def _load_store(self) -> TokenPair | None:
         try:
-            return self._store.load()
+            return await self._store.load()
         except ValueError as exc:
             raise BitrixError(
                 TOKEN_REFRESH_FAILED,
                 str(exc),
-                hint=f"Restore {self._store.path} or write a fresh token pair into it, then call again.",
+                hint=f"Restore {self._store.where} or write a fresh token pair into it, then call again.",
             ) from None
 
     async def _request_new_pair(self, http: httpx2.AsyncClient) -> TokenPair:

@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 import anyio
 import httpx2
 
-from b24_telephony_mcp import __version__
+from b24_telephony_mcp import __version__, metrics
 from b24_telephony_mcp.bitrix.auth import Auth
 from b24_telephony_mcp.bitrix.errors import (
     NETWORK_ERROR,
@@ -38,7 +38,7 @@ from b24_telephony_mcp.bitrix.errors import (
     BitrixError,
     error_from_envelope,
 )
-from b24_telephony_mcp.bitrix.limits import DEFAULT_BURST, DEFAULT_RATE, LeakyBucket, backoff_delay
+from b24_telephony_mcp.bitrix.limits import DEFAULT_BURST, DEFAULT_RATE, LeakyBucket, RequestBucket, backoff_delay
 from b24_telephony_mcp.net import is_loopback_host
 
 log = logging.getLogger(__name__)
@@ -79,10 +79,12 @@ class BitrixClient:
         timeout: float = 60.0,
         connect_timeout: float = 5.0,
         retry: RetryPolicy | None = None,
+        bucket: RequestBucket | None = None,
     ) -> None:
+        """`bucket` paces the requests (a shared one for replicas); by default a `LeakyBucket(rate, burst)`."""
         self.auth = auth
         self.retry = retry or RetryPolicy()
-        self._bucket = LeakyBucket(rate, burst)
+        self._bucket = bucket or LeakyBucket(rate, burst)
         self._timeout = httpx2.Timeout(timeout, connect=connect_timeout)
         self._pool: httpx2.AsyncClient | None = None
         self._blocked_until: dict[str, float] = {}
@@ -123,12 +125,16 @@ class BitrixClient:
         limit_retries = transient_retries = 0
         url: str | None = None
         while True:
-            await self._bucket.acquire()
+            waited = await self._bucket.acquire()
+            if waited > 0:
+                metrics.limiter_wait(waited)
             body, credential = self.auth.sign(params)
             url = url if redirected else self.auth.url_for(method, rest_api)
+            sent = time.perf_counter()
             try:
                 response = await self._http.post(url, json=body)
             except httpx2.HTTPError as exc:
+                metrics.rest_request(method, None, time.perf_counter() - sent)
                 never_sent = isinstance(exc, httpx2.ConnectError | httpx2.ConnectTimeout)
                 safe = read_only or never_sent
                 if safe and transient_retries < self.retry.transient_retries:
@@ -141,6 +147,7 @@ class BitrixClient:
                     retryable=safe,
                     method=method,
                 ) from None
+            metrics.rest_request(method, response.status_code, time.perf_counter() - sent)
             if response.status_code in _REDIRECTS and not redirected:
                 # A portal whose address changed answers 302 to the new one (change-domen.md): repeat the POST
                 # there once, body and all; a followed redirect would have turned it into a GET.
@@ -156,6 +163,7 @@ class BitrixClient:
                         refreshed = True
                         continue
                 if error.code == QUERY_LIMIT_EXCEEDED and limit_retries < self.retry.limit_retries:
+                    metrics.limit_retry(method)
                     await self._backoff(limit_retries, method, error.code)
                     limit_retries += 1
                     continue

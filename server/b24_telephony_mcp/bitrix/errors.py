@@ -18,6 +18,7 @@ NETWORK_ERROR = "NETWORK_ERROR"
 UNEXPECTED_RESPONSE = "UNEXPECTED_RESPONSE"
 TOKEN_REFRESH_FAILED = "TOKEN_REFRESH_FAILED"
 FILE_REFUSED = "FILE_REFUSED"
+STATE_STORE_UNAVAILABLE = "STATE_STORE_UNAVAILABLE"
 
 ERROR_CORE = "ERROR_CORE"
 
@@ -71,6 +72,8 @@ _CODE_HINTS: dict[str, str] = {
     INVALID_ARGUMENTS: "Fix the arguments and call again.",
     TOKEN_REFRESH_FAILED: "The access token expired and the OAuth server did not renew it; check "
     "B24_OAUTH_TOKEN_URL and the network. The token file is unchanged, so a later call retries the refresh.",
+    STATE_STORE_UNAVAILABLE: "The shared state store (Redis, B24_REDIS_URL) could not be reached, so nothing was sent "
+    "to the portal; call again in a few seconds.",
 }
 
 

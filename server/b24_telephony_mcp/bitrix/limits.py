@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import random
 import time
+from typing import Protocol
 
 import anyio
 
 # Bitrix24 cloud plans: a bucket of 50 drained at 2 requests/s; Enterprise: 250 at 5/s.
 DEFAULT_RATE = 2.0
 DEFAULT_BURST = 50
+
+
+class RequestBucket(Protocol):
+    """Paces requests to one portal: `acquire` returns once one more request may go, with the seconds it waited.
+
+    `LeakyBucket` paces one process; a shared store's bucket (`RedisBucket`) paces every replica together.
+    """
+
+    async def acquire(self) -> float: ...
 
 
 class LeakyBucket:
@@ -28,7 +38,9 @@ class LeakyBucket:
         self._updated = time.monotonic()
         self._lock = anyio.Lock()
 
-    async def acquire(self) -> None:
+    async def acquire(self) -> float:
+        started = time.monotonic()
+        queued = self._lock.locked()  # behind a request that is sleeping for its slot
         async with self._lock:
             now = time.monotonic()
             self._level = max(0.0, self._level - (now - self._updated) * self.rate)
@@ -40,6 +52,7 @@ class LeakyBucket:
                 self._level -= overflow
                 self._updated = time.monotonic()
             self._level += 1
+        return time.monotonic() - started if queued or overflow > 0 else 0.0
 
 
 def backoff_delay(attempt: int, base: float = 0.5, cap: float = 8.0) -> float:

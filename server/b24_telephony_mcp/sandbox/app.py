@@ -32,12 +32,17 @@ Test-control endpoints (test hooks, answered to loopback clients only; not part 
 ``POST /_sandbox/expire-tokens``
     Every access token issued so far is now expired (refresh tokens stay usable).
 ``GET /_sandbox/stats``
-    ``{"requests": {"<lower-cased method>": n}, "refreshes": n}``; refreshes = successful refresh grants.
+    ``{"requests": {"<lower-cased method>": n}, "refreshes": n, "limited": n, "token_requests": n}``; refreshes =
+    successful refresh grants, limited = requests the leaky bucket refused with 503, token_requests = requests that
+    reached the token endpoint.
 ``POST /_sandbox/reset-stats``
     Zero the stats.
 ``GET /_sandbox/app``, ``POST /_sandbox/app``
     The application's ``client_id``, ``client_secret`` and ``handler_url``; POST JSON ``{"handler_url": ...}``
     changes the handler path (``login --sandbox`` points it at its listener).
+``POST /_sandbox/oauth-delay``
+    JSON ``{"seconds": 2.0}``: the token endpoint holds each request that long before it reads the grant; a client
+    that hangs up meanwhile (a process killed mid-refresh) has spent nothing. ``0`` ends the delay.
 
 The leaky bucket and the request stats count REST 2 and REST 3.0 requests alike, never the OAuth or control
 endpoints.
@@ -55,6 +60,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
+import anyio
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
@@ -266,6 +272,7 @@ class SandboxHttp:
         self.portal = portal
         self.bucket = LeakyBucket(portal.config.rate_limit, portal.config.rate_burst)
         self.faults: list[Fault] = []
+        self.oauth_delay = 0.0
 
     def _learn_base_url(self, request: Request) -> None:
         # create_app() may serve a portal the runner did not set up; its URL is then known on first contact.
@@ -295,6 +302,8 @@ class SandboxHttp:
         if fault is not None:
             return fault.response()
         if not self.bucket.admit():
+            with self.portal.lock:
+                self.portal.stats.limited += 1
             return _error(QUERY_LIMIT_EXCEEDED.exc(), api)
         try:
             params = await (_json_body_params(request) if api == 3 else _request_params(request))
@@ -316,6 +325,12 @@ class SandboxHttp:
     async def oauth_token(self, request: Request) -> Response:
         self._learn_base_url(request)
         params = await _request_params(request)
+        with self.portal.lock:
+            self.portal.stats.token_requests += 1
+        if self.oauth_delay > 0:
+            await anyio.sleep(self.oauth_delay)
+            if await request.is_disconnected():
+                return Response(status_code=499)  # nobody to hand a new pair to: the grant is not read
         try:
             return JSONResponse(self.portal.oauth_token(params))
         except SandboxRestError as exc:
@@ -367,6 +382,14 @@ class SandboxHttp:
         self.portal.reset_stats()
         return JSONResponse({"result": True})
 
+    async def set_oauth_delay(self, request: Request) -> Response:
+        try:
+            seconds = float(json.loads(await request.body() or b"{}")["seconds"])
+        except (ValueError, KeyError, TypeError):
+            return JSONResponse({"error": "INVALID_DELAY", "error_description": "expected seconds"}, status_code=400)
+        self.oauth_delay = max(0.0, seconds)
+        return JSONResponse({"result": True})
+
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -399,6 +422,7 @@ def create_app(portal: SandboxPortal) -> Starlette:
         Route("/_sandbox/expire-tokens", _loopback_only(http.expire_tokens), methods=["POST"]),
         Route("/_sandbox/stats", _loopback_only(http.stats), methods=["GET"]),
         Route("/_sandbox/reset-stats", _loopback_only(http.reset_stats), methods=["POST"]),
+        Route("/_sandbox/oauth-delay", _loopback_only(http.set_oauth_delay), methods=["POST"]),
     ]
     app = Starlette(routes=routes)
     app.state.sandbox = http

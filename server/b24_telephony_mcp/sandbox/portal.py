@@ -123,9 +123,18 @@ class TokenPair:
 class Stats:
     requests: Counter[str] = field(default_factory=Counter)
     refreshes: int = 0
+    limited: int = 0
+    """REST requests the leaky bucket refused (503 QUERY_LIMIT_EXCEEDED)."""
+    token_requests: int = 0
+    """Requests that reached the OAuth token endpoint, granted or not."""
 
     def as_dict(self) -> dict[str, Any]:
-        return {"requests": dict(self.requests), "refreshes": self.refreshes}
+        return {
+            "requests": dict(self.requests),
+            "refreshes": self.refreshes,
+            "limited": self.limited,
+            "token_requests": self.token_requests,
+        }
 
 
 LIST_LIMIT = 50
