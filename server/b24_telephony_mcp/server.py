@@ -82,8 +82,8 @@ def mcp_tool(spec: ToolSpec) -> Tool:
         description=spec.description,
         input_schema=spec.input_schema,
         output_schema=spec.output_schema,
+        # No annotations.title: Tool.title names the tool, and each copy is context paid on every turn.
         annotations=ToolAnnotations(
-            title=spec.title,
             read_only_hint=spec.effect.read_only,
             destructive_hint=spec.effect.destructive,
             idempotent_hint=spec.effect.idempotent,

@@ -126,7 +126,7 @@ class RowFieldsParams(RestParams):
 
     local_fields = frozenset({"fields"})
 
-    fields: list[str] | None = Field(None, description="Keep only these keys in each row (default: whole rows).")
+    fields: list[str] | None = Field(None, description="Keep only these keys of each row.")
 
     def shape_rows(self, result: Any) -> Any:
         if not self.fields or not isinstance(result, list):
@@ -266,10 +266,7 @@ class ToolSpec:
             properties |= {"total": {"type": "integer"}, "next": {"type": "integer"}}
         # Failures carry their details here too: an isError result whose structuredContent broke
         # the schema would be rejected by strict clients (TypeScript SDK, MCP Inspector).
-        properties["error"] = {
-            "type": "object",
-            "description": "On failure, instead of result",
-        }
+        properties["error"] = {"type": "object"}
         return {
             "type": "object",
             "properties": properties,

@@ -26,9 +26,11 @@ from b24_telephony_mcp.tools.files import RECORDING_EXTENSIONS
 
 CrmEntityType = Literal["CONTACT", "COMPANY", "LEAD"]
 
-CALL_ID_DESC = "CALL_ID returned by register_external_call."
-USER_ID_DESC = "Bitrix24 user ID. USER_ID or USER_PHONE_INNER is required."
-USER_PHONE_INNER_DESC = "The user's internal extension. USER_ID or USER_PHONE_INNER is required."
+CALL_ID_DESC = "From register_external_call."
+USER_ID_DESC = "User ID (or USER_PHONE_INNER)."
+USER_PHONE_INNER_DESC = "User's extension (or USER_ID)."
+FINISHED_CALL_ID_DESC = "From register_external_call; the call must be finished."
+ADD_TO_CHAT_DESC = "1 (default): notify the user's chat."
 
 # Method-specific hints, one tool per sentence: a sentence naming a tool the server does not offer is left out.
 USER_NOT_FOUND = ("User is not found", "Pass the USER_ID or USER_PHONE_INNER of an active Bitrix24 user.")
@@ -55,16 +57,13 @@ TRANSCRIPT_HINTS = (("Is it finished?", "Finish the call with finish_external_ca
 
 
 class SearchCrmParams(RestParams):
-    PHONE_NUMBER: str = Field(description="The client's phone number.")
+    PHONE_NUMBER: str = Field(description="Client's number.")
 
 
 class AssignedUser(RestResult):
+    # Also TIMEMAN_STATUS and the user's phones; named here: what routing a call needs.
     ID: int | str
-    TIMEMAN_STATUS: str | None = None
     USER_PHONE_INNER: str | None = None
-    WORK_PHONE: str | None = None
-    PERSONAL_PHONE: str | None = None
-    PERSONAL_MOBILE: str | None = None
 
 
 class CrmMatch(RestResult):
@@ -80,32 +79,24 @@ class RegisterCallParams(RestParams):
 
     USER_ID: int | None = Field(None, description=USER_ID_DESC)
     USER_PHONE_INNER: str | None = Field(None, description=USER_PHONE_INNER_DESC)
-    PHONE_NUMBER: str = Field(description="The client's phone number.")
+    PHONE_NUMBER: str = Field(description="Client's number.")
     TYPE: int_choice(1, 2, 3, 4, 5) = Field(  # type: ignore[valid-type]
-        description="1 outgoing, 2 incoming, 3 incoming with redirection, 4 callback, 5 informational."
+        description="1 out, 2 in, 3 in redirected, 4 callback, 5 info."
     )
-    CALL_START_DATE: str | None = Field(
-        None, description="ISO-8601 start time with timezone, e.g. 2026-03-07T10:20:30+03:00. Default: now."
-    )
+    CALL_START_DATE: str | None = Field(None, description="ISO 8601 with offset; default now.")
     CRM_CREATE: int_choice(0, 1) | None = Field(  # type: ignore[valid-type]
-        None, description="1: create a lead when no CRM record matches the number. Default 0."
+        None, description="1: create a lead for an unknown number."
     )
-    CRM_SOURCE: str | None = Field(None, description="CRM source STATUS_ID for a created lead.")
-    CRM_ENTITY_TYPE: CrmEntityType | None = Field(None, description="CRM record type to bind the call to.")
-    CRM_ENTITY_ID: int | None = Field(None, description="ID of the CRM record of CRM_ENTITY_TYPE.")
-    SHOW: int_choice(0, 1) | None = Field(  # type: ignore[valid-type]
-        None, description="1 (default): show the call card to the user."
-    )
+    CRM_SOURCE: str | None = Field(None, description="Source STATUS_ID of that lead.")
+    CRM_ENTITY_TYPE: CrmEntityType | None = Field(None, description="CRM record to bind the call to.")
+    CRM_ENTITY_ID: int | None = Field(None, description="Its ID.")
+    SHOW: int_choice(0, 1) | None = Field(None, description="1 (default): show the call card.")  # type: ignore[valid-type]
     ADD_TO_CHAT: int_choice(0, 1) | None = Field(  # type: ignore[valid-type]
-        None, description="1 (default): post a message about the call to the user's chat."
+        None, description=ADD_TO_CHAT_DESC
     )
-    CALL_LIST_ID: int | None = Field(None, description="Call list ID (from the ONEXTERNALCALLSTART event).")
-    LINE_NUMBER: str | None = Field(None, description="External line number; recommended, binds the call.")
-    EXTERNAL_CALL_ID: str | None = Field(
-        None,
-        description="Your PBX's unique ID of this call. Without it, a repeat registration within "
-        "30 minutes returns the existing CALL_ID.",
-    )
+    CALL_LIST_ID: int | None = Field(None, description="Call list ID.")
+    LINE_NUMBER: str | None = Field(None, description="External line number (recommended).")
+    EXTERNAL_CALL_ID: str | None = Field(None, description="Your PBX's ID of the call (dedupe key).")
 
 
 class RegisteredCall(RestResult):
@@ -124,23 +115,19 @@ class FinishCallParams(RestParams):
     at_least_one_of = (("USER_ID", "USER_PHONE_INNER"),)
 
     CALL_ID: str = Field(description=CALL_ID_DESC)
-    USER_ID: int | None = Field(None, description=USER_ID_DESC + " Made responsible for created CRM records.")
+    USER_ID: int | None = Field(None, description=USER_ID_DESC)
     USER_PHONE_INNER: str | None = Field(None, description=USER_PHONE_INNER_DESC)
-    DURATION: int | None = Field(None, description="Call duration in seconds. Default 0.")
-    COST: float | None = Field(None, description="Call cost. Default 0.")
-    COST_CURRENCY: str | None = Field(None, description="Currency of COST, e.g. USD.")
+    DURATION: int | None = Field(None, description="Seconds.")
+    COST: float | None = Field(None, description="Call cost.")
+    COST_CURRENCY: str | None = Field(None, description="E.g. USD.")
     STATUS_CODE: StatusCode | None = Field(
         None,
-        description="200 success, 304 missed, 603 declined, 603-S cancelled, 403 forbidden, 404 invalid "
-        "number, 486 busy, 484/503 direction unavailable, 480 temporarily unavailable, 402 insufficient "
-        "funds, 423 blocked, OTHER. Default 200 if DURATION > 0, else 304.",
+        description="SIP-style: 200 ok, 304 missed, 486 busy, 603 declined... Default 200 if DURATION>0, else 304.",
     )
-    FAILED_REASON: str | None = Field(None, description="Why the call failed, as text.")
-    RECORD_URL: str | None = Field(None, description="Deprecated: use attach_external_call_record.")
-    VOTE: int_choice(1, 2, 3, 4, 5) | None = Field(None, description="Call rating 1-5.")  # type: ignore[valid-type]
-    ADD_TO_CHAT: int_choice(0, 1) | None = Field(  # type: ignore[valid-type]
-        None, description="1 (default): post a message about the call to the user's chat."
-    )
+    FAILED_REASON: str | None = Field(None, description="Why it failed.")
+    RECORD_URL: str | None = Field(None, description="Deprecated: attach_external_call_record.")
+    VOTE: int_choice(1, 2, 3, 4, 5) | None = Field(None, description="Rating.")  # type: ignore[valid-type]
+    ADD_TO_CHAT: int_choice(0, 1) | None = Field(None, description=ADD_TO_CHAT_DESC)  # type: ignore[valid-type]
 
 
 class FinishedCall(RestResult):
@@ -160,14 +147,12 @@ class CallCardParams(RestParams):
 
 
 class AttachRecordParams(RestParams):
-    CALL_ID: str = Field(description=CALL_ID_DESC + " The call must be finished.")
-    RECORD_URL: str | None = Field(None, description="URL Bitrix24 downloads the recording from.")
-    FILENAME: str | None = Field(None, description="Recording file name, .wav or .mp3.")
-    FILE_CONTENT: str | None = Field(None, description="Recording, base64. Prefer file_path.")
+    CALL_ID: str = Field(description=FINISHED_CALL_ID_DESC)
+    RECORD_URL: str | None = Field(None, description="URL the portal downloads it from.")
+    FILENAME: str | None = Field(None, description=".wav or .mp3 name.")
+    FILE_CONTENT: str | None = Field(None, description="Base64; prefer file_path.")
     file_path: str | None = Field(
-        None,
-        description="Path of a local .wav/.mp3 under B24_FILES_DIR; this server reads and encodes it. "
-        "Give one of RECORD_URL, file_path, or FILENAME with FILE_CONTENT.",
+        None, description="Local .wav/.mp3 under B24_FILES_DIR. One of RECORD_URL, file_path, FILENAME+FILE_CONTENT."
     )
 
     @model_validator(mode="after")
@@ -188,15 +173,16 @@ class AttachedFile(RestResult):
 
 
 class TranscriptMessage(RestParams):
-    SIDE: Literal["User", "Client"] = Field(description="User (the employee) or Client.")
-    START_TIME: int = Field(ge=0, description="Start, seconds from the call start.")
-    STOP_TIME: int = Field(gt=0, description="End, seconds from the call start.")
-    MESSAGE: str = Field(description="What was said.")
+    # START_TIME/STOP_TIME: seconds into the call (the item description says so once).
+    SIDE: Literal["User", "Client"] = Field(description="User: the employee.")
+    START_TIME: int = Field(ge=0)
+    STOP_TIME: int = Field(gt=0)
+    MESSAGE: str
 
 
 class AttachTranscriptionParams(RestParams):
-    CALL_ID: str = Field(description=CALL_ID_DESC + " The call must be finished.")
-    MESSAGES: list[TranscriptMessage] = Field(description="The utterances, in order.")
+    CALL_ID: str = Field(description=FINISHED_CALL_ID_DESC)
+    MESSAGES: list[TranscriptMessage] = Field(description="Utterances in order; times in seconds into the call.")
     COST: float | None = Field(None, description="Transcription cost.")
     COST_CURRENCY: str | None = Field(None, description="Currency of COST.")
 
@@ -227,8 +213,7 @@ TOOLSET = Toolset(
             name="register_external_call",
             method="telephony.externalCall.register",
             title="Register external call",
-            description="Register the start of a call made through an external PBX; returns CALL_ID and the "
-            "CRM record the number matched. Then finish_external_call.",
+            description="Start of a call through your PBX; returns CALL_ID and the matched CRM record.",
             params=RegisterCallParams,
             result=RegisteredCall,
             effect=CREATES,
@@ -239,7 +224,7 @@ TOOLSET = Toolset(
             name="finish_external_call",
             method="telephony.externalCall.finish",
             title="Finish external call",
-            description="End a registered call: writes call statistics and the CRM call activity. Once per CALL_ID.",
+            description="End a registered call, once: writes statistics and the CRM activity.",
             params=FinishCallParams,
             result=FinishedCall,
             effect=CONSUMES,
@@ -250,7 +235,7 @@ TOOLSET = Toolset(
             name="show_external_call",
             method="telephony.externalCall.show",
             title="Show call card",
-            description="Open the call card of an active call for users. False if the call is not active.",
+            description="Show an active call's card to users; false if not active.",
             params=CallCardParams,
             result=bool,
             effect=SIGNALS,
@@ -259,7 +244,7 @@ TOOLSET = Toolset(
             name="hide_external_call",
             method="telephony.externalCall.hide",
             title="Hide call card",
-            description="Hide the call card of an active call for users. False if the call is not active.",
+            description="Hide an active call's card; false if not active.",
             params=CallCardParams,
             result=bool,
             effect=SIGNALS,
@@ -268,7 +253,7 @@ TOOLSET = Toolset(
             name="attach_external_call_record",
             method="telephony.externalCall.attachRecord",
             title="Attach call recording",
-            description="Attach a recording (.wav/.mp3) to a finished call; replaces an earlier one.",
+            description="Attach a .wav/.mp3 recording to a finished call (replaces one).",
             params=AttachRecordParams,
             result=AttachedFile,
             effect=CONSUMES,
@@ -279,7 +264,7 @@ TOOLSET = Toolset(
             name="search_crm_entities_by_phone",
             method="telephony.externalCall.searchCrmEntities",
             title="Find CRM client by phone",
-            description="Find CRM contacts, leads and companies with this phone number, with their responsible users.",
+            description="CRM contacts, leads and companies with this number, and who is responsible.",
             params=SearchCrmParams,
             result=list[CrmMatch],
             effect=READS,
@@ -289,7 +274,7 @@ TOOLSET = Toolset(
             name="attach_call_transcription",
             method="telephony.call.attachTranscription",
             title="Attach call transcript",
-            description="Attach a transcript (who said what, when) to a finished call.",
+            description="Attach a transcript to a finished call.",
             params=AttachTranscriptionParams,
             result=Transcript,
             effect=CREATES,

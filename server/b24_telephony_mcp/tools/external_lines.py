@@ -29,20 +29,20 @@ LINE_NOT_FOUND = ("Could not find line", "list_external_lines shows the numbers 
 
 
 class AddLineParams(RestParams):
-    NUMBER: str = Field(description="External line number; unique per application.")
+    NUMBER: str = Field(description="Line number, unique per app.")
     NAME: str | None = Field(None, description="Line name.")
     CRM_AUTO_CREATE: YesNo | None = Field(
-        None, description="Create a CRM record for outgoing calls to unknown numbers: Y (default) or N."
+        None, description="Y (default): outgoing calls to unknown numbers create a CRM record."
     )
 
 
 class UpdateLineParams(RestParams):
     at_least_one_of = (("NAME", "CRM_AUTO_CREATE"),)
 
-    NUMBER: str = Field(description=LINE_NUMBER_DESC + " Identifies the line; cannot be changed.")
-    NAME: str | None = Field(None, description="New name. NAME or CRM_AUTO_CREATE is required.")
+    NUMBER: str = Field(description=LINE_NUMBER_DESC)
+    NAME: str | None = Field(None, description="New name (or CRM_AUTO_CREATE).")
     CRM_AUTO_CREATE: YesNo | None = Field(
-        None, description="Create a CRM record for outgoing calls to unknown numbers: Y or N. Omit to keep it."
+        None, description="Y/N: outgoing calls to unknown numbers create a CRM record."
     )
 
 
@@ -69,7 +69,7 @@ TOOLSET = Toolset(
             name="add_external_line",
             method="telephony.externalLine.add",
             title="Add external line",
-            description="Add an external telephony line (a PBX or provider number) to the portal for this application.",
+            description="Add a line of your PBX or provider for this app.",
             params=AddLineParams,
             result=LineId,
             effect=CREATES,
@@ -85,7 +85,7 @@ TOOLSET = Toolset(
             name="update_external_line",
             method="telephony.externalLine.update",
             title="Update external line",
-            description="Rename an external line or change its CRM auto-creation setting.",
+            description="Rename a line or change its CRM auto-creation.",
             params=UpdateLineParams,
             result=LineId,
             effect=OVERWRITES,
@@ -96,7 +96,7 @@ TOOLSET = Toolset(
             name="list_external_lines",
             method="telephony.externalLine.get",
             title="List external lines",
-            description="List this application's external lines (NUMBER, NAME, CRM_AUTO_CREATE).",
+            description="This app's external lines.",
             params=NoParams,
             result=list[ExternalLine],
             effect=READS,
@@ -106,7 +106,7 @@ TOOLSET = Toolset(
             name="delete_external_line",
             method="telephony.externalLine.delete",
             title="Delete external line",
-            description="Delete an external line by its number.",
+            description="Delete an external line.",
             params=LineNumberParams,
             result=list[Any] | bool,
             effect=CONSUMES,

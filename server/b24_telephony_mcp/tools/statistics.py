@@ -91,13 +91,12 @@ def _check_filter(node: dict[str, Any], path: str = "") -> None:
 class StatisticParams(PagedParams, RowFieldsParams):
     FILTER: dict[str, Any] | None = Field(
         None,
-        description="Keys: field with optional prefix ! > >= < <= >< (between [a,b]) % (contains); list value: any "
-        "of. E.g. >=CALL_START_DATE (ISO 8601), PORTAL_USER_ID, PORTAL_NUMBER, CALL_TYPE (1 out, 2/3 in, 4 callback, "
-        "5 info), CALL_FAILED_CODE (200 ok, 304 missed, 486 busy).",
+        description="Field, optionally prefixed ! > >= < <= >< %; a list means any of. E.g. >=CALL_START_DATE (ISO), "
+        "PORTAL_USER_ID, PORTAL_NUMBER, CALL_TYPE, CALL_FAILED_CODE.",
     )
     SORT: str | None = Field(None, description="E.g. CALL_START_DATE.")
     ORDER: Literal["ASC", "DESC"] | None = Field(None, description="Default ASC.")
-    start: int | None = Field(None, ge=-1, description="0, 50, 100... (`next`); -1: no `total`, faster.")
+    start: int | None = Field(None, ge=-1, description="`next` of a page; -1: no total, faster.")
 
     @field_validator("FILTER")
     @classmethod
