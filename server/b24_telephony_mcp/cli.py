@@ -10,6 +10,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from contextlib import AsyncExitStack, ExitStack
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,16 +20,19 @@ from b24_telephony_mcp import __version__
 from b24_telephony_mcp.bitrix import TokenPair
 from b24_telephony_mcp.client_config import CLIENTS
 from b24_telephony_mcp.config import (
+    JOURNAL_NAME,
     PRECEDENCE,
     AppConfig,
     ConfigError,
     Selection,
     Settings,
+    application_key,
     build_client,
     launch_env,
     load_settings,
     split_names,
 )
+from b24_telephony_mcp.journal import SqliteCallJournal
 from b24_telephony_mcp.net import is_loopback_host, url_host
 from b24_telephony_mcp.profiles import DEFAULT_PROFILE
 from b24_telephony_mcp.redact import RedactingFormatter, register_secret
@@ -219,7 +223,11 @@ async def serve(args: argparse.Namespace, token: str | None) -> None:
         stack.push_async_callback(client.aclose)
 
         context = ToolContext(
-            settings.files, reveal_sip_passwords=settings.reveal_sip_passwords, confirm_calls=settings.confirm_calls
+            settings.files,
+            reveal_sip_passwords=settings.reveal_sip_passwords,
+            confirm_calls=settings.confirm_calls,
+            journal=SqliteCallJournal(settings.journal_file),
+            application=application_key(settings.portal),
         )
         server = build_server(client, context, tools)
         if args.transport == "stdio":
@@ -291,8 +299,9 @@ def selection_from(args: argparse.Namespace, from_env: Selection) -> Selection:
 
 
 def sandbox_settings(sandbox: RunningSandbox, token_dir: Path) -> Settings:
-    """App-mode settings pointing at the in-process sandbox portal, tokens in a throwaway file."""
-    return load_settings(
+    """App-mode settings pointing at the in-process sandbox portal, tokens and journal in a throwaway directory
+    (the portal forgets everything when it stops, so must they)."""
+    settings = load_settings(
         portal=AppConfig(
             portal_url=sandbox.base_url,
             client_id=sandbox.config.client_id,
@@ -302,6 +311,7 @@ def sandbox_settings(sandbox: RunningSandbox, token_dir: Path) -> Settings:
             token_url=sandbox.token_url,
         )
     )
+    return replace(settings, journal_file=token_dir / JOURNAL_NAME)
 
 
 if __name__ == "__main__":
