@@ -41,7 +41,22 @@ EXTRA_ARGUMENTS = {
     "attach_external_call_record": {"file_path"},
     "list_sip_connections": {"fields"},
     "get_call_statistics": {"fields"},
+    "log_external_call": {"file_path"},
 }
+# Tools of several REST calls, with the annotations they declare (read-only, destructive, idempotent) and why:
+# they are checked against the union of their methods' docs (test_composite_tools), not as one method's tool.
+COMPOSITES = {
+    # Repeating it changes nothing more (the journal answers); it overwrites and removes nothing.
+    "log_external_call": (False, False, True),
+    # It can run any offered tool, deleting lines included.
+    "run_batch": (False, True, False),
+}
+
+
+def single_method(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [tool for tool in tools if tool["name"] not in COMPOSITES]
+
+
 # The docs' parameter types in JSON Schema terms.
 DOC_TYPES = {
     "string": {"type": "string"},
@@ -151,7 +166,7 @@ def test_snapshot_of_selections(listings: dict[str, list[dict[str, Any]]]) -> No
 def test_one_tool_per_documented_method(tools: list[dict[str, Any]]) -> None:
     names = [tool["name"] for tool in tools]
     assert len(names) == len(set(names)), names
-    methods = [tool["_meta"]["b24/method"] for tool in tools]
+    methods = [tool["_meta"]["b24/method"] for tool in single_method(tools)]
     assert len(methods) == len(set(methods)), "one tool per REST method"
     assert set(methods) <= set(DOCS_BY_METHOD), "every tool calls a documented method"
 
@@ -194,7 +209,7 @@ def type_of(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_inputs_are_the_documented_rest_parameters(tools: list[dict[str, Any]]) -> None:
-    for tool in tools:
+    for tool in single_method(tools):
         name = tool["name"]
         docs = DOCS_BY_METHOD[tool["_meta"]["b24/method"]]["params"]
         schema = tool["inputSchema"]
@@ -204,22 +219,52 @@ def test_inputs_are_the_documented_rest_parameters(tools: list[dict[str, Any]]) 
         required = {p["name"] for p in docs if p["required"] and not p.get("required_one_of")}
         assert set(schema.get("required", [])) == required, name
         for param in docs:
-            prop = properties[param["name"]]
-            expected = DOC_TYPES[param["type"]]
-            shape = type_of(prop)
-            if "items" not in expected:
-                shape.pop("items", None)  # the docs do not type an array's items (REST 3.0 `select`: strings)
-            assert shape == expected, (name, param["name"], prop)
-            assert prop.get("description"), (name, param["name"])
-            enum = prop.get("enum", prop.get("items", {}).get("enum"))  # an array's enum is its items'
-            if "enum" in param:
-                assert [str(value) for value in enum or []] == param["enum"], (name, param["name"])
-            else:
-                assert enum is None, (name, param["name"])
+            check_documented_type(name, param, properties[param["name"]])
+            assert properties[param["name"]].get("description"), (name, param["name"])
+
+
+def check_documented_type(name: str, param: dict[str, Any], prop: dict[str, Any]) -> None:
+    expected = DOC_TYPES[param["type"]]
+    shape = type_of(prop)
+    if "items" not in expected:
+        shape.pop("items", None)  # the docs do not type an array's items (REST 3.0 `select`: strings)
+    assert shape == expected, (name, param["name"], prop)
+    enum = prop.get("enum", prop.get("items", {}).get("enum"))  # an array's enum is its items'
+    if "enum" in param:
+        assert [str(value) for value in enum or []] == param["enum"], (name, param["name"])
+    else:
+        assert enum is None, (name, param["name"])
+
+
+def test_composite_tools(tools: list[dict[str, Any]]) -> None:
+    by_name = {tool["name"]: tool for tool in tools}
+    for name, hints in COMPOSITES.items():
+        annotations = by_name[name]["annotations"]
+        assert (annotations["readOnlyHint"], annotations["destructiveHint"], annotations["idempotentHint"]) == hints
+
+    # log_external_call: the documented parameters of its four methods, typed as documented, under one name each
+    # (CALL_ID comes from its own register step); EXTERNAL_CALL_ID is its idempotency key, so required.
+    log_call = by_name["log_external_call"]
+    methods = log_call["_meta"]["b24/methods"]
+    assert methods[0] == log_call["_meta"]["b24/method"] == "telephony.externalCall.register"
+    assert set(methods) - set(DOCS_BY_METHOD) == {"batch"}
+    documented = [param for method in methods[:4] for param in DOCS_BY_METHOD[method]["params"]]
+    properties = log_call["inputSchema"]["properties"]
+    assert (
+        set(properties) == {param["name"] for param in documented} - {"CALL_ID"} | EXTRA_ARGUMENTS["log_external_call"]
+    )
+    assert set(log_call["inputSchema"]["required"]) == {"PHONE_NUMBER", "TYPE", "EXTERNAL_CALL_ID"}
+    for param in documented:
+        if param["name"] != "CALL_ID":
+            check_documented_type("log_external_call", param, properties[param["name"]])
+
+    run_batch = by_name["run_batch"]
+    assert run_batch["_meta"] == {"b24/method": "batch"}
+    assert set(run_batch["inputSchema"]["properties"]) == {"items", "halt"}
 
 
 def test_annotations_follow_the_documented_semantics(tools: list[dict[str, Any]]) -> None:
-    for tool in tools:
+    for tool in single_method(tools):
         facts = DOCS_BY_METHOD[tool["_meta"]["b24/method"]]
         annotations = tool["annotations"]
         destructive = facts["destructive"]

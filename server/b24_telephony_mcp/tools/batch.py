@@ -37,12 +37,13 @@ def batchable(spec: ToolSpec) -> bool:
 
 
 class BatchItem(RestParams):
-    tool: str = Field(description="Tool name.")
-    arguments: dict[str, Any] = Field(default_factory=dict, description="Its arguments.")
+    # Self-explanatory names, so no descriptions: every byte of tools/list is context.
+    tool: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
 
 
 class RunBatchParams(RestParams):
-    items: list[BatchItem] = Field(description="Tool calls, run in this order.")
+    items: list[BatchItem] = Field(description="Tool calls, in order.")
     halt: bool = Field(False, description="Stop at the first failure.")
 
 
@@ -209,8 +210,8 @@ RUN_BATCH = ToolSpec(
     name=NAME,
     method=BATCH_METHOD,
     title="Run tool calls in batches",
-    description="Run many calls of this server's tools in few Bitrix24 batch requests (50 calls each), in order. "
-    "Per item: the tool's own result or error. Use it for bulk work, e.g. logging many calls.",
+    description="Run many calls of this server's tools in few Bitrix24 batch requests (bulk work); per item, that "
+    "tool's own result or error.",
     params=RunBatchParams,
     result=BatchOutcome,
     # It can run any offered tool, deleting lines included.

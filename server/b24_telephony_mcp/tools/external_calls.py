@@ -6,11 +6,10 @@ Field names are the REST parameter names verbatim; descriptions are condensed fr
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, NotRequired
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, create_model, model_validator
 from pydantic.fields import FieldInfo
-from typing_extensions import TypedDict
 
 from b24_telephony_mcp.tools import call_log
 from b24_telephony_mcp.tools.base import (
@@ -273,6 +272,11 @@ def _without_call_id(model: type[RestParams], arguments: dict[str, Any]) -> dict
     return rest
 
 
+# The transcript's items without their descriptions (attach_call_transcription carries them).
+_LoggedMessage = create_model(
+    "LoggedMessage", __base__=RestParams, **_reused(TranscriptMessage, *TranscriptMessage.model_fields)
+)
+
 LogCallParams = create_model(
     "LogCallParams",
     __base__=_LogCallBase,
@@ -291,22 +295,16 @@ LogCallParams = create_model(
     **_reused(
         AttachTranscriptionParams,
         "MESSAGES",
-        MESSAGES=(list[TranscriptMessage] | None, Field(None, description="Transcript.")),
+        MESSAGES=(list[_LoggedMessage] | None, Field(None, description="Transcript.")),
     ),
 )
 
 
-class LoggedSteps(TypedDict):
-    # A TypedDict: a model's field named "register" would shadow BaseModel.register.
-    register: RegisteredCall
-    finish: FinishedCall
-    record: NotRequired[AttachedFile]
-    transcript: NotRequired[Transcript]
-
-
 class LoggedCall(RestResult):
     CALL_ID: str
-    steps: LoggedSteps
+    steps: dict[str, dict[str, Any]] = Field(
+        description="register, finish, record, transcript: each step's result, as its own tool returns it."
+    )
 
 
 TOOLSET = Toolset(
@@ -388,9 +386,8 @@ TOOLSET = Toolset(
             name="log_external_call",
             method="telephony.externalCall.register",
             title="Log finished call",
-            description="Log a finished call in one step: register, finish, attach recording and transcript "
-            "(fields as in those tools). Idempotent per EXTERNAL_CALL_ID: a repeat never logs twice and resumes "
-            "after a partial failure.",
+            description="Log a finished call in one step: register, finish, recording, transcript (fields as in "
+            "those tools). Idempotent per EXTERNAL_CALL_ID: a repeat never logs twice, and resumes a partial failure.",
             params=LogCallParams,
             result=LoggedCall,
             # Repeating it changes nothing more (the journal answers), and it removes nothing.
