@@ -128,7 +128,7 @@ def test_sandbox_command_serves_until_terminated() -> None:
         assert announcement["portal (app mode)"] == f"{base}/rest/"
         stats = httpx2.get(f"{base}/_sandbox/stats", timeout=10)
         assert stats.status_code == 200
-        assert stats.json() == {"requests": {}, "batched": {}, "refreshes": 0}
+        assert stats.json() == {"requests": {}, "refreshes": 0}
         # The announced credentials work.
         lines = httpx2.post(
             f"{base}/rest/telephony.externalLine.get", json={"auth": announcement["access_token"]}, timeout=10

@@ -103,7 +103,7 @@ async def test_an_unknown_token_with_nothing_newer_is_reported(sandbox: RunningS
     finally:
         await client.aclose()
     assert (caught.value.code, caught.value.http_status) == ("invalid_token", 401)
-    assert stats(sandbox) == {"requests": {"telephony.externalline.get": 1}, "batched": {}, "refreshes": 0}
+    assert stats(sandbox) == {"requests": {"telephony.externalline.get": 1}, "refreshes": 0}
     assert TokenStore(token_file).load() is None, "nothing was rotated"
 
 

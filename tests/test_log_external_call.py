@@ -70,7 +70,7 @@ def seen(sandbox: RunningSandbox) -> dict[str, dict[str, int]]:
     """What reached the portal since the last look (then zeroed)."""
     stats: dict[str, Any] = httpx2.get(f"{sandbox.base_url}/_sandbox/stats").json()
     httpx2.post(f"{sandbox.base_url}/_sandbox/reset-stats")
-    return {"requests": stats["requests"], "batched": stats["batched"]}
+    return {"requests": stats["requests"], "batched": stats.get("batched", {})}
 
 
 def fault(sandbox: RunningSandbox, method: str, **spec: Any) -> None:

@@ -5,18 +5,21 @@ notifications, cancellation between requests, and which selections offer it.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx2
 import pytest
 from mcp import Client
 
 from b24_telephony_mcp.sandbox import RunningSandbox, SandboxConfig, start_sandbox
 from b24_telephony_mcp.tools import select_tools
-from support import app_env, error_of, ok, stdio_session
+from support import app_env, error_of, http_server, http_session, ok, stdio_session
+from test_http import MCP_HEADERS, bearer, initialize
 from test_log_external_call import call, fault, registrations, seen
 from test_tools import ToolCaller
 
@@ -201,3 +204,61 @@ async def test_selections_and_read_only_mode(sandbox: RunningSandbox, tmp_path: 
         refused = items_of(await tools.ok("run_batch", {"items": [callback]}))[0]["error"]
         assert refused["code"] == "UNKNOWN_TOOL" and "start_callback" not in refused["description"].split(": ")[-1]
         assert seen(sandbox)["requests"] == {}
+
+
+async def test_progress_over_streamable_http_streams_only_that_request(sandbox: RunningSandbox, tmp_path: Path) -> None:
+    token = "progress-test-token"
+    env = app_env(sandbox, tmp_path / "tokens.json", B24_MCP_AUTH_TOKEN=token, XDG_STATE_HOME=str(tmp_path))
+    with http_server(env) as server:
+        reports: list[float] = []
+
+        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+            reports.append(progress)
+
+        for mode in ("legacy", "auto"):
+            reports.clear()
+            async with http_session(server.url, token, mode=mode) as client:
+                result = await client.call_tool(
+                    "run_batch", {"items": [SEARCH_ITEM] * 60}, progress_callback=on_progress
+                )
+                assert len(items_of(ok(result))) == 60
+                assert ok(await client.call_tool("list_external_lines", {})) == []
+            assert reports == [50, 60], mode
+
+        # On the wire: a call that asks for progress is answered with an SSE stream, any other with plain JSON.
+        headers = {**MCP_HEADERS, **bearer(token)}
+        async with httpx2.AsyncClient(timeout=10) as http:
+            opened = await initialize(http, server.url, bearer(token))
+            session_headers = {**headers, "Mcp-Session-Id": opened.headers["mcp-session-id"]}
+            initialized = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+            assert (await http.post(server.url, json=initialized, headers=session_headers)).status_code == 202
+            call = {"name": "run_batch", "arguments": {"items": [SEARCH_ITEM]}}
+            plain = await http.post(
+                server.url,
+                json={"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": call},
+                headers=session_headers,
+            )
+            assert plain.headers["content-type"].startswith("application/json")
+            assert not plain.json()["result"]["isError"]
+            streamed = await http.post(
+                server.url,
+                json={
+                    "jsonrpc": "2.0",
+                    "id": 3,
+                    "method": "tools/call",
+                    "params": {**call, "_meta": {"progressToken": 7}},
+                },
+                headers=session_headers,
+            )
+            assert streamed.headers["content-type"].startswith("text/event-stream")
+            events = [
+                json.loads(line[5:])
+                for line in streamed.text.splitlines()
+                if line.startswith("data:") and line[5:].strip()
+            ]
+            assert events[0] == {
+                "jsonrpc": "2.0",
+                "method": "notifications/progress",
+                "params": {"progressToken": 7, "progress": 1, "total": 1, "message": "1/1 items"},
+            }
+            assert events[-1]["id"] == 3 and not events[-1]["result"]["isError"]

@@ -35,8 +35,8 @@ Test-control endpoints (test hooks, answered to loopback clients only; not part 
     Every access token issued so far is now expired (refresh tokens stay usable).
 ``GET /_sandbox/stats``
     ``{"requests": {"<lower-cased method>": n}, "batched": {"<lower-cased method>": n}, "refreshes": n}``:
-    HTTP requests per method (a ``batch`` is one), the commands run inside batches per method, and successful
-    refresh grants.
+    HTTP requests per method (a ``batch`` is one), the commands run inside batches per method (the key appears
+    once a batch ran), and successful refresh grants.
 ``POST /_sandbox/reset-stats``
     Zero the stats.
 ``GET /_sandbox/app``, ``POST /_sandbox/app``

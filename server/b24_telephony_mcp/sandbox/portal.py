@@ -129,7 +129,9 @@ class Stats:
     refreshes: int = 0
 
     def as_dict(self) -> dict[str, Any]:
-        return {"requests": dict(self.requests), "batched": dict(self.batched), "refreshes": self.refreshes}
+        # "batched" only once a batch ran, so the stats of a portal never sent one read as before.
+        batched = {"batched": dict(self.batched)} if self.batched else {}
+        return {"requests": dict(self.requests), **batched, "refreshes": self.refreshes}
 
 
 @dataclass
