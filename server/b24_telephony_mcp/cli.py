@@ -222,11 +222,13 @@ async def serve(args: argparse.Namespace, token: str | None) -> None:
         client = build_client(settings)
         stack.push_async_callback(client.aclose)
 
+        journal = SqliteCallJournal(settings.journal_file)
+        stack.callback(journal.close)
         context = ToolContext(
             settings.files,
             reveal_sip_passwords=settings.reveal_sip_passwords,
             confirm_calls=settings.confirm_calls,
-            journal=SqliteCallJournal(settings.journal_file),
+            journal=journal,
             application=application_key(settings.portal),
         )
         server = build_server(client, context, tools)
