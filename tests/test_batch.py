@@ -8,6 +8,7 @@ errors, halt, pacing and retries are the real wire.
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from b24_telephony_mcp.bitrix.batch import (
 )
 from b24_telephony_mcp.sandbox import RunningSandbox, SandboxConfig, start_sandbox
 from b24_telephony_mcp.sandbox.php import php_params
+from test_cli import SCRIPT, free_port, user_env
 from test_client_inprocess import oauth_client
 
 pytestmark = pytest.mark.anyio
@@ -294,3 +296,28 @@ async def test_webhook_batch_and_app_only_methods_inside_it(sandbox: RunningSand
     assert results[1].error is not None and results[1].error.code == "WRONG_AUTH_TYPE"
     assert "application (OAuth) token" in results[1].error.hint
     await client.aclose()
+
+
+def test_sandbox_command_seeds_the_call_statistics() -> None:
+    port = free_port()
+    process = subprocess.Popen(
+        [SCRIPT, "sandbox", "--port", str(port), "--seed-calls", "12000"],
+        env=user_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stderr is not None
+        token = next(line.split(": ", 1)[1].strip() for line in process.stderr if "access_token:" in line)
+        base = f"http://127.0.0.1:{port}"
+        cmd = {f"p{page}": f"voximplant.statistic.get?start={page * 50}" for page in (0, 239, 240)}
+        answer = httpx2.post(f"{base}/rest/batch", json={"auth": token, "cmd": cmd}, timeout=30).json()["result"]
+        assert answer["result_total"] == {"p0": 12000, "p239": 12000, "p240": 12000}
+        assert answer["result_next"] == {"p0": 50}, "the last page has no next"
+        assert len(answer["result"]["p239"]) == 50 and answer["result"]["p240"] == []
+        assert httpx2.get(f"{base}/_sandbox/stats").json()["requests"] == {"batch": 1}
+    finally:
+        process.terminate()
+        process.wait(10)

@@ -87,6 +87,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     sandbox = commands.add_parser("sandbox", help="run the sandbox Bitrix24 portal alone, as an HTTP server")
     sandbox.add_argument("--host", default="127.0.0.1")
     sandbox.add_argument("--port", type=int, default=8024)
+    sandbox.add_argument(
+        "--seed-calls",
+        type=_count,
+        metavar="N",
+        help="rows of seeded call history its call statistics serve (tens of thousands for analytics)",
+    )
 
     login = commands.add_parser(
         "login",
@@ -133,6 +139,13 @@ def precedence_table() -> str:
     return f"where settings come from (first found wins):\n{rows}"
 
 
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
+
+
 def configure_logging(default: str = "INFO") -> None:
     raw_level = os.environ.get("B24_LOG_LEVEL", "")
     level = raw_level.strip().upper() or default
@@ -161,9 +174,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         return fail(str(exc))
     if args.command == "sandbox":
-        from b24_telephony_mcp.sandbox import run_sandbox_forever
+        from b24_telephony_mcp.sandbox import SandboxConfig, run_sandbox_forever
 
-        run_sandbox_forever(host=args.host, port=args.port)
+        seeded = {} if args.seed_calls is None else {"seed_calls": args.seed_calls}
+        run_sandbox_forever(SandboxConfig(**seeded), host=args.host, port=args.port)
         return 0
     if args.command == "login":
         from b24_telephony_mcp.login import login_command
