@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio.to_thread
+
+if TYPE_CHECKING:
+    import sqlite3
 
 TTL = 7 * 24 * 3600.0
 """Entries are forgotten a week after their last change (the issue's retention; longer than any retry)."""
@@ -77,6 +79,8 @@ class SqliteCallJournal:
 
     def _connect(self) -> sqlite3.Connection:
         if self._db is None:
+            import sqlite3  # here, so a server that never logs a call does not load it at start
+
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             if not self.path.exists():
                 os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))

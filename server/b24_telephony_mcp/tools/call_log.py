@@ -300,9 +300,10 @@ def _partial_failure(
     else:
         resume = f"A repeat of log_external_call with the same EXTERNAL_CALL_ID resumes at {failed}"
         resume += f"; {', '.join(done_names)} will not be sent again." if done_names else "."
+    what = "lost its answer" if state == UNKNOWN else "failed"
     return BitrixError(
         code,
-        f"step {failed} ({step.spec.method}) failed: {description}. Done: {done_text or 'nothing'}.",
+        f"step {failed} ({step.spec.method}) {what}: {description}. Done: {done_text or 'nothing'}.",
         status,
         retryable=state == UNKNOWN or (isinstance(error, BitrixError) and error.retryable),
         hint=f"{hint} {resume}".strip(),
