@@ -19,7 +19,7 @@ from mcp import Client
 from b24_telephony_mcp.sandbox import RunningSandbox, SandboxConfig, start_sandbox
 from b24_telephony_mcp.tools import select_tools
 from support import app_env, error_of, http_server, http_session, ok, stdio_session
-from test_http import MCP_HEADERS, bearer, initialize
+from test_http import INITIALIZE, MCP_HEADERS, bearer, initialize
 from test_log_external_call import call, fault, registrations, seen
 from test_tools import ToolCaller
 
@@ -262,3 +262,7 @@ async def test_progress_over_streamable_http_streams_only_that_request(sandbox: 
                 "params": {"progressToken": 7, "progress": 1, "total": 1, "message": "1/1 items"},
             }
             assert events[-1]["id"] == 3 and not events[-1]["result"]["isError"]
+            # A client that accepts only JSON keeps getting JSON, even for initialize.
+            json_only = {"Accept": "application/json", "Content-Type": "application/json", **bearer(token)}
+            opened = await http.post(server.url, json=INITIALIZE, headers=json_only)
+            assert opened.status_code == 200 and opened.headers["content-type"].startswith("application/json")

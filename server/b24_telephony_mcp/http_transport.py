@@ -131,7 +131,11 @@ class StreamWhenProgress:
 
 
 def _stream_wanted(body: bytes, scope: Scope) -> bool | None:
-    """True for a request with a progressToken, None for initialize (the default), else False."""
+    """True for a request with a progressToken, None for initialize (the default), else False; always False for
+    a client that does not accept SSE (it could not read a stream, nor progress)."""
+    accept = next((value for key, value in scope["headers"] if key == b"accept"), b"")
+    if b"text/event-stream" not in accept:
+        return False
     if b"progressToken" not in body and b'"initialize"' not in body:
         return False  # the common case, decided without parsing
     try:
@@ -145,8 +149,7 @@ def _stream_wanted(body: bytes, scope: Scope) -> bool | None:
     params = message.get("params")
     meta = params.get("_meta") if isinstance(params, dict) else None
     token = meta.get("progressToken") if isinstance(meta, dict) else None
-    accept = next((value for key, value in scope["headers"] if key == b"accept"), b"")
-    return isinstance(token, str | int) and not isinstance(token, bool) and b"text/event-stream" in accept
+    return isinstance(token, str | int) and not isinstance(token, bool)
 
 
 async def _read_body(receive: Receive) -> bytes:
