@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/tool_sizes.py
 	$(PY) benchmarks/run.py
 	$(PY) benchmarks/statistics_seed.py
+	$(PY) benchmarks/batching.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info server/*.egg-info .pytest_cache .ruff_cache benchmarks/results

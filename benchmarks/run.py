@@ -98,8 +98,8 @@ def fmt(value: float | None, unit: str) -> str:
         return f"{value:,.0f} B"
     if unit == "s":
         return f"{value:.3f} s"
-    if unit == "calls/s":
-        return f"{value:,.0f} calls/s"
+    if unit != "ms":
+        return f"{value:,.1f} {unit}"
     return f"{value:.2f} ms"
 
 

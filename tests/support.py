@@ -44,6 +44,9 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 def app_env(sandbox: RunningSandbox, token_file: Path, **extra: str) -> dict[str, str]:
+    """App-mode settings for `sandbox`; the state directory (log_external_call's journal) beside the token file,
+    never the developer's own."""
+    extra = {"XDG_STATE_HOME": str(token_file.parent), **extra}
     return clean_env(
         B24_PORTAL_URL=sandbox.base_url,
         B24_CLIENT_ID=sandbox.config.client_id,

@@ -22,9 +22,12 @@ def test_demo_logs_a_call_into_the_sandbox_crm() -> None:
     assert '"CRM_ENTITY_TYPE":"CONTACT","CRM_ENTITY_ID":651' in out, "the caller was matched to John Doe"
     assert '"NAME":"John Doe"' in out
     assert '"CALL_DURATION":95' in out
-    assert '{"result":{"FILE_ID":' in out
-    assert '{"result":{"TRANSCRIPT_ID":' in out
+    assert '"record":{"FILE_ID":' in out
+    assert '"transcript":{"TRANSCRIPT_ID":' in out
+    logged = [line for line in out.splitlines() if line.startswith('<- {"result":{"CALL_ID":')]
+    assert len(logged) == 2 and logged[0] == logged[1], "the retry answers exactly as the first call"
     assert "<- ERROR ERROR_CORE: Call is not found" in out, "the double finish shows an actionable error"
+    assert "<- 3 items, 0 failed; CALL_IDs:" in out
     assert "Hint: " in out
     assert '"NUMBER":"74951234567","NAME":"Office PBX"' in out
     assert "Traceback" not in done.stderr

@@ -17,7 +17,6 @@ from pydantic import ValidationError
 
 from b24_telephony_mcp.bitrix.errors import INVALID_ARGUMENTS
 from b24_telephony_mcp.sandbox import RunningSandbox
-from b24_telephony_mcp.server import invalid_arguments
 from b24_telephony_mcp.tools import ALL_TOOLS
 from b24_telephony_mcp.tools.base import ToolSpec
 from b24_telephony_mcp.tools.dynamic import DYNAMIC_TOOLS
@@ -139,7 +138,7 @@ def test_an_integer_is_its_decimal_text_and_other_non_strings_are_refused(spec: 
         with pytest.raises(ValidationError) as refused:
             spec.params.model_validate(put(arguments, path, value))
         assert any(error["loc"][: len(path)] == path for error in refused.value.errors()), (spec.name, path, kind)
-        assert invalid_arguments(spec, refused.value).code == INVALID_ARGUMENTS
+        assert spec.invalid_arguments(refused.value).code == INVALID_ARGUMENTS
 
 
 @pytest.mark.anyio

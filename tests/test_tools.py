@@ -399,6 +399,11 @@ async def test_every_result_conforms_to_its_output_schema(sandbox: RunningSandbo
         await tools.error("get_call_statistics", {"SORT": "CALL_TYPE"})
         await tools.ok("delete_external_line", {"NUMBER": "555"})
         await tools.error("delete_external_line", {"NUMBER": "555"})
+        logged = {"USER_ID": OPERATOR, "PHONE_NUMBER": "+7 900 000 0007", "TYPE": 2, "EXTERNAL_CALL_ID": "conform-1"}
+        await tools.ok("log_external_call", logged)
+        await tools.error("log_external_call", {**logged, "DURATION": 6})  # other values for a logged call
+        await tools.ok("run_batch", {"items": [{"tool": "list_external_lines"}]})
+        await tools.error("run_batch", {"items": "all"})
 
         expected = {(name, is_error) for name in tools.schemas for is_error in (False, True)}
         assert tools.seen == expected

@@ -21,8 +21,8 @@ from b24_telephony_mcp.bitrix import BitrixError
 from b24_telephony_mcp.bitrix.client import parse_response
 from b24_telephony_mcp.sandbox import RunningSandbox, SandboxConfig, start_sandbox
 from b24_telephony_mcp.sandbox.methods.followups import SEED_COUNT, FollowUpTables
-from b24_telephony_mcp.server import scope_hint
 from b24_telephony_mcp.tools import TOOLS_BY_NAME
+from b24_telephony_mcp.tools.base import scope_hint
 from support import app_env, stdio_session, text_of, webhook_env
 from test_tools import ToolCaller, assert_local
 
@@ -48,7 +48,7 @@ USER3_CALL = 12301
 async def followup_tools(env: dict[str, str]) -> AsyncIterator[ToolCaller]:
     async with stdio_session(env, "--toolsets", "followups") as client:
         listed = (await client.list_tools()).tools
-        assert [tool.name for tool in listed] == [LIST, GET, FIELDS, FIELD]
+        assert [tool.name for tool in listed] == [LIST, GET, FIELDS, FIELD, "run_batch"]  # run_batch: every selection
         yield ToolCaller(client, {tool.name: tool.output_schema for tool in listed if tool.output_schema})
 
 

@@ -44,7 +44,18 @@ EXTRA_ARGUMENTS = {
     "attach_external_call_record": {"file_path"},
     "list_sip_connections": {"fields"},
     "get_call_statistics": {"fields"},
+    "log_external_call": {"file_path"},
 }
+# Tools of several REST calls, with the annotations they declare (read-only, destructive, idempotent) and why:
+# they are checked against the union of their methods' docs (test_composite_tools), not as one method's tool.
+COMPOSITES = {
+    # Repeating it changes nothing more (the journal answers); it overwrites and removes nothing.
+    "log_external_call": (False, False, True),
+    # It can run any offered tool, deleting lines included.
+    "run_batch": (False, True, False),
+}
+
+
 # The docs' parameter types in JSON Schema terms.
 DOC_TYPES = {
     "string": {"type": "string"},
@@ -59,7 +70,10 @@ DOC_TYPES = {
 # into the model's tool definitions (name, description, inputSchema), and the whole tools/list result on the
 # wire. Growing past a budget should be a decision: trim descriptions or schemas, or raise it here on purpose.
 BUDGETS = {  # selection: (model-visible bytes, wire bytes)
-    "default": (9_000, 16_000),
+    # Raised from (9_000, 16_000) on purpose: log_external_call (1,925 B model-visible, its fields without the
+    # descriptions register/finish already carry) and run_batch (553 B) brought the default set from 8,977 to
+    # 11,453 B model-visible and from 15,930 to 19,797 B on the wire (issue 7); 9,000 could not hold them.
+    "default": (11_500, 19_800),
     "all": (26_000, 45_000),
 }
 
@@ -95,7 +109,8 @@ def is_local(tool: dict[str, Any]) -> bool:
 
 @pytest.fixture(scope="module")
 def rest_tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [tool for tool in tools if not is_local(tool)]
+    """Tools that are one REST method each (not the local dynamic-toolset tools, not the composites)."""
+    return [tool for tool in tools if not is_local(tool) and tool["name"] not in COMPOSITES]
 
 
 @pytest.fixture(scope="module")
@@ -222,18 +237,48 @@ def test_inputs_are_the_documented_rest_parameters(rest_tools: list[dict[str, An
         required = {p["name"] for p in docs if p["required"] and not p.get("required_one_of")}
         assert set(schema.get("required", [])) == required, name
         for param in docs:
-            prop = properties[param["name"]]
-            expected = DOC_TYPES[param["type"]]
-            shape = type_of(prop)
-            if "items" not in expected:
-                shape.pop("items", None)  # the docs do not type an array's items (REST 3.0 `select`: strings)
-            assert shape == expected, (name, param["name"], prop)
-            assert prop.get("description"), (name, param["name"])
-            enum = prop.get("enum", prop.get("items", {}).get("enum"))  # an array's enum is its items'
-            if "enum" in param:
-                assert [str(value) for value in enum or []] == param["enum"], (name, param["name"])
-            else:
-                assert enum is None, (name, param["name"])
+            check_documented_type(name, param, properties[param["name"]])
+            assert properties[param["name"]].get("description"), (name, param["name"])
+
+
+def check_documented_type(name: str, param: dict[str, Any], prop: dict[str, Any]) -> None:
+    expected = DOC_TYPES[param["type"]]
+    shape = type_of(prop)
+    if "items" not in expected:
+        shape.pop("items", None)  # the docs do not type an array's items (REST 3.0 `select`: strings)
+    assert shape == expected, (name, param["name"], prop)
+    enum = prop.get("enum", prop.get("items", {}).get("enum"))  # an array's enum is its items'
+    if "enum" in param:
+        assert [str(value) for value in enum or []] == param["enum"], (name, param["name"])
+    else:
+        assert enum is None, (name, param["name"])
+
+
+def test_composite_tools(tools: list[dict[str, Any]]) -> None:
+    by_name = {tool["name"]: tool for tool in tools}
+    for name, hints in COMPOSITES.items():
+        annotations = by_name[name]["annotations"]
+        assert (annotations["readOnlyHint"], annotations["destructiveHint"], annotations["idempotentHint"]) == hints
+
+    # log_external_call: the documented parameters of its four methods, typed as documented, under one name each
+    # (CALL_ID comes from its own register step); EXTERNAL_CALL_ID is its idempotency key, so required.
+    log_call = by_name["log_external_call"]
+    methods = log_call["_meta"]["b24/methods"]
+    assert methods[0] == log_call["_meta"]["b24/method"] == "telephony.externalCall.register"
+    assert set(methods) - set(DOCS_BY_METHOD) == {"batch"}
+    documented = [param for method in methods[:4] for param in DOCS_BY_METHOD[method]["params"]]
+    properties = log_call["inputSchema"]["properties"]
+    assert (
+        set(properties) == {param["name"] for param in documented} - {"CALL_ID"} | EXTRA_ARGUMENTS["log_external_call"]
+    )
+    assert set(log_call["inputSchema"]["required"]) == {"PHONE_NUMBER", "TYPE", "EXTERNAL_CALL_ID"}
+    for param in documented:
+        if param["name"] != "CALL_ID":
+            check_documented_type("log_external_call", param, properties[param["name"]])
+
+    run_batch = by_name["run_batch"]
+    assert run_batch["_meta"] == {"b24/method": "batch"}
+    assert set(run_batch["inputSchema"]["properties"]) == {"items", "halt"}
 
 
 def test_annotations_follow_the_documented_semantics(rest_tools: list[dict[str, Any]]) -> None:

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.anyio
 async def test_tts_voices_and_telephony_urls(sandbox: RunningSandbox, token_file: Path) -> None:
     async with stdio_session(app_env(sandbox, token_file), "--toolsets", "reference") as client:
         listed = (await client.list_tools()).tools
-        assert [tool.name for tool in listed] == ["list_tts_voices", "get_telephony_urls"]
+        assert [tool.name for tool in listed] == ["list_tts_voices", "get_telephony_urls", "run_batch"]
         tools = ToolCaller(client, {tool.name: tool.output_schema for tool in listed if tool.output_schema})
         voices = await tools.ok("list_tts_voices", {})
         assert voices["usenglishfemale"] == "American English (Female) (Default)"

@@ -10,6 +10,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from contextlib import AsyncExitStack, ExitStack
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,11 +20,13 @@ from b24_telephony_mcp import __version__
 from b24_telephony_mcp.bitrix import TokenPair
 from b24_telephony_mcp.client_config import CLIENTS
 from b24_telephony_mcp.config import (
+    JOURNAL_NAME,
     PRECEDENCE,
     AppConfig,
     ConfigError,
     Selection,
     Settings,
+    application_key,
     build_client,
     is_ready,
     launch_env,
@@ -32,6 +35,7 @@ from b24_telephony_mcp.config import (
     shared_approvals,
     split_names,
 )
+from b24_telephony_mcp.journal import SqliteCallJournal
 from b24_telephony_mcp.net import is_loopback_host, url_host
 from b24_telephony_mcp.profiles import DEFAULT_PROFILE
 from b24_telephony_mcp.redact import JsonFormatter, RedactingFormatter, register_secret
@@ -87,6 +91,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     sandbox = commands.add_parser("sandbox", help="run the sandbox Bitrix24 portal alone, as an HTTP server")
     sandbox.add_argument("--host", default="127.0.0.1")
     sandbox.add_argument("--port", type=int, default=8024)
+    sandbox.add_argument(
+        "--seed-calls",
+        type=_count,
+        metavar="N",
+        help="rows of seeded call history its call statistics serve (tens of thousands for analytics)",
+    )
 
     login = commands.add_parser(
         "login",
@@ -140,6 +150,13 @@ def precedence_table() -> str:
     return f"where settings come from (first found wins):\n{rows}"
 
 
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
+
+
 def configure_logging(default: str = "INFO") -> None:
     raw_level = os.environ.get("B24_LOG_LEVEL", "")
     level = raw_level.strip().upper() or default
@@ -173,9 +190,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         return fail(str(exc))
     if args.command == "sandbox":
-        from b24_telephony_mcp.sandbox import run_sandbox_forever
+        from b24_telephony_mcp.sandbox import SandboxConfig, run_sandbox_forever
 
-        run_sandbox_forever(host=args.host, port=args.port)
+        seeded = {} if args.seed_calls is None else {"seed_calls": args.seed_calls}
+        run_sandbox_forever(SandboxConfig(**seeded), host=args.host, port=args.port)
         return 0
     if args.command == "login":
         from b24_telephony_mcp.login import login_command
@@ -244,8 +262,14 @@ async def serve(args: argparse.Namespace, token: str | None) -> None:
         client = await build_client(settings, state)
         stack.push_async_callback(client.aclose)
 
+        journal = SqliteCallJournal(settings.journal_file)
+        stack.callback(journal.close)
         context = ToolContext(
-            settings.files, reveal_sip_passwords=settings.reveal_sip_passwords, confirm_calls=settings.confirm_calls
+            settings.files,
+            reveal_sip_passwords=settings.reveal_sip_passwords,
+            confirm_calls=settings.confirm_calls,
+            journal=journal,
+            application=application_key(settings.portal),
         )
         server = build_server(client, context, offer, await shared_approvals(state))
         if args.transport == "stdio":
@@ -319,8 +343,9 @@ def selection_from(args: argparse.Namespace, from_env: Selection) -> Selection:
 
 
 def sandbox_settings(sandbox: RunningSandbox, token_dir: Path) -> Settings:
-    """App-mode settings pointing at the in-process sandbox portal, tokens in a throwaway file."""
-    return load_settings(
+    """App-mode settings pointing at the in-process sandbox portal, tokens and journal in a throwaway directory
+    (the portal forgets everything when it stops, so must they)."""
+    settings = load_settings(
         portal=AppConfig(
             portal_url=sandbox.base_url,
             client_id=sandbox.config.client_id,
@@ -330,6 +355,7 @@ def sandbox_settings(sandbox: RunningSandbox, token_dir: Path) -> Settings:
             token_url=sandbox.token_url,
         )
     )
+    return replace(settings, journal_file=token_dir / JOURNAL_NAME)
 
 
 if __name__ == "__main__":

@@ -123,6 +123,8 @@ class Settings:
     reveal_sip_passwords: bool = False
     confirm_calls: bool = True
     """B24_CONFIRM_CALLS=0: billed calls are placed without asking the user first."""
+    journal_file: Path = field(default_factory=lambda: state_dir(os.environ) / JOURNAL_NAME)
+    """log_external_call's journal (SQLite), shared by every application this user runs."""
     sandbox: bool = False
 
     @property
@@ -173,6 +175,7 @@ def load_settings(
         sandbox=portal is not None,
         redis_url=redis_url,
         stateless_http=_flag(env, "B24_MCP_STATELESS") if env.get("B24_MCP_STATELESS") else redis_url is not None,
+        journal_file=state_dir(env) / JOURNAL_NAME,
     )
 
 
@@ -431,6 +434,21 @@ def default_token_file(portal_url: str, client_id: str, env: Mapping[str, str]) 
     state_home = Path(env.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
     digest = hashlib.sha256(f"{portal_url}|{client_id}".encode()).hexdigest()[:16]
     return state_home / "b24-telephony-mcp" / f"tokens-{digest}.json"
+
+
+JOURNAL_NAME = "call-journal.sqlite3"
+
+
+def state_dir(env: Mapping[str, str]) -> Path:
+    """`$XDG_STATE_HOME/b24-telephony-mcp` (default `~/.local/state/b24-telephony-mcp`), as for the token file."""
+    return Path(env.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "b24-telephony-mcp"
+
+
+def application_key(portal: WebhookConfig | AppConfig) -> str:
+    """Who the journal's entries belong to: the portal and application, or the webhook (hashed: its URL holds
+    the webhook's secret code)."""
+    identity = portal.url if isinstance(portal, WebhookConfig) else f"{portal.portal_url}|{portal.client_id}"
+    return hashlib.sha256(identity.encode()).hexdigest()[:32]
 
 
 def check_url(name: str, url: str) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hmac
 import json
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +26,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from b24_telephony_mcp import metrics
 from b24_telephony_mcp.config import ConfigError
@@ -138,17 +139,109 @@ class AppOptions:
     """Streamable HTTP keeps no session: any replica answers any request."""
 
 
-def streamable_http_app(server: Server[Any], options: AppOptions) -> Starlette:
+def streamable_http_app(server: Server[Any], options: AppOptions) -> ASGIApp:
     # Plain JSON responses: an SSE stream per response costs ~30% of each round trip (make bench). But a request
     # from the server in the middle of a call (asking the user to confirm one, protocol 2025-11-25) can only ride
-    # such a stream, so `server_requests` brings it back; a tool that reports progress would need it too.
-    return server.streamable_http_app(
+    # such a stream, so `server_requests` brings it back for every request; progress notifications need it only
+    # for the request that asked for them (a progressToken), so such a request is answered with a stream alone.
+    if options.server_requests:
+        return server.streamable_http_app(
+            streamable_http_path="/mcp",
+            json_response=False,
+            stateless_http=options.stateless,
+            transport_security=_SDK_CHECKS_OFF,
+            custom_starlette_routes=options.routes,
+        )
+    app = server.streamable_http_app(
         streamable_http_path="/mcp",
-        json_response=not options.server_requests,
+        json_response=_JsonUnlessStreamed(),  # type: ignore[arg-type]  # a bool the SDK reads per request
         stateless_http=options.stateless,
         transport_security=_SDK_CHECKS_OFF,
         custom_starlette_routes=options.routes,
     )
+    return StreamWhenProgress(app)
+
+
+_STREAM_THIS_REQUEST: ContextVar[bool] = ContextVar("stream_this_request", default=True)
+"""Whether the request being served gets an SSE stream. Unset (true) outside a request we classified: the
+initialize request, and the session's message router, whose context is copied from it; the router must keep
+a streamed request's notifications, while a JSON-answered request has none (no tool here sends any unasked)."""
+
+
+class _JsonUnlessStreamed:
+    """The SDK's `json_response` flag, true unless the request being served is to be streamed. The SDK tests it
+    each time it decides (accepted headers, the response form, whether the request's back-channel exists)."""
+
+    def __bool__(self) -> bool:
+        return not _STREAM_THIS_REQUEST.get()
+
+
+@dataclass(frozen=True)
+class StreamWhenProgress:
+    """ASGI middleware: reads a POSTed message and marks the request for an SSE answer when it carries a
+    progressToken (and the client accepts SSE), else for plain JSON; initialize is left to the default."""
+
+    app: ASGIApp
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        body = await _read_body(receive)
+        stream = _stream_wanted(body, scope)
+        marked = _STREAM_THIS_REQUEST.set(stream) if stream is not None else None
+        try:
+            await self.app(scope, _replay(body, receive), send)
+        finally:
+            if marked is not None:
+                _STREAM_THIS_REQUEST.reset(marked)
+
+
+def _stream_wanted(body: bytes, scope: Scope) -> bool | None:
+    """True for a request with a progressToken, None for initialize (the default), else False; always False for
+    a client that does not accept SSE (it could not read a stream, nor progress)."""
+    accept = next((value for key, value in scope["headers"] if key == b"accept"), b"")
+    if b"text/event-stream" not in accept:
+        return False
+    if b"progressToken" not in body and b'"initialize"' not in body:
+        return False  # the common case, decided without parsing
+    try:
+        message = json.loads(body)
+    except ValueError:
+        return False
+    if not isinstance(message, dict):
+        return False
+    if message.get("method") == "initialize":
+        return None
+    params = message.get("params")
+    meta = params.get("_meta") if isinstance(params, dict) else None
+    token = meta.get("progressToken") if isinstance(meta, dict) else None
+    return isinstance(token, str | int) and not isinstance(token, bool)
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replayed() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()  # then what follows: a disconnect
+
+    return replayed
 
 
 def sse_app(server: Server[Any], options: AppOptions) -> Starlette:
@@ -171,7 +264,7 @@ def sse_app(server: Server[Any], options: AppOptions) -> Starlette:
 
 
 # Each HTTP transport: the app serving it and the path clients connect to.
-APPS: dict[str, tuple[Callable[[Server[Any], AppOptions], Starlette], str]] = {
+APPS: dict[str, tuple[Callable[[Server[Any], AppOptions], ASGIApp], str]] = {
     "http": (streamable_http_app, "/mcp"),
     "sse": (sse_app, "/sse"),
 }

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import re
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
@@ -33,26 +32,21 @@ from pydantic import ValidationError
 
 from b24_telephony_mcp import __version__, metrics
 from b24_telephony_mcp.bitrix import BitrixClient, BitrixError
-from b24_telephony_mcp.bitrix.errors import INVALID_ARGUMENTS
+from b24_telephony_mcp.bitrix.errors import INTERNAL_ERROR, UNKNOWN_TOOL
 from b24_telephony_mcp.client_log import ClientLog
 from b24_telephony_mcp.confirmation import Confirmations, Confirmer, SharedApprovals, confirm_before_run
-from b24_telephony_mcp.redact import redact, register_secret
+from b24_telephony_mcp.redact import redact
 from b24_telephony_mcp.tools import TOOLSETS, ToolContext, ToolSpec, select_tools
-from b24_telephony_mcp.tools.base import SECRET_ARGUMENTS, ToolRun, mask_secrets
+from b24_telephony_mcp.tools.base import GIVEN_SIP_PASSWORDS, ToolRun, mask_secrets
 from b24_telephony_mcp.tools.dynamic import ToolOffer
 
 log = logging.getLogger(__name__)
 
 SERVER_NAME = "b24-telephony-mcp"
-UNKNOWN_TOOL = "UNKNOWN_TOOL"
-INTERNAL_ERROR = "INTERNAL_ERROR"
 
 INSTRUCTIONS_HEAD = (
     "Bitrix24 telephony. Failed calls return isError with the Bitrix24 code, a hint and whether a retry can help."
 )
-_sip_passwords: set[str | None] = set()
-"""SIP passwords given as arguments: redacted from logs, yet kept in results under B24_REVEAL_SIP_PASSWORDS=1."""
-SCOPE_CODES = ("insufficient_scope", "BITRIX_REST_V3_EXCEPTION_INSUFFICIENTSCOPEEXCEPTION")
 
 
 def instructions_for(offer: ToolOffer) -> str:
@@ -97,19 +91,9 @@ def _compact(data: Any) -> str:
     return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
 
 
-def scope_hint(spec: ToolSpec) -> str:
-    scopes = " and ".join(f"'{scope}'" for scope in spec.scopes)
-    return (
-        f"{spec.name} needs the {scopes} scope. Add it to the application (Applications > Developer resources > "
-        "your local application > scopes; then reinstall or log in again) or to the incoming webhook's scopes."
-    )
-
-
 def hint_for(spec: ToolSpec, error: BitrixError, offered: Mapping[str, ToolSpec]) -> str:
-    """The method's own hint, else the client's generic one, minus sentences naming a tool that is not offered."""
-    if error.code in SCOPE_CODES:
-        return scope_hint(spec)
-    hint = spec.hint_for(error.code, error.description) or error.hint
+    """The most specific hint for `error` (ToolSpec.explain), minus sentences naming a tool that is not offered."""
+    hint = spec.explain(error).hint
     return offered.only_offered(hint) if isinstance(offered, ToolOffer) else hint
 
 
@@ -136,74 +120,21 @@ def error_result(error: BitrixError) -> CallToolResult:
     return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=structured, is_error=True)
 
 
-def invalid_arguments(spec: ToolSpec, exc: ValidationError) -> BitrixError:
-    unknown: list[str] = []
-    messages_by_location: dict[str, list[str]] = {}
-    for err in exc.errors():
-        location = err["loc"]
-        # Only a top-level extra is an unknown *argument*; one nested in an item (MESSAGES.0.X) is described
-        # where it is, or the text would call a valid argument (MESSAGES) unknown.
-        if err["type"] == "extra_forbidden" and len(location) == 1:
-            unknown.append(str(location[0]))
-            continue
-        # pydantic adds union members and model names to the location (USER_ID.list[int]); keep only
-        # what the caller wrote: argument names and list indexes.
-        where = ".".join(str(part) for part in location if isinstance(part, int) or part in spec.argument_names)
-        if err["type"] == "extra_forbidden":
-            where, message = f"{where}.{location[-1]}", "unknown field"
-        else:
-            message = _plain(str(err["msg"]))
-        messages = messages_by_location.setdefault(where, [])
-        if message not in messages:
-            messages.append(message)
-    problems = [
-        f"{where}: {' or '.join(msgs)}" if where else " or ".join(msgs) for where, msgs in messages_by_location.items()
-    ]
-    if unknown:
-        valid = ", ".join(spec.params.model_fields) or "none"
-        problems.insert(0, f"unknown argument(s) {', '.join(unknown)}; valid arguments: {valid}")
-    return BitrixError(INVALID_ARGUMENTS, "; ".join(problems), method=spec.method)
-
-
-_MODEL_NAME = re.compile(r" or instance of \w+")
-
-
-def _plain(message: str) -> str:
-    """pydantic's message minus its "Value error, " prefix and our class names."""
-    return _MODEL_NAME.sub("", message.removeprefix("Value error, "))
-
-
 async def run_tool(
     spec: ToolSpec, arguments: Mapping[str, Any], run: ToolRun, confirmer: Confirmer | None = None
 ) -> CallToolResult | InputRequiredResult:
     """The tool's result; or, for a tool that asks the user first (`spec.confirm`) on a 2026-07-28 connection,
     the `input_required` answer carrying the question."""
-    context = run.context
     try:
-        params = spec.params.model_validate(dict(arguments))
-        for name in SECRET_ARGUMENTS & params.model_fields_set:
-            register_secret(getattr(params, name))  # a SIP password never reaches a log line
-            _sip_passwords.add(getattr(params, name))
+        params = spec.validate(arguments)
         # Confirmation (ToolSpec.confirm, confirmation.py): nothing below runs without the user's yes.
-        question = await confirm_before_run(spec, params, context, confirmer)
+        question = await confirm_before_run(spec, params, run.context, confirmer)
         if question is not None:
             return question
-        if spec.run is not None:
-            structured = await spec.run(params, run)
-        else:
-            rest_params = await spec.prepare(params, context)
-            response = await run.client.call(
-                spec.method, rest_params, read_only=spec.effect.read_only, rest_api=spec.rest_api
-            )
-            structured = {"result": spec.shape_result(params, response.result)}
-            if response.total is not None:
-                structured["total"] = response.total
-            if response.next is not None:
-                structured["next"] = response.next
+        structured = await spec.execute(params, run)
     except ValidationError as exc:
-        return error_result(invalid_arguments(spec, exc))
+        return error_result(spec.invalid_arguments(exc))
     except BitrixError as exc:
-        exc.method = exc.method or spec.method  # refusals before the request (a local file) name it too
         exc.hint = hint_for(spec, exc, run.offered)
         log.info("%s failed: %s %s", spec.name, exc.code, exc.description)
         return error_result(exc)
@@ -212,8 +143,8 @@ async def run_tool(
         return error_result(
             BitrixError(INTERNAL_ERROR, "unexpected failure inside the MCP server (details in its log)")
         )
-    if context.reveal_sip_passwords:  # the operator's opt-in: SIP passwords stay, even those passed in
-        return success_result(structured, keep=_sip_passwords)
+    if run.context.reveal_sip_passwords:  # the operator's opt-in: SIP passwords stay, even those passed in
+        return success_result(structured, keep=GIVEN_SIP_PASSWORDS)
     return success_result(mask_secrets(structured))
 
 
@@ -275,9 +206,9 @@ def build_server(
             )
         version = offer.version
         with client_log.collecting() as records:
-            result = await run_tool(
-                spec, params.arguments or {}, ToolRun(client, context, offer), confirmations.confirmer(ctx, params)
-            )
+            # report_progress is a no-op unless the client sent a progressToken.
+            run = ToolRun(client, context, offer, ctx.session.report_progress)
+            result = await run_tool(spec, params.arguments or {}, run, confirmations.confirmer(ctx, params))
         await client_log.send(ctx, records)
         if offer.version != version and changes is not None:
             server.instructions = instructions_for(offer)

@@ -19,6 +19,8 @@ UNEXPECTED_RESPONSE = "UNEXPECTED_RESPONSE"
 TOKEN_REFRESH_FAILED = "TOKEN_REFRESH_FAILED"
 FILE_REFUSED = "FILE_REFUSED"
 STATE_STORE_UNAVAILABLE = "STATE_STORE_UNAVAILABLE"
+UNKNOWN_TOOL = "UNKNOWN_TOOL"
+INTERNAL_ERROR = "INTERNAL_ERROR"
 
 ERROR_CORE = "ERROR_CORE"
 
@@ -91,6 +93,8 @@ class BitrixError(Exception):
     """For OPERATION_TIME_LIMIT: unix time when the method's budget frees up, when known."""
     validation: list[dict[str, Any]] | None = None
     """REST 3.0: the fields the portal refused, `[{"field", "message"}]`."""
+    steps: dict[str, str] | None = None
+    """A call of several REST methods that failed part way: each step's outcome (`done`, `failed`, ...)."""
 
     def __post_init__(self) -> None:
         super().__init__(f"{self.code}: {self.description}")
@@ -111,6 +115,8 @@ class BitrixError(Exception):
             data["reset_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.reset_at))
         if self.validation:
             data["validation"] = self.validation
+        if self.steps:
+            data["steps"] = self.steps
         return data
 
 

@@ -26,15 +26,19 @@ Test-control endpoints (test hooks, answered to loopback clients only; not part 
 --------------------------------------------------------------------------------------------
 ``POST /_sandbox/faults``
     JSON ``{"method": "<rest method, case-insensitive, or *>", "status": 500, "body": "<text>",
-    "content_type": "text/html", "count": 1, "headers": {}}``: the next ``count`` matching REST requests get this
-    canned response instead of being processed (they still count in the stats); ``headers`` such as
-    ``{"Location": ...}`` with status 302 stage a portal that moved. ``DELETE`` drops queued faults.
+    "content_type": "text/html", "count": 1, "process": false, "headers": {}}``: the next ``count`` matching REST
+    requests get this canned response instead of being processed (they still count in the stats); with
+    ``"process": true`` they run first and only their answer is replaced (the portal did the work, the client never
+    hears); ``headers`` such as ``{"Location": ...}`` with status 302 stage a portal that moved. Inside a ``batch``,
+    a command of a method named here (not ``*``) fails with the body's ``{error, error_description}`` in
+    ``result_error`` (``INTERNAL_SERVER_ERROR`` for another body). ``DELETE`` drops queued faults.
 ``POST /_sandbox/expire-tokens``
     Every access token issued so far is now expired (refresh tokens stay usable).
 ``GET /_sandbox/stats``
-    ``{"requests": {"<lower-cased method>": n}, "refreshes": n, "limited": n, "token_requests": n}``; refreshes =
-    successful refresh grants, limited = requests the leaky bucket refused with 503, token_requests = requests that
-    reached the token endpoint.
+    ``{"requests": {"<lower-cased method>": n}, "batched": {"<lower-cased method>": n}, "refreshes": n,
+    "limited": n, "token_requests": n}``: HTTP requests per method (a ``batch`` is one), the commands run inside
+    batches per method (the key appears once a batch ran), successful refresh grants, requests the leaky bucket
+    refused with 503, and requests that reached the token endpoint.
 ``POST /_sandbox/reset-stats``
     Zero the stats.
 ``GET /_sandbox/app``, ``POST /_sandbox/app``
@@ -44,8 +48,8 @@ Test-control endpoints (test hooks, answered to loopback clients only; not part 
     JSON ``{"seconds": 2.0}``: the token endpoint holds each request that long before it reads the grant; a client
     that hangs up meanwhile (a process killed mid-refresh) has spent nothing. ``0`` ends the delay.
 
-The leaky bucket and the request stats count REST 2 and REST 3.0 requests alike, never the OAuth or control
-endpoints.
+The leaky bucket and the request stats count REST 2 and REST 3.0 requests alike (a ``batch`` of 50 commands is
+one request, as on a real portal), never the OAuth or control endpoints.
 """
 
 from __future__ import annotations
@@ -55,8 +59,6 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -70,7 +72,8 @@ from starlette.routing import Route
 from b24_telephony_mcp.net import is_loopback_host
 
 from .errors import METHOD_NOT_FOUND, QUERY_LIMIT_EXCEEDED, V3_INVALID_JSON, ApiVersion, SandboxRestError
-from .portal import Caller, Page, SandboxPortal
+from .php import php_params
+from .portal import Caller, Fault, SandboxPortal, envelope, time_block
 from .records import UploadedFile
 
 logger = logging.getLogger(__name__)
@@ -81,58 +84,6 @@ _OPERATING_WINDOW = 600
 
 
 # --- request params ---
-
-
-def php_params(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """Decode ``a[b][0]=x`` style keys into nested dicts, like PHP's parse_str.
-
-    Arrays whose keys are exactly 0..n-1 become lists (what json_encode would make of them).
-    """
-    root: dict[str, Any] = {}
-    for key, value in pairs:
-        path = _key_path(key)
-        node = root
-        for segment in path[:-1]:
-            segment = segment if segment != "" else _next_index(node)
-            child = node.get(segment)
-            if not isinstance(child, dict):
-                child = node[segment] = {}
-            node = child
-        last = path[-1] if path[-1] != "" else _next_index(node)
-        node[last] = value
-    return {k: _listify(v) for k, v in root.items()}
-
-
-def _key_path(key: str) -> list[str]:
-    name, bracket, rest = key.partition("[")
-    if not bracket or not name:
-        return [key]
-    segments = [name]
-    while rest:
-        inner, closed, rest = rest.partition("]")
-        if not closed:
-            return [key]  # unbalanced brackets: keep the key as is
-        segments.append(inner)
-        if not rest:
-            break
-        if not rest.startswith("["):
-            break  # PHP ignores anything after the last ]
-        rest = rest[1:]
-    return segments
-
-
-def _next_index(node: dict[str, Any]) -> str:
-    indexes = [int(k) for k in node if k.isdigit()]
-    return str(max(indexes) + 1 if indexes else 0)
-
-
-def _listify(value: Any) -> Any:
-    if not isinstance(value, dict):
-        return value
-    converted = {k: _listify(v) for k, v in value.items()}
-    if converted and list(converted) == [str(i) for i in range(len(converted))]:
-        return list(converted.values())
-    return converted
 
 
 async def _request_params(request: Request) -> dict[str, Any]:
@@ -196,19 +147,11 @@ def _error(exc: SandboxRestError, api: ApiVersion = 2) -> JSONResponse:
 
 
 def _time_block(start: float, finish: float) -> dict[str, Any]:
-    def iso(ts: float) -> str:
-        return datetime.fromtimestamp(ts).astimezone().isoformat(timespec="seconds")
+    return {**time_block(start, finish), "operating_reset_at": int(start) + _OPERATING_WINDOW, "operating": 0}
 
-    return {
-        "start": start,
-        "finish": finish,
-        "duration": finish - start,
-        "processing": finish - start,
-        "date_start": iso(start),
-        "date_finish": iso(finish),
-        "operating_reset_at": int(start) + _OPERATING_WINDOW,
-        "operating": 0,
-    }
+
+def _fault_response(fault: Fault) -> Response:
+    return Response(fault.body, status_code=fault.status, headers=fault.headers, media_type=fault.content_type)
 
 
 # --- HTTP-only behaviour: leaky bucket, fault injection ---
@@ -233,60 +176,18 @@ class LeakyBucket:
         return True
 
 
-@dataclass
-class Fault:
-    method: str  # lower-cased REST method or "*"
-    status: int
-    body: str
-    content_type: str
-    count: int
-    headers: dict[str, str]
-
-    def matches(self, method: str) -> bool:
-        return self.method in ("*", method)
-
-    def response(self) -> Response:
-        return Response(self.body, status_code=self.status, headers=self.headers, media_type=self.content_type)
-
-    @classmethod
-    def from_json(cls, data: Any) -> Fault:
-        if not isinstance(data, dict):
-            raise ValueError("expected a JSON object")
-        fault = cls(
-            method=str(data.get("method", "*")).lower(),
-            status=int(data.get("status", 500)),
-            body=str(data.get("body", "")),
-            content_type=str(data.get("content_type", "text/html")),
-            count=int(data.get("count", 1)),
-            headers={str(key): str(value) for key, value in dict(data.get("headers") or {}).items()},
-        )
-        if not 100 <= fault.status <= 599 or fault.count < 1:
-            raise ValueError("status must be 100..599 and count >= 1")
-        return fault
-
-
 class SandboxHttp:
-    """Request handlers bound to one portal, plus the HTTP-level state (bucket, queued faults)."""
+    """Request handlers bound to one portal, plus the HTTP-level state (the bucket)."""
 
     def __init__(self, portal: SandboxPortal) -> None:
         self.portal = portal
         self.bucket = LeakyBucket(portal.config.rate_limit, portal.config.rate_burst)
-        self.faults: list[Fault] = []
         self.oauth_delay = 0.0
 
     def _learn_base_url(self, request: Request) -> None:
         # create_app() may serve a portal the runner did not set up; its URL is then known on first contact.
         if not self.portal.base_url:
             self.portal.base_url = str(request.base_url).rstrip("/")
-
-    def _take_fault(self, method: str) -> Fault | None:
-        for fault in self.faults:
-            if fault.matches(method):
-                fault.count -= 1
-                if fault.count == 0:
-                    self.faults.remove(fault)
-                return fault
-        return None
 
     async def rest(self, request: Request) -> Response:
         start = time.time()
@@ -298,9 +199,9 @@ class SandboxHttp:
         method = segments[-1].removesuffix(".json").lower()
         with self.portal.lock:
             self.portal.stats.requests[method] += 1
-        fault = self._take_fault(method)
-        if fault is not None:
-            return fault.response()
+        fault = self.portal.take_fault(method)
+        if fault is not None and not fault.process:
+            return _fault_response(fault)
         if not self.bucket.admit():
             with self.portal.lock:
                 self.portal.stats.limited += 1
@@ -310,9 +211,10 @@ class SandboxHttp:
             caller = self._authenticate(segments, _take_token(request, params))
             result = self.portal.call(method, params, caller, api)
         except SandboxRestError as exc:
-            return _error(exc, api)
-        body = result.envelope() if isinstance(result, Page) else {"result": result}
-        return JSONResponse({**body, "time": _time_block(start, time.time())})
+            return _error(exc, api) if fault is None else _fault_response(fault)
+        if fault is not None:  # it ran, but its answer is lost
+            return _fault_response(fault)
+        return JSONResponse({**envelope(result), "time": _time_block(start, time.time())})
 
     def _authenticate(self, segments: list[str], token: str | None) -> Caller:
         """``segments``: the path after ``/rest/`` (and after ``api/`` for REST 3.0)."""
@@ -364,11 +266,14 @@ class SandboxHttp:
             fault = Fault.from_json(json.loads(await request.body() or b"{}"))
         except (ValueError, TypeError) as exc:
             return JSONResponse({"error": "INVALID_FAULT", "error_description": str(exc)}, status_code=400)
-        self.faults.append(fault)
-        return JSONResponse({"result": True, "queued": len(self.faults)})
+        with self.portal.lock:
+            self.portal.faults.append(fault)
+            queued = len(self.portal.faults)
+        return JSONResponse({"result": True, "queued": queued})
 
     async def clear_faults(self, request: Request) -> Response:
-        self.faults.clear()
+        with self.portal.lock:
+            self.portal.faults.clear()
         return JSONResponse({"result": True})
 
     async def expire_tokens(self, request: Request) -> Response:

@@ -209,3 +209,55 @@ def _add_months(moment: datetime, months: int) -> datetime:
     index = moment.year * 12 + moment.month - 1 + months
     first = moment.replace(year=index // 12, month=index % 12 + 1, day=1)
     return first + timedelta(days=moment.day - 1)
+
+
+def php_params(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """Decode ``a[b][0]=x`` style keys into nested dicts, like PHP's parse_str.
+
+    Arrays whose keys are exactly 0..n-1 become lists (what json_encode would make of them).
+    """
+    root: dict[str, Any] = {}
+    for key, value in pairs:
+        path = _key_path(key)
+        node = root
+        for segment in path[:-1]:
+            segment = segment if segment != "" else _next_index(node)
+            child = node.get(segment)
+            if not isinstance(child, dict):
+                child = node[segment] = {}
+            node = child
+        last = path[-1] if path[-1] != "" else _next_index(node)
+        node[last] = value
+    return {k: _listify(v) for k, v in root.items()}
+
+
+def _key_path(key: str) -> list[str]:
+    name, bracket, rest = key.partition("[")
+    if not bracket or not name:
+        return [key]
+    segments = [name]
+    while rest:
+        inner, closed, rest = rest.partition("]")
+        if not closed:
+            return [key]  # unbalanced brackets: keep the key as is
+        segments.append(inner)
+        if not rest:
+            break
+        if not rest.startswith("["):
+            break  # PHP ignores anything after the last ]
+        rest = rest[1:]
+    return segments
+
+
+def _next_index(node: dict[str, Any]) -> str:
+    indexes = [int(k) for k in node if k.isdigit()]
+    return str(max(indexes) + 1 if indexes else 0)
+
+
+def _listify(value: Any) -> Any:
+    if not isinstance(value, dict):
+        return value
+    converted = {k: _listify(v) for k, v in value.items()}
+    if converted and list(converted) == [str(i) for i in range(len(converted))]:
+        return list(converted.values())
+    return converted

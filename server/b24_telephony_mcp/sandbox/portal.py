@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlencode, urlsplit
 
@@ -57,7 +58,7 @@ T = TypeVar("T")
 
 #: Scopes granted to the sandbox app's tokens (and to its webhook) unless the config says otherwise.
 SANDBOX_SCOPE = "telephony,call,crm,user"
-#: The scope of platform methods (app.info, scope, profile, server.time) that every app and webhook may call.
+#: The scope of platform methods (app.info, scope, profile, server.time, batch) every app and webhook may call.
 BASIC_SCOPE = "basic"
 #: Lifetime of an authorization code (settings/oauth/index.md: "The lifetime of the authorization code is 30 s").
 AUTH_CODE_TTL = 30.0
@@ -122,6 +123,9 @@ class TokenPair:
 @dataclass
 class Stats:
     requests: Counter[str] = field(default_factory=Counter)
+    """HTTP requests per lower-cased method (a batch counts once, under ``batch``)."""
+    batched: Counter[str] = field(default_factory=Counter)
+    """Commands run inside batches, per lower-cased method."""
     refreshes: int = 0
     limited: int = 0
     """REST requests the leaky bucket refused (503 QUERY_LIMIT_EXCEEDED)."""
@@ -129,12 +133,51 @@ class Stats:
     """Requests that reached the OAuth token endpoint, granted or not."""
 
     def as_dict(self) -> dict[str, Any]:
+        # "batched" only once a batch ran, so the stats of a portal never sent one read as before.
+        batched = {"batched": dict(self.batched)} if self.batched else {}
         return {
             "requests": dict(self.requests),
+            **batched,
             "refreshes": self.refreshes,
             "limited": self.limited,
             "token_requests": self.token_requests,
         }
+
+
+@dataclass
+class Fault:
+    """A canned answer queued through ``/_sandbox/faults`` for the next ``count`` requests of ``method``."""
+
+    method: str  # lower-cased REST method or "*"
+    status: int
+    body: str
+    content_type: str
+    count: int
+    process: bool = False
+    """Run the request first and replace only its answer: the portal did the work, the client never hears."""
+    headers: dict[str, str] = field(default_factory=dict)
+    """Answer headers, e.g. ``Location`` with status 302 to stage a portal that moved."""
+
+    def matches(self, method: str, *, in_batch: bool = False) -> bool:
+        # Inside a batch only a fault naming the method applies; "*" is for HTTP requests.
+        return self.method == method or (self.method == "*" and not in_batch)
+
+    @classmethod
+    def from_json(cls, data: Any) -> Fault:
+        if not isinstance(data, dict):
+            raise ValueError("expected a JSON object")
+        fault = cls(
+            method=str(data.get("method", "*")).lower(),
+            status=int(data.get("status", 500)),
+            body=str(data.get("body", "")),
+            content_type=str(data.get("content_type", "text/html")),
+            count=int(data.get("count", 1)),
+            process=bool(data.get("process", False)),
+            headers={str(key): str(value) for key, value in dict(data.get("headers") or {}).items()},
+        )
+        if not 100 <= fault.status <= 599 or fault.count < 1:
+            raise ValueError("status must be 100..599 and count >= 1")
+        return fault
 
 
 LIST_LIMIT = 50
@@ -169,6 +212,27 @@ class Page:
             body["next"] = self.next
         body["total"] = self.total
         return body
+
+
+def envelope(result: Any) -> dict[str, Any]:
+    """A handler's return value as the answer's top-level keys (``result``, and ``total``/``next`` of a Page)."""
+    return result.envelope() if isinstance(result, Page) else {"result": result}
+
+
+def time_block(start: float, finish: float) -> dict[str, Any]:
+    """The ``time`` object of an answer (a batch reports one per command in ``result_time``)."""
+
+    def iso(ts: float) -> str:
+        return datetime.fromtimestamp(ts).astimezone().isoformat(timespec="seconds")
+
+    return {
+        "start": start,
+        "finish": finish,
+        "duration": finish - start,
+        "processing": finish - start,
+        "date_start": iso(start),
+        "date_finish": iso(finish),
+    }
 
 
 # A REST method implementation: (portal, params, caller) -> result (a Page for list methods).
@@ -213,6 +277,8 @@ class SandboxPortal:
         self.member_id = secrets.token_hex(16)
         self.lock = threading.RLock()
         self.stats = Stats()
+        #: Canned answers queued through /_sandbox/faults (see app.py); taken under ``lock``.
+        self.faults: list[Fault] = []
         self.users = seed_users()
         self.crm = seed_crm()
         self.lines: dict[int, ExternalLine] = {}
@@ -271,6 +337,17 @@ class SandboxPortal:
             raise WRONG_AUTH_TYPE.exc()
         with self.lock:
             return spec.handler(self, params, caller)
+
+    def take_fault(self, method: str, *, in_batch: bool = False) -> Fault | None:
+        """The first queued fault for ``method`` (lower-cased), counted down; None when none applies."""
+        with self.lock:
+            for fault in self.faults:
+                if fault.matches(method, in_batch=in_batch):
+                    fault.count -= 1
+                    if fault.count == 0:
+                        self.faults.remove(fault)
+                    return fault
+        return None
 
     def method_names(self) -> list[str]:
         return sorted(self.methods)

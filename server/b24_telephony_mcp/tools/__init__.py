@@ -19,6 +19,7 @@ from b24_telephony_mcp.tools import (
     users,
 )
 from b24_telephony_mcp.tools.base import ToolContext, Toolset, ToolSpec
+from b24_telephony_mcp.tools.batch import RUN_BATCH, RUN_BATCH_READ_ONLY
 
 TOOLSETS: tuple[Toolset, ...] = (
     external_lines.TOOLSET,
@@ -32,7 +33,7 @@ TOOLSETS: tuple[Toolset, ...] = (
     followups.TOOLSET,
 )
 TOOLSETS_BY_NAME: dict[str, Toolset] = {toolset.name: toolset for toolset in TOOLSETS}
-ALL_TOOLS: tuple[ToolSpec, ...] = tuple(spec for toolset in TOOLSETS for spec in toolset.tools)
+ALL_TOOLS: tuple[ToolSpec, ...] = (*(spec for toolset in TOOLSETS for spec in toolset.tools), RUN_BATCH)
 TOOLS_BY_NAME: dict[str, ToolSpec] = {spec.name: spec for spec in ALL_TOOLS}
 DEFAULT_TOOLSETS: tuple[str, ...] = tuple(toolset.name for toolset in TOOLSETS if toolset.default)
 ALL = "all"
@@ -60,15 +61,20 @@ def select_tools(
     toolsets: Collection[str] | None = None, *, read_only: bool = False, tools: Collection[str] | None = None
 ) -> tuple[ToolSpec, ...]:
     """What a server offers: the tools named in `tools` if given, else those of the toolsets; in read-only
-    mode only tools whose effect is read-only (the same flag that sets readOnlyHint)."""
+    mode only tools whose effect is read-only (the same flag that sets readOnlyHint). run_batch comes with
+    every selection (with `tools`, only when named), last, and in read-only mode as its read-only form, since
+    it runs only what is offered."""
     if tools is not None:
         unknown = sorted(set(tools) - set(TOOLS_BY_NAME))
         if unknown:
             raise UnknownNameError(f"unknown tool(s) {', '.join(unknown)}; valid tools: {', '.join(TOOLS_BY_NAME)}")
-        chosen = tuple(spec for spec in ALL_TOOLS if spec.name in tools)
+        chosen = tuple(spec for spec in ALL_TOOLS if spec.name in tools and spec is not RUN_BATCH)
     else:
         chosen = tuple(spec for toolset in resolve_toolsets(toolsets) for spec in toolset.tools)
-    return tuple(spec for spec in chosen if spec.effect.read_only or not read_only)
+    chosen = tuple(spec for spec in chosen if spec.effect.read_only or not read_only)
+    if tools is None or RUN_BATCH.name in tools:
+        chosen += (RUN_BATCH_READ_ONLY if read_only else RUN_BATCH,)
+    return chosen
 
 
 def toolset_of(spec: ToolSpec) -> Toolset:

@@ -7,23 +7,32 @@ and output JSON schemas, and the `_meta` are computed from it, so they cannot di
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+import re
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from types import NoneType, UnionType
-from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
-from b24_telephony_mcp.bitrix import BitrixClient
+from b24_telephony_mcp.bitrix import BitrixClient, BitrixError, BitrixResponse
+from b24_telephony_mcp.bitrix.batch import Command, CommandResult
+from b24_telephony_mcp.bitrix.errors import INVALID_ARGUMENTS
+from b24_telephony_mcp.redact import register_secret
 from b24_telephony_mcp.tools.files import FilePolicy
 from b24_telephony_mcp.tools.schema import lean_schema, property_names
+
+if TYPE_CHECKING:
+    from b24_telephony_mcp.journal import CallJournal
 
 META_METHOD_KEY = "b24/method"
 META_METHODS_KEY = "b24/methods"
 
 SECRET_ARGUMENTS = frozenset({"PASSWORD"})
 """Arguments whose values are credentials (SIP passwords): redacted from every log line."""
+GIVEN_SIP_PASSWORDS: set[str] = set()
+"""SIP passwords given as arguments: redacted from logs, yet kept in results under B24_REVEAL_SIP_PASSWORDS=1."""
 MASKED_RESULT_KEYS = frozenset({"PASSWORD", "INCOMING_PASSWORD", "SIP_PASSWORD"})
 """Result keys holding SIP passwords: masked unless B24_REVEAL_SIP_PASSWORDS=1."""
 PASSWORD_MASK = "********"
@@ -157,6 +166,10 @@ class ToolContext:
     """B24_REVEAL_SIP_PASSWORDS=1: results keep SIP passwords instead of a mask."""
     confirm_calls: bool = True
     """B24_CONFIRM_CALLS=0: tools that declare `confirm` run without asking the user."""
+    journal: CallJournal | None = None
+    """Where log_external_call remembers its steps (None: it refuses to run, as it cannot be idempotent)."""
+    application: str = ""
+    """Which application (portal + client id, or webhook) the journal's entries belong to."""
 
 
 Prepare = Callable[[Any, ToolContext], Awaitable[dict[str, Any]]]
@@ -180,6 +193,26 @@ class ToolRun:
 Run = Callable[[Any, ToolRun], Awaitable[dict[str, Any]]]
 """A composite tool's body: validated arguments in, the structured result (`{"result": ...}`) out, or a
 `BitrixError` raised."""
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One tool call as commands for a shared `batch` request, and what turns their outcomes into its result.
+
+    `finish` gets the outcomes in the order of `commands` (a failed request gives each command its error) and
+    returns the structured result or raises a `BitrixError`; it may send requests of its own (a step that
+    cannot go into a batch). With no commands, `finish([])` does all the work.
+    """
+
+    commands: Sequence[Command]
+    finish: Callable[[Sequence[CommandResult]], Awaitable[dict[str, Any]]]
+    release: Callable[[], Awaitable[None]] | None = None
+    """Undo what planning claimed, when the call will not be sent after all (a halt, a cancellation)."""
+
+
+Plan = Callable[[Any, ToolRun, str], Awaitable[Planned]]
+"""A composite tool's work as a `Planned` (validated arguments, the run, a key prefix for its commands), so
+run_batch can pack it with other calls."""
 
 
 async def plain_params(params: RestParams, _: ToolContext) -> dict[str, Any]:
@@ -232,6 +265,8 @@ class ToolSpec:
     REST client's generic hints."""
     run: Run | None = None
     """A composite tool (several REST calls, a batch): replaces the one-method call; `method` is its main one."""
+    plan: Plan | None = None
+    """A composite tool whose calls can share batch requests with others (run_batch packs it)."""
     other_methods: tuple[str, ...] = ()
     """Further REST methods a composite tool may call (`_meta["b24/methods"]`)."""
     confirm: Callable[[Any], str] | None = None
@@ -249,6 +284,74 @@ class ToolSpec:
     def shape_result(self, params: RestParams, result: Any) -> Any:
         """The REST result as the model sees it (only the rows' requested `fields`)."""
         return params.shape_rows(result) if isinstance(params, RowFieldsParams) else result
+
+    def structured(self, params: RestParams, response: BitrixResponse) -> dict[str, Any]:
+        """A one-method call's answer as the tool's structured result (`total`/`next` of a page beside it)."""
+        structured: dict[str, Any] = {"result": self.shape_result(params, response.result)}
+        if response.total is not None:
+            structured["total"] = response.total
+        if response.next is not None:
+            structured["next"] = response.next
+        return structured
+
+    def validate(self, arguments: Mapping[str, Any]) -> RestParams:
+        """The arguments as this tool's input model (raises pydantic's ValidationError); SIP passwords among
+        them are registered as secrets, so they never reach a log line."""
+        params = self.params.model_validate(dict(arguments))
+        for name in SECRET_ARGUMENTS & params.model_fields_set:
+            register_secret(getattr(params, name))
+            GIVEN_SIP_PASSWORDS.add(getattr(params, name))
+        return params
+
+    def invalid_arguments(self, exc: ValidationError) -> BitrixError:
+        """A validation failure in the caller's terms: argument names and list indexes, no pydantic internals."""
+        unknown: list[str] = []
+        messages_by_location: dict[str, list[str]] = {}
+        for err in exc.errors():
+            location = err["loc"]
+            # Only a top-level extra is an unknown *argument*; one nested in an item (MESSAGES.0.X) is described
+            # where it is, or the text would call a valid argument (MESSAGES) unknown.
+            if err["type"] == "extra_forbidden" and len(location) == 1:
+                unknown.append(str(location[0]))
+                continue
+            # pydantic adds union members and model names to the location (USER_ID.list[int]); keep only
+            # what the caller wrote: argument names and list indexes.
+            where = ".".join(str(part) for part in location if isinstance(part, int) or part in self.argument_names)
+            if err["type"] == "extra_forbidden":
+                where, message = f"{where}.{location[-1]}", "unknown field"
+            else:
+                message = _plain(str(err["msg"]))
+            messages = messages_by_location.setdefault(where, [])
+            if message not in messages:
+                messages.append(message)
+        problems = [
+            f"{where}: {' or '.join(msgs)}" if where else " or ".join(msgs)
+            for where, msgs in messages_by_location.items()
+        ]
+        if unknown:
+            valid = ", ".join(self.params.model_fields) or "none"
+            problems.insert(0, f"unknown argument(s) {', '.join(unknown)}; valid arguments: {valid}")
+        return BitrixError(INVALID_ARGUMENTS, "; ".join(problems), method=self.method)
+
+    def explain(self, exc: BitrixError) -> BitrixError:
+        """`exc` naming this tool's method (refusals before a request name it too) and with the most specific
+        hint: a missing scope, else this method's own hints, else the client's generic one."""
+        exc.method = exc.method or self.method
+        if exc.code in SCOPE_CODES:
+            exc.hint = scope_hint(self)
+        else:
+            exc.hint = self.hint_for(exc.code, exc.description) or exc.hint
+        return exc
+
+    async def execute(self, params: RestParams, run: ToolRun) -> dict[str, Any]:
+        """Run the tool on validated arguments: its structured result, or a `BitrixError` raised."""
+        if self.run is not None:
+            return await self.run(params, run)
+        rest_params = await self.prepare(params, run.context)
+        response = await run.client.call(
+            self.method, rest_params, read_only=self.effect.read_only, rest_api=self.rest_api
+        )
+        return self.structured(params, response)
 
     @cached_property
     def input_schema(self) -> dict[str, Any]:
@@ -282,6 +385,25 @@ class ToolSpec:
         if self.other_methods:
             meta[META_METHODS_KEY] = [self.method, *self.other_methods]
         return meta
+
+
+SCOPE_CODES = ("insufficient_scope", "BITRIX_REST_V3_EXCEPTION_INSUFFICIENTSCOPEEXCEPTION")
+
+
+def scope_hint(spec: ToolSpec) -> str:
+    scopes = " and ".join(f"'{scope}'" for scope in spec.scopes)
+    return (
+        f"{spec.name} needs the {scopes} scope. Add it to the application (Applications > Developer resources > "
+        "your local application > scopes; then reinstall or log in again) or to the incoming webhook's scopes."
+    )
+
+
+_MODEL_NAME = re.compile(r" or instance of \w+")
+
+
+def _plain(message: str) -> str:
+    """pydantic's message minus its "Value error, " prefix and our class names."""
+    return _MODEL_NAME.sub("", message.removeprefix("Value error, "))
 
 
 @dataclass(frozen=True)

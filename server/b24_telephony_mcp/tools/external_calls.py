@@ -6,22 +6,27 @@ Field names are the REST parameter names verbatim; descriptions are condensed fr
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, Field, create_model, model_validator
+from pydantic.fields import FieldInfo
 
+from b24_telephony_mcp.tools import call_log
 from b24_telephony_mcp.tools.base import (
     CONSUMES,
     CREATES,
     READS,
     SIGNALS,
+    Effect,
     RestParams,
     RestResult,
     ToolContext,
+    ToolRun,
     Toolset,
     ToolSpec,
     int_choice,
 )
+from b24_telephony_mcp.tools.call_log import Step, fingerprint
 from b24_telephony_mcp.tools.files import RECORDING_EXTENSIONS
 
 CrmEntityType = Literal["CONTACT", "COMPANY", "LEAD"]
@@ -157,13 +162,18 @@ class AttachRecordParams(RestParams):
 
     @model_validator(mode="after")
     def _one_recording_source(self) -> AttachRecordParams:
-        given = [name for name in ("RECORD_URL", "FILE_CONTENT", "file_path") if getattr(self, name)]
-        if len(given) != 1:
-            problem = "no recording given" if not given else f"{' and '.join(given)} exclude each other"
-            raise ValueError(f"{problem}: pass one of RECORD_URL, FILENAME with FILE_CONTENT, or file_path")
-        if self.FILE_CONTENT and not self.FILENAME:
-            raise ValueError("FILE_CONTENT needs FILENAME (.wav or .mp3)")
+        check_recording(self)
         return self
+
+
+def check_recording(params: Any) -> None:
+    """Exactly one recording source: RECORD_URL, FILENAME with FILE_CONTENT, or file_path."""
+    given = [name for name in ("RECORD_URL", "FILE_CONTENT", "file_path") if getattr(params, name)]
+    if len(given) != 1:
+        problem = "no recording given" if not given else f"{' and '.join(given)} exclude each other"
+        raise ValueError(f"{problem}: pass one of RECORD_URL, FILENAME with FILE_CONTENT, or file_path")
+    if params.FILE_CONTENT and not params.FILENAME:
+        raise ValueError("FILE_CONTENT needs FILENAME (.wav or .mp3)")
 
 
 class AttachedFile(RestResult):
@@ -201,13 +211,119 @@ async def record_params(params: AttachRecordParams, context: ToolContext) -> dic
     return rest
 
 
+# --- log_external_call: the four steps in one tool call (the machinery is in call_log.py) ---
+
+RECORD_FIELDS = ("RECORD_URL", "FILENAME", "FILE_CONTENT", "file_path")
+REGISTER_FIELDS = tuple(RegisterCallParams.model_fields)
+# USER_ID, USER_PHONE_INNER and ADD_TO_CHAT are the register fields of the same name; finish's deprecated
+# RECORD_URL is the recording here (attachRecord).
+FINISH_FIELDS = ("USER_ID", "USER_PHONE_INNER", "DURATION", "COST", "COST_CURRENCY", "STATUS_CODE", "FAILED_REASON")
+FINISH_FIELDS += ("VOTE", "ADD_TO_CHAT")
+
+
+def _reused(model: type[BaseModel], *names: str, **overrides: Any) -> dict[str, Any]:
+    """Fields of another input model with their types, enums and defaults but without their descriptions (the
+    model reads those on the tool itself), unless overridden by a `(type, Field(...))`."""
+    fields: dict[str, Any] = {}
+    for name in names:
+        info = model.model_fields[name]
+        fields[name] = overrides.get(name) or (
+            Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation,
+            FieldInfo(default=info.default) if not info.is_required() else FieldInfo(),
+        )
+    return fields
+
+
+class _LogCallBase(RestParams):
+    at_least_one_of = (("USER_ID", "USER_PHONE_INNER"),)
+    local_fields = frozenset({"file_path"})
+
+    @model_validator(mode="after")
+    def _recording(self) -> _LogCallBase:
+        if any(getattr(self, name) for name in RECORD_FIELDS):
+            check_recording(self)
+        return self
+
+    async def steps(self, run: ToolRun) -> list[Step]:
+        """register, finish, then the recording and the transcript when given: each through its own tool's
+        input model, so it is sent exactly as that tool would send it."""
+        given: dict[str, Any] = self.model_dump(mode="json", exclude_none=True)
+
+        def part(names: tuple[str, ...]) -> dict[str, Any]:
+            return {name: given[name] for name in names if name in given}
+
+        register, finish = part(REGISTER_FIELDS), part(FINISH_FIELDS)
+        steps = [
+            Step(
+                "register",
+                SPECS["register_external_call"],
+                RegisterCallParams(**register).to_rest(),
+                fingerprint(register),
+            ),
+            Step(
+                "finish", SPECS["finish_external_call"], _without_call_id(FinishCallParams, finish), fingerprint(finish)
+            ),
+        ]
+        if recording := part(RECORD_FIELDS):
+            rest = await record_params(AttachRecordParams(CALL_ID="", **recording), run.context)
+            rest.pop("CALL_ID")
+            spec = SPECS["attach_external_call_record"]
+            steps.append(Step("record", spec, rest, fingerprint(recording), uploads="FILE_CONTENT" in rest))
+        if transcript := part(("MESSAGES",)):
+            rest = _without_call_id(AttachTranscriptionParams, transcript)
+            steps.append(Step("transcript", SPECS["attach_call_transcription"], rest, fingerprint(transcript)))
+        return steps
+
+
+def _without_call_id(model: type[RestParams], arguments: dict[str, Any]) -> dict[str, Any]:
+    rest = model.model_validate({**arguments, "CALL_ID": ""}).to_rest()
+    rest.pop("CALL_ID")
+    return rest
+
+
+# The transcript's items without their descriptions (attach_call_transcription carries them).
+_LoggedMessage = create_model(
+    "LoggedMessage", __base__=RestParams, **_reused(TranscriptMessage, *TranscriptMessage.model_fields)
+)
+
+LogCallParams = create_model(
+    "LogCallParams",
+    __base__=_LogCallBase,
+    **_reused(
+        RegisterCallParams,
+        *REGISTER_FIELDS,
+        EXTERNAL_CALL_ID=(str, Field(description="Your PBX's unique ID of the call: a repeat never logs it twice.")),
+        SHOW=(int_choice(0, 1), Field(0, description="1: show the call card (default 0: the call is over).")),
+    ),
+    **_reused(FinishCallParams, *FINISH_FIELDS[2:-1]),
+    **_reused(
+        AttachRecordParams,
+        *RECORD_FIELDS,
+        RECORD_URL=(str | None, Field(None, description="Recording: RECORD_URL, file_path, or FILENAME+FILE_CONTENT.")),
+    ),
+    **_reused(
+        AttachTranscriptionParams,
+        "MESSAGES",
+        MESSAGES=(list[_LoggedMessage] | None, Field(None, description="Transcript.")),
+    ),
+)
+
+
+class LoggedCall(RestResult):
+    CALL_ID: str
+    steps: dict[str, dict[str, Any]] = Field(
+        description="register, finish, record, transcript: each step's result, as its own tool returns it."
+    )
+
+
 TOOLSET = Toolset(
     name="external_calls",
     description="Calls through an external PBX or voice agent: register, finish, call card, recording, transcript, "
     "CRM lookup by phone.",
     default=True,
-    instructions="Logging a PBX call: register_external_call (keep CALL_ID), search_crm_entities_by_phone to "
-    "identify the client, finish_external_call, then attach_external_call_record and attach_call_transcription.",
+    instructions="A finished call: log_external_call, once (a repeat with its EXTERNAL_CALL_ID is safe). A call in "
+    "progress: register_external_call (keep CALL_ID), search_crm_entities_by_phone to identify the client, "
+    "finish_external_call, then attach_external_call_record and attach_call_transcription.",
     tools=(
         ToolSpec(
             name="register_external_call",
@@ -280,5 +396,27 @@ TOOLSET = Toolset(
             effect=CREATES,
             hints=TRANSCRIPT_HINTS,
         ),
+        ToolSpec(
+            name="log_external_call",
+            method="telephony.externalCall.register",
+            title="Log finished call",
+            description="Log a finished call in one step: register, finish, recording, transcript (fields as in "
+            "those tools). Idempotent per EXTERNAL_CALL_ID: a repeat never logs twice, and resumes a partial failure.",
+            params=LogCallParams,
+            result=LoggedCall,
+            # Repeating it changes nothing more (the journal answers), and it removes nothing.
+            effect=Effect(read_only=False, destructive=False, idempotent=True),
+            app_only=True,
+            run=call_log.run_alone,
+            plan=call_log.plan,
+            other_methods=(
+                "telephony.externalCall.finish",
+                "telephony.externalCall.attachRecord",
+                "telephony.call.attachTranscription",
+                "batch",
+                call_log.STATISTICS_METHOD,
+            ),
+        ),
     ),
 )
+SPECS = {spec.name: spec for spec in TOOLSET.tools}

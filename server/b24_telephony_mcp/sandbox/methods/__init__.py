@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from ..portal import Method
 from . import (
+    batch,
     call_placement,
     external_calls,
     external_lines,
@@ -32,6 +33,7 @@ METHODS: dict[str, Method] = {
     **reference.METHODS,
     **statistics.METHODS,
     **platform.METHODS,
+    **batch.METHODS,
 }
 
 __all__ = ["METHODS"]

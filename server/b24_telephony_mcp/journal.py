@@ -1,0 +1,146 @@
+"""What `log_external_call` remembers between attempts: per application and EXTERNAL_CALL_ID, which steps are done
+and their results, so a repeat resumes instead of registering the call twice.
+
+`CallJournal` is the interface (`load`, `save`, `expire`); `SqliteCallJournal` keeps it in one SQLite file in the
+state directory, which survives restarts and is safe for several server processes on one machine (WAL, and
+`save` is a compare-and-set on a revision number, so two attempts at the same call cannot both claim it).
+Another implementation (Redis, for replicas on several machines) only has to keep the same three operations.
+Entries are opaque JSON objects to the journal; they expire `TTL` seconds after their last save.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import anyio.to_thread
+
+if TYPE_CHECKING:
+    import sqlite3
+
+TTL = 7 * 24 * 3600.0
+"""Entries are forgotten a week after their last change (the issue's retention; longer than any retry)."""
+
+
+@dataclass(frozen=True)
+class JournalRecord:
+    entry: dict[str, Any]
+    revision: int
+    """Pass it back to `save`: the save succeeds only if nobody saved in between; after it, the stored revision
+    is `revision + 1`."""
+
+
+class CallJournal(Protocol):
+    async def load(self, application: str, external_call_id: str) -> JournalRecord | None:
+        """The entry, or None when there is none (or it expired)."""
+        ...
+
+    async def save(self, application: str, external_call_id: str, entry: Mapping[str, Any], revision: int) -> bool:
+        """Store `entry` if the stored revision is still `revision` (0: no entry yet); False if another attempt
+        saved first (then load again)."""
+        ...
+
+    async def expire(self) -> int:
+        """Drop entries older than `TTL`; returns how many."""
+        ...
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS calls (
+    application TEXT NOT NULL,
+    external_call_id TEXT NOT NULL,
+    revision INTEGER NOT NULL,
+    saved_at REAL NOT NULL,
+    entry TEXT NOT NULL,
+    PRIMARY KEY (application, external_call_id)
+)
+"""
+
+
+class SqliteCallJournal:
+    """The journal in an SQLite file (created 0600 in a 0700 directory: results hold phone numbers).
+
+    One connection per process, opened on first use and kept: closing the last connection to a WAL database
+    checkpoints it, which would cost a few fsyncs per operation. Each statement commits on its own (fully
+    synced), and the compare-and-set is a single statement, so processes sharing the file never both win."""
+
+    def __init__(self, path: Path, ttl: float = TTL, clock: Any = time.time) -> None:
+        self.path = path
+        self.ttl = ttl
+        self._clock = clock
+        self._db: sqlite3.Connection | None = None
+        self._lock = threading.Lock()  # the connection is used from worker threads, one at a time
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._db is None:
+            import sqlite3  # here, so a server that never logs a call does not load it at start
+
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if not self.path.exists():
+                os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+            db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(_SCHEMA)
+            self._expire(db)  # once per process: old entries never pile up
+            self._db = db
+        return self._db
+
+    def close(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    async def load(self, application: str, external_call_id: str) -> JournalRecord | None:
+        return await anyio.to_thread.run_sync(self._load, application, external_call_id)
+
+    async def save(self, application: str, external_call_id: str, entry: Mapping[str, Any], revision: int) -> bool:
+        return await anyio.to_thread.run_sync(self._save, application, external_call_id, dict(entry), revision)
+
+    async def expire(self) -> int:
+        return await anyio.to_thread.run_sync(self._expire_now)
+
+    def _load(self, application: str, external_call_id: str) -> JournalRecord | None:
+        with self._lock:
+            row = (
+                self._connect()
+                .execute(
+                    "SELECT entry, revision FROM calls WHERE application = ? AND external_call_id = ? AND saved_at > ?",
+                    (application, external_call_id, self._clock() - self.ttl),
+                )
+                .fetchone()
+            )
+        return None if row is None else JournalRecord(json.loads(row[0]), row[1])
+
+    def _save(self, application: str, external_call_id: str, entry: dict[str, Any], revision: int) -> bool:
+        text = json.dumps(entry, ensure_ascii=False, separators=(",", ":"))
+        now = self._clock()
+        with self._lock:
+            db = self._connect()
+            if revision == 0:
+                # An expired entry counts as none: replace it.
+                cursor = db.execute(
+                    "INSERT INTO calls VALUES (?, ?, 1, ?, ?) ON CONFLICT (application, external_call_id) DO UPDATE "
+                    "SET revision = 1, saved_at = excluded.saved_at, entry = excluded.entry WHERE saved_at <= ?",
+                    (application, external_call_id, now, text, now - self.ttl),
+                )
+            else:
+                cursor = db.execute(
+                    "UPDATE calls SET revision = revision + 1, saved_at = ?, entry = ? "
+                    "WHERE application = ? AND external_call_id = ? AND revision = ?",
+                    (now, text, application, external_call_id, revision),
+                )
+            return cursor.rowcount == 1
+
+    def _expire_now(self) -> int:
+        with self._lock:
+            return self._expire(self._connect())
+
+    def _expire(self, db: sqlite3.Connection) -> int:
+        return db.execute("DELETE FROM calls WHERE saved_at <= ?", (self._clock() - self.ttl,)).rowcount
