@@ -35,7 +35,7 @@ from b24_telephony_mcp.config import (
     shared_approvals,
     split_names,
 )
-from b24_telephony_mcp.journal import SqliteCallJournal
+from b24_telephony_mcp.journal import RedisCallJournal, SqliteCallJournal
 from b24_telephony_mcp.net import is_loopback_host, url_host
 from b24_telephony_mcp.profiles import DEFAULT_PROFILE
 from b24_telephony_mcp.redact import JsonFormatter, RedactingFormatter, register_secret
@@ -262,7 +262,8 @@ async def serve(args: argparse.Namespace, token: str | None) -> None:
         client = await build_client(settings, state)
         stack.push_async_callback(client.aclose)
 
-        journal = SqliteCallJournal(settings.journal_file)
+        # With Redis the journal is shared too, so a repeated log_external_call resumes on any replica.
+        journal = RedisCallJournal(state) if state is not None else SqliteCallJournal(settings.journal_file)
         stack.callback(journal.close)
         context = ToolContext(
             settings.files,

@@ -4,12 +4,13 @@ and their results, so a repeat resumes instead of registering the call twice.
 `CallJournal` is the interface (`load`, `save`, `expire`); `SqliteCallJournal` keeps it in one SQLite file in the
 state directory, which survives restarts and is safe for several server processes on one machine (WAL, and
 `save` is a compare-and-set on a revision number, so two attempts at the same call cannot both claim it).
-Another implementation (Redis, for replicas on several machines) only has to keep the same three operations.
+`RedisCallJournal` keeps the same three operations in Redis, for replicas on several machines.
 Entries are opaque JSON objects to the journal; they expire `TTL` seconds after their last save.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
@@ -23,6 +24,8 @@ import anyio.to_thread
 
 if TYPE_CHECKING:
     import sqlite3
+
+    from b24_telephony_mcp.bitrix.redis_state import RedisState
 
 TTL = 7 * 24 * 3600.0
 """Entries are forgotten a week after their last change (the issue's retention; longer than any retry)."""
@@ -144,3 +147,48 @@ class SqliteCallJournal:
 
     def _expire(self, db: sqlite3.Connection) -> int:
         return db.execute("DELETE FROM calls WHERE saved_at <= ?", (self._clock() - self.ttl,)).rowcount
+
+
+# Store `entry` under KEYS[1] if its revision is still ARGV[1] (0: none), bump the revision, renew the expiry.
+_SAVE_ENTRY = """
+local current = tonumber(redis.call('HGET', KEYS[1], 'revision') or '0')
+if current ~= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'revision', current + 1, 'entry', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+
+
+class RedisCallJournal:
+    """The journal in Redis (B24_REDIS_URL), so a repeated call resumes on whichever replica it reaches: one hash
+    per application and EXTERNAL_CALL_ID (`revision`, `entry`), saved by a compare-and-set script, expired by
+    Redis itself `TTL` after its last save."""
+
+    def __init__(self, state: RedisState, ttl: float = TTL) -> None:
+        self._state = state
+        self._ttl_ms = int(ttl * 1000)
+        self._save_entry = state.redis.register_script(_SAVE_ENTRY)
+
+    def _key(self, application: str, external_call_id: str) -> str:
+        return self._state.key("journal", hashlib.sha256(f"{application}|{external_call_id}".encode()).hexdigest())
+
+    async def load(self, application: str, external_call_id: str) -> JournalRecord | None:
+        async with self._state.failures("reading the call journal"):
+            revision, entry = await self._state.redis.hmget(
+                self._key(application, external_call_id), "revision", "entry"
+            )
+        return None if entry is None else JournalRecord(json.loads(entry), int(revision))
+
+    async def save(self, application: str, external_call_id: str, entry: Mapping[str, Any], revision: int) -> bool:
+        text = json.dumps(dict(entry), ensure_ascii=False, separators=(",", ":"))
+        async with self._state.failures("writing the call journal"):
+            saved = await self._save_entry(
+                keys=[self._key(application, external_call_id)], args=[revision, text, self._ttl_ms]
+            )
+        return bool(saved)
+
+    async def expire(self) -> int:
+        return 0  # Redis expires each entry itself
+
+    def close(self) -> None:
+        return None
