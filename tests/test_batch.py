@@ -59,8 +59,8 @@ def stats(sandbox: RunningSandbox) -> dict[str, Any]:
     return answer
 
 
-def client_for(sandbox: RunningSandbox, tmp_path: Path, **limits: float) -> BitrixClient:
-    client = oauth_client(
+async def client_for(sandbox: RunningSandbox, tmp_path: Path, **limits: float) -> BitrixClient:
+    client = await oauth_client(
         sandbox, TokenStore(tmp_path / "tokens.json"), TokenPair(sandbox.access_token, sandbox.refresh_token)
     )
     if limits:
@@ -204,7 +204,7 @@ def test_pack_keeps_groups_whole_and_in_order() -> None:
 
 
 async def test_linked_commands_in_one_request(sandbox: RunningSandbox, tmp_path: Path) -> None:
-    client = client_for(sandbox, tmp_path)
+    client = await client_for(sandbox, tmp_path)
     messages = [{"SIDE": "Client", "START_TIME": 0, "STOP_TIME": 2, "MESSAGE": "Hello & welcome"}]
     results = await call_batch(
         client,
@@ -227,7 +227,7 @@ async def test_linked_commands_in_one_request(sandbox: RunningSandbox, tmp_path:
 async def test_per_command_errors_are_errors_and_halt_leaves_the_rest_not_run(
     sandbox: RunningSandbox, tmp_path: Path
 ) -> None:
-    client = client_for(sandbox, tmp_path)
+    client = await client_for(sandbox, tmp_path)
     commands = [
         Command("lines", LINES, read_only=True),
         Command("bad", FINISH, {"CALL_ID": "unknown", "USER_ID": OPERATOR}),
@@ -250,7 +250,7 @@ async def test_per_command_errors_are_errors_and_halt_leaves_the_rest_not_run(
 
 
 async def test_call_batch_refuses_what_the_portal_would_not_run(sandbox: RunningSandbox, tmp_path: Path) -> None:
-    client = client_for(sandbox, tmp_path)
+    client = await client_for(sandbox, tmp_path)
     with pytest.raises(ValueError, match="at most 50"):
         await call_batch(client, [Command(f"c{i}", LINES) for i in range(MAX_COMMANDS + 1)])
     with pytest.raises(ValueError, match="unique"):
@@ -261,7 +261,7 @@ async def test_call_batch_refuses_what_the_portal_would_not_run(sandbox: Running
 
 
 async def test_a_batch_is_paced_by_the_clients_limiter(sandbox: RunningSandbox, tmp_path: Path) -> None:
-    client = client_for(sandbox, tmp_path, rate=20, burst=1)
+    client = await client_for(sandbox, tmp_path, rate=20, burst=1)
     started = time.monotonic()
     for _ in range(3):
         await call_batch(client, [Command(f"c{i}", LINES, read_only=True) for i in range(50)])
@@ -272,7 +272,7 @@ async def test_a_batch_is_paced_by_the_clients_limiter(sandbox: RunningSandbox, 
 
 
 async def test_reads_are_repeated_after_a_5xx_writes_are_not(sandbox: RunningSandbox, tmp_path: Path) -> None:
-    client = client_for(sandbox, tmp_path)
+    client = await client_for(sandbox, tmp_path)
     client.retry = type(client.retry)(backoff_base=0.01)
     spec = {"method": "batch", "status": 502, "body": "<title>502 Bad Gateway</title>"}
     httpx2.post(f"{sandbox.base_url}/_sandbox/faults", json=spec)
