@@ -240,7 +240,7 @@ async def test_per_command_errors_are_errors_and_halt_leaves_the_rest_not_run(
     assert error is not None
     assert (error.code, error.method, error.http_status) == ("ERROR_CORE", FINISH, 200)
     assert error.description.startswith("Call is not found")
-    assert "unique EXTERNAL_CALL_ID" in error.hint  # the same hint a single call gets
+    assert error.hint == ""  # method-specific hints are the tools' (ToolSpec.hints), applied per item
     halted = await call_batch(client, commands, halt=True)
     assert [outcome.ran for outcome in halted] == [True, True, False]
     with pytest.raises(BitrixError) as not_run:
