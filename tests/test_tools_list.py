@@ -56,6 +56,8 @@ COMPOSITES = {
 }
 
 
+# Parameters whose name says all a model needs: a description would be context paid on every turn for nothing.
+SELF_EXPLANATORY = {"NAME", "COST", "COST_CURRENCY", "FAILED_REASON", "VOTE", "CALL_LIST_ID", "CRM_ENTITY_ID"}
 # The docs' parameter types in JSON Schema terms.
 DOC_TYPES = {
     "string": {"type": "string"},
@@ -70,10 +72,10 @@ DOC_TYPES = {
 # into the model's tool definitions (name, description, inputSchema), and the whole tools/list result on the
 # wire. Growing past a budget should be a decision: trim descriptions or schemas, or raise it here on purpose.
 BUDGETS = {  # selection: (model-visible bytes, wire bytes)
-    # Raised from (9_000, 16_000) on purpose: log_external_call (1,925 B model-visible, its fields without the
-    # descriptions register/finish already carry) and run_batch (553 B) brought the default set from 8,977 to
-    # 11,453 B model-visible and from 15,930 to 19,797 B on the wire (issue 7); 9,000 could not hold them.
-    "default": (11_500, 19_800),
+    # The issues' budgets. The default set holds log_external_call, run_batch and get_call_analytics too: terse
+    # descriptions, none where the name says it all (SELF_EXPLANATORY), no `additionalProperties: false` (unknown
+    # arguments are refused by the server, naming the valid ones), no annotations.title copy, no output anyOf.
+    "default": (9_000, 16_000),
     "all": (26_000, 45_000),
 }
 
@@ -202,18 +204,18 @@ def test_every_tool_is_fully_described(tools: list[dict[str, Any]]) -> None:
         assert "title" not in annotations, name  # Tool.title names it; a second copy is paid context
         assert tool["outputSchema"]["type"] == "object", name
         assert tool["inputSchema"]["type"] == "object", name
-        assert tool["inputSchema"]["additionalProperties"] is False, name
 
 
-def test_schemas_are_valid_and_inputs_closed(tools: list[dict[str, Any]]) -> None:
+def test_schemas_are_valid_and_lean(tools: list[dict[str, Any]]) -> None:
     for tool in tools:
         for schema in (tool["inputSchema"], tool["outputSchema"]):
             jsonschema.Draft202012Validator.check_schema(schema)
             jsonschema.Draft7Validator.check_schema(schema)
             assert "$ref" not in json.dumps(schema), tool["name"]  # some clients resolve no refs
-        # Nested objects (MESSAGES items) refuse unknown fields too.
-        for nested in (node for node in json_objects(tool["inputSchema"]) if "properties" in node):
-            assert nested.get("additionalProperties") is False, (tool["name"], nested)
+        # Unknown arguments are refused by the server, naming the valid ones (test_validation.py), so the schemas
+        # do not spend `additionalProperties: false` on every object.
+        for node in json_objects(tool["inputSchema"]):
+            assert node.get("additionalProperties") is not False, (tool["name"], node)
 
 
 def type_of(schema: dict[str, Any]) -> dict[str, Any]:
@@ -238,7 +240,8 @@ def test_inputs_are_the_documented_rest_parameters(rest_tools: list[dict[str, An
         assert set(schema.get("required", [])) == required, name
         for param in docs:
             check_documented_type(name, param, properties[param["name"]])
-            assert properties[param["name"]].get("description"), (name, param["name"])
+            has_description = bool(properties[param["name"]].get("description"))
+            assert has_description or param["name"] in SELF_EXPLANATORY, (name, param["name"])
 
 
 def check_documented_type(name: str, param: dict[str, Any], prop: dict[str, Any]) -> None:

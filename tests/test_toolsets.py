@@ -185,6 +185,12 @@ class ListChanges:
             self.arrived.set()
 
 
+def toolset_tools(name: str, *, read_only: bool = False) -> list[str]:
+    """The tools of one toolset (what enable_toolset adds), without run_batch, which comes with every selection."""
+    toolset = next(toolset for toolset in TOOLSETS if toolset.name == name)
+    return [spec.name for spec in toolset.tools if spec.effect.read_only or not read_only]
+
+
 async def names(client: Client) -> list[str]:
     return [tool.name for tool in (await client.list_tools()).tools]
 
@@ -204,7 +210,7 @@ async def test_dynamic_toolsets_over_the_handshake_protocol(sandbox: RunningSand
         listed = {item["name"]: item for item in ok(await client.call_tool("list_toolsets", {}))}
         assert list(listed) == [toolset.name for toolset in TOOLSETS]
         assert listed[LINES]["enabled"] is True and listed[CALLS]["enabled"] is False
-        calls_tools = [spec.name for spec in select_tools([CALLS])]
+        calls_tools = toolset_tools(CALLS)
         assert listed[CALLS]["tools"] == calls_tools
         assert listed[CALLS]["description"] == next(ts.description for ts in TOOLSETS if ts.name == CALLS)
 
@@ -231,10 +237,11 @@ async def test_dynamic_toolsets_keep_read_only_mode(sandbox: RunningSandbox, tok
     async with stdio_session(env) as client:
         assert await names(client) == [spec.name for spec in select_tools([CALLS], read_only=True)] + DYNAMIC
         enabled = ok(await client.call_tool("enable_toolset", {"toolset": LINES}))
-        assert enabled["added"] == [spec.name for spec in select_tools([LINES], read_only=True)]
+        assert enabled["added"] == toolset_tools(LINES, read_only=True)
         listed = await names(client)
-    assert listed == list(ToolOffer.select([CALLS, LINES], read_only=True, dynamic=True))
-    assert all(TOOLS_BY_NAME[name].effect.read_only for name in listed if name not in DYNAMIC)
+    offer = ToolOffer.select([CALLS, LINES], read_only=True, dynamic=True)
+    assert listed == list(offer)
+    assert all(offer[name].effect.read_only for name in listed)  # run_batch in its read-only form
 
 
 @pytest.mark.anyio
@@ -248,7 +255,7 @@ async def test_dynamic_toolsets_over_the_2026_07_28_protocol(sandbox: RunningSan
         assert capabilities.tools is not None and capabilities.tools.list_changed is True
         async with client.listen(tools_list_changed=True) as subscription:
             enabled = ok(await client.call_tool("enable_toolset", {"toolset": CALLS}))
-            assert enabled["added"] == [spec.name for spec in select_tools([CALLS])]
+            assert enabled["added"] == toolset_tools(CALLS)
             with anyio.fail_after(10):
                 event = await subscription.__anext__()
         assert type(event).__name__ == "ToolsListChanged"

@@ -135,7 +135,7 @@ class RowFieldsParams(RestParams):
 
     local_fields = frozenset({"fields"})
 
-    fields: list[str] | None = Field(None, description="Keep only these keys of each row.")
+    fields: list[str] | None = Field(None, description="Row keys to keep.")
 
     def shape_rows(self, result: Any) -> Any:
         if not self.fields or not isinstance(result, list):
@@ -355,7 +355,9 @@ class ToolSpec:
 
     @cached_property
     def input_schema(self) -> dict[str, Any]:
-        return lean_schema(self.params.model_json_schema())
+        # Without `additionalProperties: false`: unknown arguments are refused here anyway, naming the valid ones
+        # (RestParams forbids extras), and the keyword on every object costs context on every turn.
+        return lean_schema(self.params.model_json_schema(), closed=False)
 
     @cached_property
     def argument_names(self) -> frozenset[str]:
@@ -368,13 +370,10 @@ class ToolSpec:
         if self.paginated:
             properties |= {"total": {"type": "integer"}, "next": {"type": "integer"}}
         # Failures carry their details here too: an isError result whose structuredContent broke
-        # the schema would be rejected by strict clients (TypeScript SDK, MCP Inspector).
+        # the schema would be rejected by strict clients (TypeScript SDK, MCP Inspector). Which of the two comes
+        # back is what isError says, so the schema does not spend context repeating it.
         properties["error"] = {"type": "object"}
-        return {
-            "type": "object",
-            "properties": properties,
-            "anyOf": [{"required": ["result"]}, {"required": ["error"]}],
-        }
+        return {"type": "object", "properties": properties}
 
     @property
     def meta(self) -> dict[str, Any] | None:

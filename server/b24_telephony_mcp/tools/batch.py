@@ -43,7 +43,7 @@ class BatchItem(RestParams):
 
 
 class RunBatchParams(RestParams):
-    items: list[BatchItem] = Field(description="Tool calls, in order.")
+    items: list[BatchItem] = Field(description="In order.")
     halt: bool = Field(False, description="Stop at the first failure.")
 
 
@@ -210,8 +210,7 @@ RUN_BATCH = ToolSpec(
     name=NAME,
     method=BATCH_METHOD,
     title="Run tool calls in batches",
-    description="Run many calls of this server's tools in few Bitrix24 batch requests (bulk work); per item, that "
-    "tool's own result or error.",
+    description="Many calls of this server's tools in few batch requests; per item, that tool's result or error.",
     params=RunBatchParams,
     result=BatchOutcome,
     # It can run any offered tool, deleting lines included.

@@ -28,6 +28,7 @@ from b24_telephony_mcp.tools import (
     toolset_of,
 )
 from b24_telephony_mcp.tools.base import READS, NoParams, RestParams, RestResult, ToolRun, Toolset, ToolSpec
+from b24_telephony_mcp.tools.batch import RUN_BATCH, RUN_BATCH_READ_ONLY
 
 ToolsetName = Literal[tuple(toolset.name for toolset in TOOLSETS)]  # type: ignore[valid-type]
 
@@ -76,6 +77,8 @@ class ToolOffer(Mapping[str, ToolSpec]):
 
     def _ordered(self, names: Collection[str]) -> dict[str, ToolSpec]:
         specs = {spec.name: spec for spec in ALL_TOOLS if spec.name in names}
+        if RUN_BATCH.name in specs and self.read_only:
+            specs[RUN_BATCH.name] = RUN_BATCH_READ_ONLY  # it then runs only read-only tools: so is it
         if self.dynamic:
             specs |= {spec.name: spec for spec in DYNAMIC_TOOLS}
         return specs
@@ -94,7 +97,8 @@ class ToolOffer(Mapping[str, ToolSpec]):
         toolset (read-only mode applied)."""
         if not self.dynamic:
             return tuple(self.values())
-        return (*(spec for toolset in TOOLSETS for spec in self.offerable(toolset)), *DYNAMIC_TOOLS)
+        batch = (self._specs[RUN_BATCH.name],) if RUN_BATCH.name in self._specs else ()
+        return (*(spec for toolset in TOOLSETS for spec in self.offerable(toolset)), *batch, *DYNAMIC_TOOLS)
 
     def offerable(self, toolset: Toolset) -> tuple[ToolSpec, ...]:
         """The tools of `toolset` this server may offer (read-only mode applied)."""

@@ -32,9 +32,9 @@ from b24_telephony_mcp.tools.files import RECORDING_EXTENSIONS
 CrmEntityType = Literal["CONTACT", "COMPANY", "LEAD"]
 
 CALL_ID_DESC = "From register_external_call."
-USER_ID_DESC = "User ID (or USER_PHONE_INNER)."
-USER_PHONE_INNER_DESC = "User's extension (or USER_ID)."
-FINISHED_CALL_ID_DESC = "From register_external_call; the call must be finished."
+USER_ID_DESC = "Or USER_PHONE_INNER."
+USER_PHONE_INNER_DESC = "Extension; or USER_ID."
+FINISHED_CALL_ID_DESC = "Of a finished call."
 ADD_TO_CHAT_DESC = "1 (default): notify the user's chat."
 
 # Method-specific hints, one tool per sentence: a sentence naming a tool the server does not offer is left out.
@@ -93,13 +93,13 @@ class RegisterCallParams(RestParams):
         None, description="1: create a lead for an unknown number."
     )
     CRM_SOURCE: str | None = Field(None, description="Source STATUS_ID of that lead.")
-    CRM_ENTITY_TYPE: CrmEntityType | None = Field(None, description="CRM record to bind the call to.")
-    CRM_ENTITY_ID: int | None = Field(None, description="Its ID.")
+    CRM_ENTITY_TYPE: CrmEntityType | None = Field(None, description="Bind to this CRM record.")
+    CRM_ENTITY_ID: int | None = Field(None)
     SHOW: int_choice(0, 1) | None = Field(None, description="1 (default): show the call card.")  # type: ignore[valid-type]
     ADD_TO_CHAT: int_choice(0, 1) | None = Field(  # type: ignore[valid-type]
         None, description=ADD_TO_CHAT_DESC
     )
-    CALL_LIST_ID: int | None = Field(None, description="Call list ID.")
+    CALL_LIST_ID: int | None = Field(None)
     LINE_NUMBER: str | None = Field(None, description="External line number (recommended).")
     EXTERNAL_CALL_ID: str | None = Field(None, description="Your PBX's ID of the call (dedupe key).")
 
@@ -123,15 +123,15 @@ class FinishCallParams(RestParams):
     USER_ID: int | None = Field(None, description=USER_ID_DESC)
     USER_PHONE_INNER: str | None = Field(None, description=USER_PHONE_INNER_DESC)
     DURATION: int | None = Field(None, description="Seconds.")
-    COST: float | None = Field(None, description="Call cost.")
-    COST_CURRENCY: str | None = Field(None, description="E.g. USD.")
+    COST: float | None = Field(None)
+    COST_CURRENCY: str | None = Field(None)
     STATUS_CODE: StatusCode | None = Field(
         None,
-        description="SIP-style: 200 ok, 304 missed, 486 busy, 603 declined... Default 200 if DURATION>0, else 304.",
+        description="200 ok, 304 missed, 486 busy, 603 declined...; default by DURATION.",
     )
-    FAILED_REASON: str | None = Field(None, description="Why it failed.")
+    FAILED_REASON: str | None = Field(None)
     RECORD_URL: str | None = Field(None, description="Deprecated: attach_external_call_record.")
-    VOTE: int_choice(1, 2, 3, 4, 5) | None = Field(None, description="Rating.")  # type: ignore[valid-type]
+    VOTE: int_choice(1, 2, 3, 4, 5) | None = Field(None)  # type: ignore[valid-type]
     ADD_TO_CHAT: int_choice(0, 1) | None = Field(None, description=ADD_TO_CHAT_DESC)  # type: ignore[valid-type]
 
 
@@ -148,7 +148,7 @@ class FinishedCall(RestResult):
 
 class CallCardParams(RestParams):
     CALL_ID: str = Field(description=CALL_ID_DESC)
-    USER_ID: int | list[int] | None = Field(None, description="User ID or IDs. Default: the call's user.")
+    USER_ID: int | list[int] | None = Field(None, description="Default: the call's user.")
 
 
 class AttachRecordParams(RestParams):
@@ -157,7 +157,7 @@ class AttachRecordParams(RestParams):
     FILENAME: str | None = Field(None, description=".wav or .mp3 name.")
     FILE_CONTENT: str | None = Field(None, description="Base64; prefer file_path.")
     file_path: str | None = Field(
-        None, description="Local .wav/.mp3 under B24_FILES_DIR. One of RECORD_URL, file_path, FILENAME+FILE_CONTENT."
+        None, description="Local file under B24_FILES_DIR; or RECORD_URL, or FILENAME+FILE_CONTENT."
     )
 
     @model_validator(mode="after")
@@ -193,8 +193,8 @@ class TranscriptMessage(RestParams):
 class AttachTranscriptionParams(RestParams):
     CALL_ID: str = Field(description=FINISHED_CALL_ID_DESC)
     MESSAGES: list[TranscriptMessage] = Field(description="Utterances in order; times in seconds into the call.")
-    COST: float | None = Field(None, description="Transcription cost.")
-    COST_CURRENCY: str | None = Field(None, description="Currency of COST.")
+    COST: float | None = Field(None)
+    COST_CURRENCY: str | None = Field(None)
 
 
 class Transcript(RestResult):
@@ -292,14 +292,14 @@ LogCallParams = create_model(
     **_reused(
         RegisterCallParams,
         *REGISTER_FIELDS,
-        EXTERNAL_CALL_ID=(str, Field(description="Your PBX's unique ID of the call: a repeat never logs it twice.")),
-        SHOW=(int_choice(0, 1), Field(0, description="1: show the call card (default 0: the call is over).")),
+        EXTERNAL_CALL_ID=(str, Field(description="Your PBX's call ID: a repeat never logs twice.")),
+        SHOW=(int_choice(0, 1), Field(0, description="Default 0: the call is over.")),
     ),
     **_reused(FinishCallParams, *FINISH_FIELDS[2:-1]),
     **_reused(
         AttachRecordParams,
         *RECORD_FIELDS,
-        RECORD_URL=(str | None, Field(None, description="Recording: RECORD_URL, file_path, or FILENAME+FILE_CONTENT.")),
+        RECORD_URL=(str | None, Field(None, description="Or file_path, or FILENAME+FILE_CONTENT.")),
     ),
     **_reused(
         AttachTranscriptionParams,
@@ -400,8 +400,8 @@ TOOLSET = Toolset(
             name="log_external_call",
             method="telephony.externalCall.register",
             title="Log finished call",
-            description="Log a finished call in one step: register, finish, recording, transcript (fields as in "
-            "those tools). Idempotent per EXTERNAL_CALL_ID: a repeat never logs twice, and resumes a partial failure.",
+            description="A finished call in one step: register, finish, recording, transcript (fields as in those "
+            "tools). A repeat never logs twice; it resumes a partial failure.",
             params=LogCallParams,
             result=LoggedCall,
             # Repeating it changes nothing more (the journal answers), and it removes nothing.

@@ -23,16 +23,16 @@ from b24_telephony_mcp.tools.base import (
     YesNo,
 )
 
-LINE_NUMBER_DESC = "External line number (see list_external_lines)."
+LINE_NUMBER_DESC = "The line's number."
 # One tool per sentence: a sentence naming a tool the server does not offer is left out of the hint.
 LINE_NOT_FOUND = ("Could not find line", "list_external_lines shows the numbers of this application's lines.")
 
 
 class AddLineParams(RestParams):
     NUMBER: str = Field(description="Line number, unique per app.")
-    NAME: str | None = Field(None, description="Line name.")
+    NAME: str | None = Field(None)
     CRM_AUTO_CREATE: YesNo | None = Field(
-        None, description="Y (default): outgoing calls to unknown numbers create a CRM record."
+        None, description="Y (default): calls to unknown numbers create a CRM record."
     )
 
 
@@ -41,9 +41,7 @@ class UpdateLineParams(RestParams):
 
     NUMBER: str = Field(description=LINE_NUMBER_DESC)
     NAME: str | None = Field(None, description="New name (or CRM_AUTO_CREATE).")
-    CRM_AUTO_CREATE: YesNo | None = Field(
-        None, description="Y/N: outgoing calls to unknown numbers create a CRM record."
-    )
+    CRM_AUTO_CREATE: YesNo | None = Field(None, description="Y: calls to unknown numbers create a CRM record.")
 
 
 class LineNumberParams(RestParams):

@@ -18,11 +18,12 @@ _SCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
 _SCHEMA_VALUES = ("items", "additionalProperties", "not")
 
 
-def lean_schema(schema: dict[str, Any], *, keep_null: bool = False) -> dict[str, Any]:
-    return _lean(schema, schema.get("$defs", {}), keep_null)
+def lean_schema(schema: dict[str, Any], *, keep_null: bool = False, closed: bool = True) -> dict[str, Any]:
+    """`closed=False` also drops `additionalProperties: false` (for inputs the server checks itself)."""
+    return _lean(schema, schema.get("$defs", {}), keep_null, closed)
 
 
-def _lean(node: dict[str, Any], defs: dict[str, Any], keep_null: bool) -> dict[str, Any]:
+def _lean(node: dict[str, Any], defs: dict[str, Any], keep_null: bool, closed: bool = True) -> dict[str, Any]:
     ref = node.get("$ref")
     if isinstance(ref, str) and ref.startswith("#/$defs/"):
         target = defs[ref.removeprefix("#/$defs/")]
@@ -31,14 +32,16 @@ def _lean(node: dict[str, Any], defs: dict[str, Any], keep_null: bool) -> dict[s
 
     out: dict[str, Any] = {}
     for key, value in node.items():
-        if key in ("title", "$defs") or (key == "additionalProperties" and value is True):
+        if key in ("title", "$defs") or (
+            key == "additionalProperties" and (value is True or (value is False and not closed))
+        ):
             continue
         if key in _SCHEMA_MAPS:
-            out[key] = {name: _lean(sub, defs, keep_null) for name, sub in value.items()}
+            out[key] = {name: _lean(sub, defs, keep_null, closed) for name, sub in value.items()}
         elif key in _SCHEMA_LISTS:
-            out[key] = [_lean(sub, defs, keep_null) for sub in value]
+            out[key] = [_lean(sub, defs, keep_null, closed) for sub in value]
         elif key in _SCHEMA_VALUES and isinstance(value, dict):
-            out[key] = _lean(value, defs, keep_null)
+            out[key] = _lean(value, defs, keep_null, closed)
         else:
             out[key] = value
 

@@ -91,8 +91,8 @@ def _check_filter(node: dict[str, Any], path: str = "") -> None:
 class StatisticParams(PagedParams, RowFieldsParams):
     FILTER: dict[str, Any] | None = Field(
         None,
-        description="Field, optionally prefixed ! > >= < <= >< %; a list means any of. E.g. >=CALL_START_DATE (ISO), "
-        "PORTAL_USER_ID, PORTAL_NUMBER, CALL_TYPE, CALL_FAILED_CODE.",
+        description="Field with optional ! > >= < <= >< % prefix; a list is any of. E.g. >=CALL_START_DATE, "
+        "PORTAL_USER_ID, CALL_TYPE, CALL_FAILED_CODE.",
     )
     SORT: str | None = Field(None, description="E.g. CALL_START_DATE.")
     ORDER: Literal["ASC", "DESC"] | None = Field(None, description="Default ASC.")
