@@ -66,7 +66,7 @@ def key_of(record: Record, group: str, zone: tzinfo) -> Any:
     local = record.call_start_date.astimezone(zone)
     return {
         "day": lambda: local.date().isoformat(),
-        "week": lambda: "%d-W%02d" % local.isocalendar()[:2],
+        "week": lambda: f"{local.isocalendar()[0]}-W{local.isocalendar()[1]:02d}",
         "hour": lambda: local.hour,
         "line": lambda: record.portal_number,
         "user": lambda: record.portal_user_id,
