@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/run.py
 	$(PY) benchmarks/statistics_seed.py
 	$(PY) benchmarks/batching.py
+	$(PY) benchmarks/analytics.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info server/*.egg-info .pytest_cache .ruff_cache benchmarks/results

@@ -53,6 +53,8 @@ COMPOSITES = {
     "log_external_call": (False, False, True),
     # It can run any offered tool, deleting lines included.
     "run_batch": (False, True, False),
+    # Reads only: statistic pages, through batch requests.
+    "get_call_analytics": (True, False, True),
 }
 
 
@@ -282,6 +284,12 @@ def test_composite_tools(tools: list[dict[str, Any]]) -> None:
     run_batch = by_name["run_batch"]
     assert run_batch["_meta"] == {"b24/method": "batch"}
     assert set(run_batch["inputSchema"]["properties"]) == {"items", "halt"}
+
+    # get_call_analytics: statistic.get's FILTER (a subset of its keys), plus its own period, groups and zone.
+    analytics = by_name["get_call_analytics"]
+    assert analytics["_meta"]["b24/methods"] == ["voximplant.statistic.get", "batch"]
+    assert set(analytics["inputSchema"]["properties"]) == {"FILTER", "from", "to", "group_by", "tz"}
+    assert "FILTER" in {param["name"] for param in DOCS_BY_METHOD["voximplant.statistic.get"]["params"]}
 
 
 def test_annotations_follow_the_documented_semantics(rest_tools: list[dict[str, Any]]) -> None:

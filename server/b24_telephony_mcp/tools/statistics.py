@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from b24_telephony_mcp.tools.base import READS, PagedParams, RowFieldsParams, Toolset, ToolSpec
+from b24_telephony_mcp.tools.call_analytics import GET_CALL_ANALYTICS
 
 #: The docs' filterable fields, plus the CRM binding keys the source accepts too.
 FILTER_FIELDS = frozenset(
@@ -141,5 +142,6 @@ TOOLSET = Toolset(
             result=list[dict[str, Any]],  # rows named in the docs; `fields` may keep any subset
             effect=READS,
         ),
+        GET_CALL_ANALYTICS,
     ),
 )

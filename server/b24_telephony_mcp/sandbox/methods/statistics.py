@@ -159,6 +159,8 @@ def statistic_get(portal: SandboxPortal, params: Params, caller: Caller) -> Page
     if allowed is not None:  # source: $arFilter['PORTAL_USER_ID'] = $allowedUserIds, beside the caller's own keys
         conditions.append(_condition("=", "PORTAL_USER_ID", sorted(allowed)))
     sort = _sort(params.get("SORT"), params.get("ORDER"))
+    if sort is not None and params.get("SORT") == "ID" and params.get("ORDER") == "ASC":
+        sort = None  # the table is in id order already: keyset pages (start=-1) stop at 50 rows
 
     records = history(portal)
     records = records[_first_candidate(records, raw_filter) :]
