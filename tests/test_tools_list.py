@@ -59,7 +59,7 @@ COMPOSITES = {
 
 
 # Parameters whose name says all a model needs: a description would be context paid on every turn for nothing.
-SELF_EXPLANATORY = {"NAME", "COST", "COST_CURRENCY", "FAILED_REASON", "VOTE", "CALL_LIST_ID", "CRM_ENTITY_ID"}
+SELF_EXPLANATORY = {"NAME", "COST", "COST_CURRENCY", "FAILED_REASON", "VOTE", "CALL_LIST_ID", "CRM_ENTITY_ID", "ORDER"}
 # The docs' parameter types in JSON Schema terms.
 DOC_TYPES = {
     "string": {"type": "string"},

@@ -44,7 +44,7 @@ class BatchItem(RestParams):
 
 class RunBatchParams(RestParams):
     items: list[BatchItem] = Field(description="In order.")
-    halt: bool = Field(False, description="Stop at the first failure.")
+    halt: bool = Field(False, description="Stop at a failure.")
 
 
 class BatchOutcome(RestResult):
@@ -210,7 +210,7 @@ RUN_BATCH = ToolSpec(
     name=NAME,
     method=BATCH_METHOD,
     title="Run tool calls in batches",
-    description="Many calls of this server's tools in few batch requests; per item, that tool's result or error.",
+    description="Many tool calls in few batch requests; per item, that tool's result or error.",
     params=RunBatchParams,
     result=BatchOutcome,
     # It can run any offered tool, deleting lines included.

@@ -67,7 +67,7 @@ class AnalyticsParams(RestParams):
     group_by: list[Group] = Field(min_length=1, max_length=2)
     tz: str = "UTC"
     FILTER: dict[str, Any] | None = Field(
-        None, description="PORTAL_NUMBER, PORTAL_USER_ID, CALL_TYPE (1 out, 2/3 in), CALL_FAILED_CODE: value or list."
+        None, description="PORTAL_NUMBER, PORTAL_USER_ID, CALL_TYPE, CALL_FAILED_CODE: a value or list."
     )
 
     @field_validator("FILTER")
@@ -300,8 +300,8 @@ GET_CALL_ANALYTICS = ToolSpec(
     name="get_call_analytics",
     method=METHOD,
     title="Get call analytics",
-    description="Stats of all calls from..to (ISO 8601, to exclusive, naive in tz), computed server-side: per group "
-    "calls, answered, missed incoming, durations, cost.",
+    description="Totals over all calls from..to (ISO 8601; to exclusive; naive in tz), per group: calls, answered, "
+    "missed, durations, cost.",
     params=AnalyticsParams,
     result=Analytics,
     effect=READS,

@@ -35,7 +35,7 @@ CALL_ID_DESC = "From register_external_call."
 USER_ID_DESC = "Or USER_PHONE_INNER."
 USER_PHONE_INNER_DESC = "Extension; or USER_ID."
 FINISHED_CALL_ID_DESC = "Of a finished call."
-ADD_TO_CHAT_DESC = "1 (default): notify the user's chat."
+ADD_TO_CHAT_DESC = "1 (default): chat notice."
 
 # Method-specific hints, one tool per sentence: a sentence naming a tool the server does not offer is left out.
 USER_NOT_FOUND = ("User is not found", "Pass the USER_ID or USER_PHONE_INNER of an active Bitrix24 user.")
@@ -88,20 +88,20 @@ class RegisterCallParams(RestParams):
     TYPE: int_choice(1, 2, 3, 4, 5) = Field(  # type: ignore[valid-type]
         description="1 out, 2 in, 3 in redirected, 4 callback, 5 info."
     )
-    CALL_START_DATE: str | None = Field(None, description="ISO 8601 with offset; default now.")
+    CALL_START_DATE: str | None = Field(None, description="ISO 8601; default now.")
     CRM_CREATE: int_choice(0, 1) | None = Field(  # type: ignore[valid-type]
         None, description="1: create a lead for an unknown number."
     )
-    CRM_SOURCE: str | None = Field(None, description="Source STATUS_ID of that lead.")
+    CRM_SOURCE: str | None = Field(None, description="Lead source STATUS_ID.")
     CRM_ENTITY_TYPE: CrmEntityType | None = Field(None, description="Bind to this CRM record.")
     CRM_ENTITY_ID: int | None = Field(None)
-    SHOW: int_choice(0, 1) | None = Field(None, description="1 (default): show the call card.")  # type: ignore[valid-type]
+    SHOW: int_choice(0, 1) | None = Field(None, description="1 (default): show the card.")  # type: ignore[valid-type]
     ADD_TO_CHAT: int_choice(0, 1) | None = Field(  # type: ignore[valid-type]
         None, description=ADD_TO_CHAT_DESC
     )
     CALL_LIST_ID: int | None = Field(None)
     LINE_NUMBER: str | None = Field(None, description="External line number (recommended).")
-    EXTERNAL_CALL_ID: str | None = Field(None, description="Your PBX's ID of the call (dedupe key).")
+    EXTERNAL_CALL_ID: str | None = Field(None, description="Your PBX's call ID (dedupe key).")
 
 
 class RegisteredCall(RestResult):
@@ -153,7 +153,7 @@ class CallCardParams(RestParams):
 
 class AttachRecordParams(RestParams):
     CALL_ID: str = Field(description=FINISHED_CALL_ID_DESC)
-    RECORD_URL: str | None = Field(None, description="URL the portal downloads it from.")
+    RECORD_URL: str | None = Field(None, description="URL to download it from.")
     FILENAME: str | None = Field(None, description=".wav or .mp3 name.")
     FILE_CONTENT: str | None = Field(None, description="Base64; prefer file_path.")
     file_path: str | None = Field(
@@ -192,7 +192,7 @@ class TranscriptMessage(RestParams):
 
 class AttachTranscriptionParams(RestParams):
     CALL_ID: str = Field(description=FINISHED_CALL_ID_DESC)
-    MESSAGES: list[TranscriptMessage] = Field(description="Utterances in order; times in seconds into the call.")
+    MESSAGES: list[TranscriptMessage] = Field(description="In order; times: seconds into the call.")
     COST: float | None = Field(None)
     COST_CURRENCY: str | None = Field(None)
 
@@ -329,7 +329,7 @@ TOOLSET = Toolset(
             name="register_external_call",
             method="telephony.externalCall.register",
             title="Register external call",
-            description="Start of a call through your PBX; returns CALL_ID and the matched CRM record.",
+            description="Call start from your PBX; returns CALL_ID and the CRM match.",
             params=RegisterCallParams,
             result=RegisteredCall,
             effect=CREATES,
@@ -351,7 +351,7 @@ TOOLSET = Toolset(
             name="show_external_call",
             method="telephony.externalCall.show",
             title="Show call card",
-            description="Show an active call's card to users; false if not active.",
+            description="Show an active call's card; false if not active.",
             params=CallCardParams,
             result=bool,
             effect=SIGNALS,
@@ -369,7 +369,7 @@ TOOLSET = Toolset(
             name="attach_external_call_record",
             method="telephony.externalCall.attachRecord",
             title="Attach call recording",
-            description="Attach a .wav/.mp3 recording to a finished call (replaces one).",
+            description="Attach a .wav/.mp3 to a finished call (replaces one).",
             params=AttachRecordParams,
             result=AttachedFile,
             effect=CONSUMES,
@@ -380,7 +380,7 @@ TOOLSET = Toolset(
             name="search_crm_entities_by_phone",
             method="telephony.externalCall.searchCrmEntities",
             title="Find CRM client by phone",
-            description="CRM contacts, leads and companies with this number, and who is responsible.",
+            description="CRM contacts, leads, companies with this number, and their owners.",
             params=SearchCrmParams,
             result=list[CrmMatch],
             effect=READS,
@@ -400,8 +400,8 @@ TOOLSET = Toolset(
             name="log_external_call",
             method="telephony.externalCall.register",
             title="Log finished call",
-            description="A finished call in one step: register, finish, recording, transcript (fields as in those "
-            "tools). A repeat never logs twice; it resumes a partial failure.",
+            description="Register, finish, recording, transcript in one step (fields as in those tools); a repeat "
+            "never logs twice, and resumes a failure.",
             params=LogCallParams,
             result=LoggedCall,
             # Repeating it changes nothing more (the journal answers), and it removes nothing.

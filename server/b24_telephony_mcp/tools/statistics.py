@@ -92,11 +92,11 @@ def _check_filter(node: dict[str, Any], path: str = "") -> None:
 class StatisticParams(PagedParams, RowFieldsParams):
     FILTER: dict[str, Any] | None = Field(
         None,
-        description="Field with optional ! > >= < <= >< % prefix; a list is any of. E.g. >=CALL_START_DATE, "
-        "PORTAL_USER_ID, CALL_TYPE, CALL_FAILED_CODE.",
+        description="Field with optional ! > >= < <= >< % prefix; list = any of. E.g. >=CALL_START_DATE, "
+        "PORTAL_USER_ID, CALL_TYPE.",
     )
     SORT: str | None = Field(None, description="E.g. CALL_START_DATE.")
-    ORDER: Literal["ASC", "DESC"] | None = Field(None, description="Default ASC.")
+    ORDER: Literal["ASC", "DESC"] | None = Field(None)
     start: int | None = Field(None, ge=-1, description="`next` of a page; -1: no total, faster.")
 
     @field_validator("FILTER")
@@ -137,7 +137,7 @@ TOOLSET = Toolset(
             name="get_call_statistics",
             method="voximplant.statistic.get",
             title="Get call statistics",
-            description="Call history: 50 rows a page, oldest first unless sorted.",
+            description="Call history, 50 rows a page.",
             params=StatisticParams,
             result=list[dict[str, Any]],  # rows named in the docs; `fields` may keep any subset
             effect=READS,
