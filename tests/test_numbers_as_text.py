@@ -78,6 +78,11 @@ def get(arguments: Any, path: Path_) -> Any:
     return arguments
 
 
+# Text fields whose own rules accept no digits alone (a date, a time zone): a valid value to build arguments from.
+EXAMPLES = {("get_call_analytics", "from"): "2026-03-01", ("get_call_analytics", "to"): "2026-03-02"}
+EXAMPLES |= {("get_call_analytics", "tz"): "Europe/Berlin"}
+
+
 def valid_arguments(spec: ToolSpec, path: Path_) -> tuple[dict[str, Any], bool]:
     """Arguments the tool accepts with a string at `path`, and whether that string may be any text ("1") rather
     than one the field's own rules pick (an enum member, an example named in its description: SORT's field name).
@@ -86,13 +91,14 @@ def valid_arguments(spec: ToolSpec, path: Path_) -> tuple[dict[str, Any], bool]:
     schema = spec.input_schema
     properties = schema["properties"]
     prop = properties_at(schema, path)
-    base = {name: sample(properties[name]) for name in schema.get("required", [])}
+    base = {name: EXAMPLES.get((spec.name, name), sample(properties[name])) for name in schema.get("required", [])}
     for group in spec.params.at_least_one_of:
         if not any(name in base for name in group):
             base[group[0]] = sample(properties[group[0]])
     if path[0] not in base:
         base[path[0]] = sample(properties[path[0]])
-    texts = ["1", *prop.get("enum", []), *re.findall(r"\b[A-Z][A-Z0-9_.]{2,}\b", prop.get("description", ""))]
+    example = [EXAMPLES[(spec.name, path[0])]] if (spec.name, path[0]) in EXAMPLES else []
+    texts = ["1", *example, *prop.get("enum", []), *re.findall(r"\b[A-Z][A-Z0-9_.]{2,}\b", prop.get("description", ""))]
     extras = [{}] + [{name: sample(prop)} for name, prop in properties.items() if name not in base]
     for text in texts:
         for extra in extras:

@@ -397,6 +397,9 @@ async def test_every_result_conforms_to_its_output_schema(sandbox: RunningSandbo
         await tools.ok("attach_call_transcription", {"CALL_ID": call_id, "MESSAGES": [message]})
         assert len(await tools.ok("get_call_statistics", {"FILTER": {"CALL_ID": call_id}})) == 1
         await tools.error("get_call_statistics", {"SORT": "CALL_TYPE"})
+        period = {"from": "2026-01-01", "to": "2026-01-08", "group_by": ["day"]}
+        assert (await tools.ok("get_call_analytics", period))["requests"] >= 1
+        await tools.error("get_call_analytics", {**period, "tz": "Mars/Olympus"})
         await tools.ok("delete_external_line", {"NUMBER": "555"})
         await tools.error("delete_external_line", {"NUMBER": "555"})
         logged = {"USER_ID": OPERATOR, "PHONE_NUMBER": "+7 900 000 0007", "TYPE": 2, "EXTERNAL_CALL_ID": "conform-1"}

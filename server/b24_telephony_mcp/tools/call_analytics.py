@@ -17,7 +17,7 @@ import math
 import statistics
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta, tzinfo
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -77,6 +77,12 @@ class AnalyticsParams(RestParams):
         if unknown:
             raise ValueError(f"unknown key(s) {', '.join(unknown)}; keys: {', '.join(FILTER_KEYS)}")
         return {key: _filter_value(key, item) for key, item in value.items()} if value else None
+
+    @field_validator("from_", "to")
+    @classmethod
+    def _iso_8601(cls, value: str) -> str:
+        _moment(value, "date", UTC, end=False)  # the form here, so the error names the field; the zone later
+        return value
 
     @field_validator("tz")
     @classmethod
