@@ -31,11 +31,6 @@ Record = StatisticRecord
 
 
 @pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
 def sandbox() -> Iterator[RunningSandbox]:
     with start_sandbox(SandboxConfig(seed_calls=SEEDED, rate_limit=1000.0, rate_burst=10000)) as running:
         yield running

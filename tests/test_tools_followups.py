@@ -53,11 +53,6 @@ async def followup_tools(env: dict[str, str]) -> AsyncIterator[ToolCaller]:
 
 
 @pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
 def shared_sandbox() -> Iterator[RunningSandbox]:
     """One portal for the tests that only read (every follow-up method does)."""
     with start_sandbox(SandboxConfig(rate_limit=1000.0, rate_burst=10000)) as running:

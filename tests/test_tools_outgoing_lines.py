@@ -6,12 +6,12 @@ test_tools_sip.py); the default outgoing line is reg150907.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import httpx2
 import pytest
 
-from b24_telephony_mcp.sandbox import RunningSandbox, SandboxConfig, start_sandbox
+from b24_telephony_mcp.sandbox import RunningSandbox
 from b24_telephony_mcp.sandbox.methods.sip import LineConfigs
 from support import app_env, webhook_env
 from test_tools import ToolCaller
@@ -38,14 +38,8 @@ def default_line(sandbox: RunningSandbox) -> str:
 # One portal and one server (with the sip toolset too) for the tests that need nothing special; each starts from the
 # seeds again (`lines`).
 @pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
-def portal() -> Iterator[RunningSandbox]:
-    with start_sandbox(SandboxConfig(rate_limit=1000.0, rate_burst=10000)) as running:
-        yield running
+def portal(module_sandbox: RunningSandbox) -> RunningSandbox:
+    return module_sandbox
 
 
 @pytest.fixture(scope="module")

@@ -47,14 +47,8 @@ def configs(sandbox: RunningSandbox) -> LineConfigs:
 
 # One portal and one server for the tests that need nothing special; each starts from the seeds again (`lines`).
 @pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
-def portal() -> Iterator[RunningSandbox]:
-    with start_sandbox(SandboxConfig(rate_limit=1000.0, rate_burst=10000)) as running:
-        yield running
+def portal(module_sandbox: RunningSandbox) -> RunningSandbox:
+    return module_sandbox
 
 
 @pytest.fixture(scope="module")
