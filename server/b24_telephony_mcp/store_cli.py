@@ -49,13 +49,9 @@ async def import_pair(local: TokenStore, shared: RedisPairStore, force: bool) ->
     if pair is None:
         raise ConfigError(f"{local.path} holds no token pair to import.")
     current = await _load_shared(shared)
-    if current is not None and _same(current, pair):
-        return f"{shared.where} already holds the pair in {local.path}; nothing changed."
-    if current is not None and not force and not _newer(pair, current):
-        raise ConfigError(
-            f"{shared.where} holds a pair at least as new as the one in {local.path} (replicas rotated it); not "
-            "overwritten. Use --force only if you know the file's pair is the live one."
-        )
+    unchanged = _may_overwrite(pair, current, force, shared.where, local.path, " (replicas rotated it)", "the file's")
+    if unchanged:
+        return unchanged
     try:
         await shared.save(pair, current.refresh_token if current is not None else None)
     except StalePairError:
@@ -68,18 +64,31 @@ async def export_pair(shared: RedisPairStore, local: TokenStore, force: bool) ->
     if pair is None:
         raise ConfigError(f"{shared.where} holds no token pair to export.")
     current = await _load_file(local)
-    if current is not None and _same(current, pair):
-        return f"{local.path} already holds the pair in {shared.where}; nothing changed."
-    if current is not None and not force and not _newer(pair, current):
-        raise ConfigError(
-            f"{local.path} holds a pair at least as new as the one in {shared.where}; not overwritten. Use --force "
-            "only if you know Redis's pair is the live one."
-        )
+    unchanged = _may_overwrite(pair, current, force, local.path, shared.where, "", "Redis's")
+    if unchanged:
+        return unchanged
     try:
         await anyio.to_thread.run_sync(local.save, pair)
     except OSError as exc:
         raise ConfigError(f"cannot write {local.path} ({exc.strerror or type(exc).__name__}).") from None
     return f"Exported the token pair from {shared.where} into {local.path}."
+
+
+def _may_overwrite(
+    pair: TokenPair, current: TokenPair | None, force: bool, target: object, source: object, why: str, whose: str
+) -> str | None:
+    """The one rule of import and export: copying the pair the target already holds changes nothing (the message
+    is returned), and a pair at least as new in the target is kept unless forced (ConfigError); else None."""
+    if current is None:
+        return None
+    if _same(current, pair):
+        return f"{target} already holds the pair in {source}; nothing changed."
+    if not force and not _newer(pair, current):
+        raise ConfigError(
+            f"{target} holds a pair at least as new as the one in {source}{why}; not overwritten. Use --force only "
+            f"if you know {whose} pair is the live one."
+        )
+    return None
 
 
 async def _load_file(store: TokenStore) -> TokenPair | None:
