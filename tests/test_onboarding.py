@@ -413,6 +413,14 @@ async def test_two_profiles_side_by_side_and_login_against_the_sandbox(tmp_path:
         assert [line.number for line in second.portal.lines.values()] == ["202"]
 
 
+def test_sandboxes_started_from_one_config_keep_their_own_settings() -> None:
+    """`login --sandbox` re-points one portal's handler path; a portal started from the same config keeps its own."""
+    with start_sandbox(FAST) as first, start_sandbox(FAST) as second:
+        httpx2.post(f"{second.base_url}/_sandbox/app", json={"handler_url": "http://localhost:1/"}).raise_for_status()
+        assert httpx2.get(f"{first.base_url}/_sandbox/app").json()["handler_url"] == FAST.handler_url
+        assert second.config.handler_url == "http://localhost:1/" and FAST.handler_url != second.config.handler_url
+
+
 def test_sandbox_authorize_code_and_platform_methods(sandbox: RunningSandbox) -> None:
     """The sandbox side of login and doctor, as a portal and its OAuth server answer them."""
     authorize = f"{sandbox.base_url}/oauth/authorize/"

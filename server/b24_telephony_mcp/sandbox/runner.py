@@ -8,7 +8,7 @@ import socket
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 
 import uvicorn
@@ -61,7 +61,9 @@ class RunningSandbox:
 
 
 def _prepare(config: SandboxConfig | None, host: str, port: int) -> RunningSandbox:
-    config = config or SandboxConfig()
+    # A copy: a portal's settings change at run time (handler path, scopes), and two sandboxes started from one
+    # config object must not change each other's.
+    config = replace(config) if config else SandboxConfig()
     sock = listen_socket(host, port)
     bound_port = sock.getsockname()[1]
     base_url = f"http://{url_host(host)}:{bound_port}"
