@@ -79,6 +79,8 @@ BUDGETS = {  # selection: (model-visible bytes, wire bytes)
     # arguments are refused by the server, naming the valid ones), no annotations.title copy, no output anyOf.
     "default": (9_000, 16_000),
     "all": (26_000, 45_000),
+    # Dynamic toolsets start from the default set: list_toolsets and enable_toolset must stay cheap beside it.
+    "default --dynamic-toolsets": (9_600, 17_500),
 }
 
 
@@ -97,6 +99,7 @@ def listings(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[st
         "default": anyio.run(fetch_listing, token_file),
         "all": anyio.run(fetch_listing, token_file, "--toolsets", "all"),
         "dynamic": anyio.run(fetch_listing, token_file, "--toolsets", "all", "--dynamic-toolsets"),
+        "default --dynamic-toolsets": anyio.run(fetch_listing, token_file, "--dynamic-toolsets"),
     }
 
 
