@@ -8,6 +8,7 @@ Expected tool lists come from the declarations (`select_tools`, `ToolOffer`), ne
 
 from __future__ import annotations
 
+import re
 import secrets
 import subprocess
 from pathlib import Path
@@ -21,7 +22,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from b24_telephony_mcp.bitrix.errors import ERROR_CORE, BitrixError
 from b24_telephony_mcp.sandbox import RunningSandbox
-from b24_telephony_mcp.server import hint_for, instructions_for
+from b24_telephony_mcp.server import hint_for, instructions_for, mcp_tool
 from b24_telephony_mcp.tools import ALL_TOOLS, DEFAULT_TOOLSETS, TOOLS_BY_NAME, TOOLSETS, select_tools
 from b24_telephony_mcp.tools.dynamic import DYNAMIC_TOOLS, KNOWN_TOOL_NAMES, ToolOffer
 from support import app_env, clean_env, error_of, http_server, http_session, ok, server_command, stdio_session
@@ -33,8 +34,8 @@ LINES, CALLS = "external_lines", "external_calls"
 
 
 def names_in(text: str) -> set[str]:
-    """The tool names a text mentions."""
-    return {name for name in KNOWN_TOOL_NAMES if name in text}
+    """The tool names a text mentions (whole names: get_call_followup_field does not mention get_call_followup)."""
+    return {name for name in KNOWN_TOOL_NAMES if re.search(rf"\b{name}\b", text)}
 
 
 def start(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -103,7 +104,7 @@ async def test_the_server_offers_exactly_the_selection(
         assert all(tool.annotations and tool.annotations.read_only_hint for tool in listed)
         assert len(listed) < len(ToolOffer.select(expected.enabled or None))  # some tool was left out
     # The instructions (from the handshake) are those written for this selection: checked for every selection
-    # in test_instructions_and_hints_never_name_a_tool_that_is_not_offered.
+    # in test_instructions_hints_and_descriptions_never_name_a_tool_that_is_not_offered.
     assert instructions == instructions_for(expected)
     assert names_in(instructions) <= {tool.name for tool in listed}
 
@@ -115,7 +116,7 @@ def all_selections() -> list[ToolOffer]:
     return offers
 
 
-def test_instructions_and_hints_never_name_a_tool_that_is_not_offered() -> None:
+def test_instructions_hints_and_descriptions_never_name_a_tool_that_is_not_offered() -> None:
     """Every selection against every hint any tool can give: derived from the declarations, so new tools count."""
     hints = {hint for spec in ALL_TOOLS for _, hint in spec.hints}
     assert any(names_in(hint) for hint in hints), "some hint should name a tool, or this test proves nothing"
@@ -133,6 +134,11 @@ def test_instructions_and_hints_never_name_a_tool_that_is_not_offered() -> None:
                     assert shown == hint  # nothing to drop: the hint is untouched
                 else:
                     assert shown.endswith(".") and "The tool for that" in shown, shown
+            # tools/list: descriptions (the tool's and its schemas') name only offered tools too.
+            full, listed = mcp_tool(spec).model_dump_json(), mcp_tool(spec, offer).model_dump_json()
+            assert names_in(listed) <= offered, (sorted(offered), listed)
+            if names_in(full) <= offered:
+                assert listed == full  # nothing to drop: the listing is untouched
 
 
 def test_read_only_mode_rewords_a_hint_that_names_a_write_tool() -> None:
@@ -153,8 +159,9 @@ def test_read_only_mode_rewords_a_hint_that_names_a_write_tool() -> None:
 async def test_a_hint_through_the_real_server_names_only_offered_tools(
     sandbox: RunningSandbox, token_file: Path
 ) -> None:
-    tools = "register_external_call,attach_external_call_record"
+    tools = "register_external_call,attach_external_call_record,delete_sip_connection"
     async with stdio_session(app_env(sandbox, token_file), "--tools", tools) as client:
+        listed = {tool.name: tool for tool in (await client.list_tools()).tools}
         call_id = ok(
             await client.call_tool(
                 "register_external_call", {"USER_ID": 2, "PHONE_NUMBER": "+7 900 000 0101", "TYPE": 2}
@@ -167,6 +174,9 @@ async def test_a_hint_through_the_real_server_names_only_offered_tools(
     assert early["description"].startswith("Call is not found in the statistic table")
     assert "finish_external_call" not in early["hint"]
     assert early["hint"] == "The tool for that is not offered by this server (its --tools list leaves it out)."
+    # The listing keeps what CONFIG_ID is and leaves out where it comes from (list_sip_connections is not offered).
+    config_id = listed["delete_sip_connection"].input_schema["properties"]["CONFIG_ID"]
+    assert config_id["description"] == "A SIP connection of this application."
 
 
 # --- dynamic toolsets ---

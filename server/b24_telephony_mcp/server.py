@@ -69,13 +69,18 @@ def instructions_for(offer: ToolOffer) -> str:
     return " ".join(lines)
 
 
-def mcp_tool(spec: ToolSpec) -> Tool:
+def mcp_tool(spec: ToolSpec, offer: ToolOffer | None = None) -> Tool:
+    """`spec` as tools/list shows it; with `offer`, its texts keep no sentence naming a tool that is not offered."""
+    description, input_schema, output_schema = spec.description, spec.input_schema, spec.output_schema
+    if offer is not None:
+        description = offer.only_offered(description, explain=False) if description else description
+        input_schema, output_schema = _only_offered(input_schema, offer), _only_offered(output_schema, offer)
     return Tool(
         name=spec.name,
         title=spec.title,
-        description=spec.description,
-        input_schema=spec.input_schema,
-        output_schema=spec.output_schema,
+        description=description,
+        input_schema=input_schema,
+        output_schema=output_schema,
         # No annotations.title: Tool.title names the tool, and each copy is context paid on every turn.
         annotations=ToolAnnotations(
             read_only_hint=spec.effect.read_only,
@@ -85,6 +90,23 @@ def mcp_tool(spec: ToolSpec) -> Tool:
         ),
         _meta=spec.meta,
     )
+
+
+def _only_offered(schema: Any, offer: ToolOffer) -> Any:
+    """A copy of `schema` whose descriptions keep no sentence naming a tool that is not offered (none left: no
+    description). Runs once per change of the offer."""
+    if isinstance(schema, list):
+        return [_only_offered(item, offer) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    copy: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key == "description" and isinstance(value, str):  # not a property named "description" (a dict)
+            if text := offer.only_offered(value, explain=False):
+                copy[key] = text
+        else:
+            copy[key] = _only_offered(value, offer)
+    return copy
 
 
 def _compact(data: Any) -> str:
@@ -193,7 +215,7 @@ def build_server(
     async def list_tools(_ctx: Any, _params: PaginatedRequestParams | None) -> ListToolsResult:
         nonlocal listing
         if listing[0] != offer.version:  # built once per change of the offer
-            listing = (offer.version, ListToolsResult(tools=[mcp_tool(spec) for spec in offer.values()]))
+            listing = (offer.version, ListToolsResult(tools=[mcp_tool(spec, offer) for spec in offer.values()]))
         return listing[1]
 
     async def call_tool(

@@ -117,6 +117,8 @@ class ToolOffer(Mapping[str, ToolSpec]):
     def only_offered(self, text: str, *, explain: bool = True) -> str:
         """`text` without its sentences that name a tool this server does not offer; with `explain`, one sentence
         in their place says where that tool is (never its name)."""
+        if all(name in self._specs for name in _TOOL_NAME.findall(text)):
+            return text
         kept: list[str] = []
         missing: list[str] = []
         for sentence in _SENTENCE_END.split(text):

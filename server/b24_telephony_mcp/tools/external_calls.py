@@ -130,7 +130,7 @@ class FinishCallParams(RestParams):
         description="200 ok, 304 missed, 486 busy, 603 declined...; default by DURATION.",
     )
     FAILED_REASON: str | None = Field(None)
-    RECORD_URL: str | None = Field(None, description="Deprecated: attach_external_call_record.")
+    RECORD_URL: str | None = Field(None, description="Deprecated. Use attach_external_call_record.")
     VOTE: int_choice(1, 2, 3, 4, 5) | None = Field(None)  # type: ignore[valid-type]
     ADD_TO_CHAT: int_choice(0, 1) | None = Field(None, description=ADD_TO_CHAT_DESC)  # type: ignore[valid-type]
 

@@ -33,12 +33,13 @@ LINE_PERMISSION_HINTS = (
 )
 """Every voximplant.sip.* and voximplant.line.* method checks this permission first."""
 
-CONFIG_ID_DESC = "CONFIG_ID of this application's SIP connection (list_sip_connections)."
+# One sentence names the tool: where it is not offered, only that sentence is left out.
+CONFIG_ID_DESC = "A SIP connection of this application. From list_sip_connections."
 PASSWORD_DESC = "Password on the server, at most 100 characters."
 NOT_OWN_HINT = (
     "ERROR_NOT_FOUND",
     "This application has no SIP connection with this CONFIG_ID (connections made in the portal or by other "
-    "applications cannot be changed here); see list_sip_connections.",
+    "applications cannot be changed here). list_sip_connections shows this application's connections.",
 )
 
 
@@ -83,7 +84,7 @@ class ConfigIdParams(RestParams):
 
 
 class RegIdParams(RestParams):
-    REG_ID: int = Field(description="REG_ID of a cloud SIP connection (list_sip_connections).")
+    REG_ID: int = Field(description="Registration of a cloud SIP connection. From list_sip_connections.")
 
 
 # A connection as the portal returns it; every key optional, since `fields` may keep only some. (A comment, not a
@@ -130,8 +131,8 @@ TOOLSET = Toolset(
                 *LINE_PERMISSION_HINTS,
                 (
                     "MAX_CLOUD_PBX",
-                    "The portal holds 10 cloud SIP connections (all applications together): delete one with "
-                    "delete_sip_connection, or connect your PBX with TYPE office.",
+                    "The portal holds 10 cloud SIP connections (all applications together): connect your PBX with "
+                    "TYPE office instead. delete_sip_connection frees one.",
                 ),
                 ("TITLE_EXISTS", "Another line of the portal has this name (case-insensitively); pick another TITLE."),
             ),
@@ -196,8 +197,8 @@ TOOLSET = Toolset(
                 *LINE_PERMISSION_HINTS,
                 (
                     "REG_ID_NOT_FOUND",
-                    "No registration has this REG_ID: take it from a cloud connection in list_sip_connections "
-                    "(office connections have none).",
+                    "No registration has this REG_ID (office connections have none). list_sip_connections shows "
+                    "the REG_ID of each cloud connection.",
                 ),
             ),
         ),
