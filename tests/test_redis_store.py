@@ -244,7 +244,7 @@ def test_store_command_through_the_cli(sandbox: RunningSandbox, redis_server: Re
 async def test_redis_pair_store_compare_and_set_seed_and_lock(redis_server: RedisServer) -> None:
     state = RedisState(redis_server.url)
     portal = f"https://cas-{secrets.token_hex(4)}.example.com"
-    store = state.pair_store(portal, "local.app", lease=0.3)
+    store = state.pair_store(portal, "local.app", lease=1.0)  # renewed every 1/3 s: room for a loaded machine
     try:
         first, second, third = pair(1), pair(2), pair(3)
         # Seeding fills only an empty store; the store wins over any later seed (the environment's stale pair).
@@ -271,7 +271,7 @@ async def test_redis_pair_store_compare_and_set_seed_and_lock(redis_server: Redi
                 order.append(f"{name} out")
 
         async with anyio.create_task_group() as group:
-            group.start_soon(hold, "a", 0.5)  # longer than the lease: it stays held because it is renewed
+            group.start_soon(hold, "a", 1.5)  # longer than the lease: it stays held because it is renewed
             await anyio.sleep(0.1)
             group.start_soon(hold, "b", 0)
         assert order == ["a in", "a out", "b in", "b out"]
