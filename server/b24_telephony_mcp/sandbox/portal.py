@@ -16,7 +16,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlencode, urlsplit
@@ -267,7 +267,9 @@ class SandboxPortal:
     def __init__(self, config: SandboxConfig | None = None, clock: Callable[[], float] = time.time) -> None:
         from .methods import METHODS  # the method modules import this module
 
-        self.config = config or SandboxConfig()
+        # A copy: settings change at run time (handler path, scopes), and two portals made from one config object
+        # must not change each other's.
+        self.config = replace(config) if config else SandboxConfig()
         #: Wall clock; tests may replace it to move time forward (token expiry, the 30-minute window).
         self.clock = clock
         #: The registry this portal dispatches to (lower-cased REST name -> Method).

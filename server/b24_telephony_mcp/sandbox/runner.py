@@ -8,7 +8,7 @@ import socket
 import sys
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from types import TracebackType
 
 import uvicorn
@@ -61,14 +61,12 @@ class RunningSandbox:
 
 
 def _prepare(config: SandboxConfig | None, host: str, port: int) -> RunningSandbox:
-    # A copy: a portal's settings change at run time (handler path, scopes), and two sandboxes started from one
-    # config object must not change each other's.
-    config = replace(config) if config else SandboxConfig()
     sock = listen_socket(host, port)
     bound_port = sock.getsockname()[1]
     base_url = f"http://{url_host(host)}:{bound_port}"
 
     portal = SandboxPortal(config)
+    config = portal.config  # the portal's own copy, which it changes at run time
     portal.base_url = base_url
     installation = portal.issue_tokens(user_id=1)  # what the app receives on installation
     server = uvicorn.Server(
