@@ -142,8 +142,11 @@ def progress(message: str) -> None:
 
 
 def clean_env() -> dict[str, str]:
-    # The caller's own B24_* settings (say, a real webhook) must never reach a benchmarked server.
-    return {key: value for key, value in os.environ.items() if not key.startswith("B24_")}
+    # The caller's own B24_* settings (say, a real webhook) must never reach a benchmarked server. Nor may
+    # PYTHONDONTWRITEBYTECODE: an installed copy has its bytecode (pip compiles it, or the first start writes it),
+    # so the unmeasured first start must leave it for the measured ones, or each start recompiles the sources.
+    skip = ("B24_", "PYTHONDONTWRITEBYTECODE")
+    return {key: value for key, value in os.environ.items() if not key.startswith(skip)}
 
 
 def webhook_env() -> dict[str, str]:
