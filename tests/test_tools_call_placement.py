@@ -27,7 +27,7 @@ from b24_telephony_mcp.config import ConfigError, load_settings
 from b24_telephony_mcp.sandbox import RunningSandbox, SandboxConfig, start_sandbox
 from b24_telephony_mcp.sandbox.methods.call_placement import CallPlacementState, PlacedCall
 from b24_telephony_mcp.tools import select_tools
-from support import app_env, http_server, http_session, stdio_session, text_of
+from support import app_env, error_of, http_server, http_session, ok, stdio_session, text_of
 from test_tools import ToolCaller, assert_conforms, assert_core
 
 pytestmark = pytest.mark.anyio
@@ -205,6 +205,29 @@ async def test_confirmation_switched_off_places_without_asking(sandbox: RunningS
         await tools.ok("start_infocall_with_text", {**INFOCALL_TEXT, "TO_NUMBER": 447946095800})
     assert user.questions == []
     assert [call.to_number for call in placed(sandbox)] == ["+19062195047", "74951234567", "447946095800"]
+
+
+async def test_enabled_by_the_model_only_while_each_call_is_confirmed(
+    sandbox: RunningSandbox, token_file: Path
+) -> None:
+    """--dynamic-toolsets: the model may add call_placement, and each call still asks; with B24_CONFIRM_CALLS=0
+    nobody would be asked, so adding it is the operator's decision (--toolsets) and enable_toolset refuses."""
+    user = User("decline")
+    async with stdio_session(app_env(sandbox, token_file), "--dynamic-toolsets", elicitation_callback=user) as client:
+        added = ok(await client.call_tool("enable_toolset", {"toolset": "call_placement"}))["added"]
+        assert added == list(TOOLS)
+        declined = error_of(await client.call_tool("start_callback", CALLBACK))
+    assert declined["code"] == "NOT_CONFIRMED" and len(user.questions) == 1
+
+    unattended = app_env(sandbox, token_file, B24_CONFIRM_CALLS="0")
+    async with stdio_session(unattended, "--dynamic-toolsets", elicitation_callback=User()) as client:
+        refused = error_of(await client.call_tool("enable_toolset", {"toolset": "call_placement"}))
+        offered = {tool.name for tool in (await client.list_tools()).tools}
+        assert ok(await client.call_tool("enable_toolset", {"toolset": "sip"}))["added"]  # other toolsets: as ever
+    assert refused["code"] == "TOOLSET_NOT_ALLOWED" and refused["retryable"] is False
+    assert "B24_CONFIRM_CALLS=0" in refused["description"] and "--toolsets" in refused["hint"]
+    assert not offered & set(TOOLS)
+    assert placed(sandbox) == []
 
 
 def test_confirm_calls_setting() -> None:

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from b24_telephony_mcp.bitrix.errors import BitrixError
 from b24_telephony_mcp.tools import (
     ALL_TOOLS,
     TOOLS_BY_NAME,
@@ -185,6 +186,15 @@ async def list_toolsets(_: NoParams, run: ToolRun) -> dict[str, Any]:
 
 async def enable_toolset(params: EnableToolsetParams, run: ToolRun) -> dict[str, Any]:
     offer = _offer_of(run)
+    unasked = [spec.name for spec in offer.offerable(TOOLSETS_BY_NAME[params.toolset]) if spec.confirm]
+    if unasked and not run.context.confirm_calls:
+        # Billed calls nobody confirms (B24_CONFIRM_CALLS=0) are the operator's decision, never the model's.
+        raise BitrixError(
+            TOOLSET_NOT_ALLOWED,
+            f"{params.toolset} places billed calls, and this server places them without asking the user "
+            "(B24_CONFIRM_CALLS=0), so only its operator can offer it. Nothing changed.",
+            hint=f"Ask the user to restart the server with {params.toolset} in --toolsets (or B24_TOOLSETS).",
+        )
     was_enabled = params.toolset in offer.enabled
     added = offer.enable(params.toolset)
     if added:
@@ -198,6 +208,8 @@ async def enable_toolset(params: EnableToolsetParams, run: ToolRun) -> dict[str,
         note = "Enabled, but it adds no tools here (read-only mode leaves out tools that change the portal)."
     return {"result": {"toolset": params.toolset, "added": [spec.name for spec in added], "note": note}}
 
+
+TOOLSET_NOT_ALLOWED = "TOOLSET_NOT_ALLOWED"
 
 # A ToolSpec's `method` names a REST method; these two call none, so theirs is empty and `_meta` omits it.
 DYNAMIC_TOOLS: tuple[ToolSpec, ...] = (
