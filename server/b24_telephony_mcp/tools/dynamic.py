@@ -184,10 +184,13 @@ async def list_toolsets(_: NoParams, run: ToolRun) -> dict[str, Any]:
     }
 
 
+TOOLSET_NOT_ALLOWED = "TOOLSET_NOT_ALLOWED"
+
+
 async def enable_toolset(params: EnableToolsetParams, run: ToolRun) -> dict[str, Any]:
     offer = _offer_of(run)
-    unasked = [spec.name for spec in offer.offerable(TOOLSETS_BY_NAME[params.toolset]) if spec.confirm]
-    if unasked and not run.context.confirm_calls:
+    asks_first = any(spec.confirm for spec in offer.offerable(TOOLSETS_BY_NAME[params.toolset]))
+    if asks_first and not run.context.confirm_calls:
         # Billed calls nobody confirms (B24_CONFIRM_CALLS=0) are the operator's decision, never the model's.
         raise BitrixError(
             TOOLSET_NOT_ALLOWED,
@@ -208,8 +211,6 @@ async def enable_toolset(params: EnableToolsetParams, run: ToolRun) -> dict[str,
         note = "Enabled, but it adds no tools here (read-only mode leaves out tools that change the portal)."
     return {"result": {"toolset": params.toolset, "added": [spec.name for spec in added], "note": note}}
 
-
-TOOLSET_NOT_ALLOWED = "TOOLSET_NOT_ALLOWED"
 
 # A ToolSpec's `method` names a REST method; these two call none, so theirs is empty and `_meta` omits it.
 DYNAMIC_TOOLS: tuple[ToolSpec, ...] = (
