@@ -5,6 +5,7 @@ from __future__ import annotations
 import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -80,3 +81,28 @@ def test_only_one_of_many_processes_claims_an_entry(tmp_path: Path) -> None:
     ]
     outcomes = [process.communicate(timeout=60)[0].strip() for process in processes]
     assert sorted(outcomes) == ["lost"] * 5 + ["won"]
+
+
+def test_many_first_uses_of_a_new_file_at_once_all_succeed(tmp_path: Path) -> None:
+    """Opening a new file switches it to WAL; SQLite refuses one of two simultaneous switches without waiting,
+    which once made a log_external_call answer JOURNAL_UNAVAILABLE. The loser now tries again."""
+    failures: list[str] = []
+    for trial in range(40):
+        path = tmp_path / f"fresh-{trial}" / "j.sqlite3"
+        start = threading.Barrier(4)
+
+        def first_use(journal: SqliteCallJournal, start: threading.Barrier = start) -> None:
+            start.wait()
+            try:
+                journal._load(APP, "c1")  # the first statement opens and prepares the file
+            except Exception as exc:
+                failures.append(repr(exc))
+            finally:
+                journal.close()
+
+        threads = [threading.Thread(target=first_use, args=(SqliteCallJournal(path),)) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert failures == []

@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 
 TTL = 7 * 24 * 3600.0
 """Entries are forgotten a week after their last change (the issue's retention; longer than any retry)."""
+_BUSY_TIMEOUT = 10.0
+"""Seconds a statement waits for another process's write (and the journal's setup for another's)."""
 
 
 @dataclass(frozen=True)
@@ -87,12 +89,26 @@ class SqliteCallJournal:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             if not self.path.exists():
                 os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
-            db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(_SCHEMA)
-            self._expire(db)  # once per process: old entries never pile up
+            db = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
+            deadline = time.monotonic() + _BUSY_TIMEOUT
+            while True:
+                try:
+                    self._prepare(db)
+                    break
+                except sqlite3.OperationalError as exc:
+                    # Two processes opening a new file both switch it to WAL: SQLite refuses one at once, without
+                    # waiting (it would deadlock), so the loser tries again. Nothing is written until this passes.
+                    if "locked" not in str(exc) or time.monotonic() > deadline:
+                        db.close()
+                        raise
+                    time.sleep(0.02)
             self._db = db
         return self._db
+
+    def _prepare(self, db: sqlite3.Connection) -> None:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(_SCHEMA)
+        self._expire(db)  # once per process: old entries never pile up
 
     def close(self) -> None:
         with self._lock:
