@@ -43,21 +43,23 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def app_variables(sandbox: RunningSandbox) -> dict[str, str]:
+    """The application `sandbox` installed: portal, client, its first token pair and the OAuth server."""
+    return {
+        "B24_PORTAL_URL": sandbox.base_url,
+        "B24_CLIENT_ID": sandbox.config.client_id,
+        "B24_CLIENT_SECRET": sandbox.config.client_secret,
+        "B24_ACCESS_TOKEN": sandbox.access_token,
+        "B24_REFRESH_TOKEN": sandbox.refresh_token,
+        "B24_OAUTH_TOKEN_URL": sandbox.token_url,
+    }
+
+
 def app_env(sandbox: RunningSandbox, token_file: Path, **extra: str) -> dict[str, str]:
     """App-mode settings for `sandbox`; the state directory (log_external_call's journal) beside the token file,
     never the developer's own."""
     extra = {"XDG_STATE_HOME": str(token_file.parent), **extra}
-    return clean_env(
-        B24_PORTAL_URL=sandbox.base_url,
-        B24_CLIENT_ID=sandbox.config.client_id,
-        B24_CLIENT_SECRET=sandbox.config.client_secret,
-        B24_ACCESS_TOKEN=sandbox.access_token,
-        B24_REFRESH_TOKEN=sandbox.refresh_token,
-        B24_OAUTH_TOKEN_URL=sandbox.token_url,
-        B24_TOKEN_FILE=str(token_file),
-        **FAST_LIMITS,
-        **extra,
-    )
+    return clean_env(**app_variables(sandbox), B24_TOKEN_FILE=str(token_file), **FAST_LIMITS, **extra)
 
 
 def webhook_env(sandbox: RunningSandbox, **extra: str) -> dict[str, str]:

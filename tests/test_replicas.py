@@ -28,7 +28,7 @@ from b24_telephony_mcp.bitrix import TokenPair
 from b24_telephony_mcp.bitrix.redis_state import RedisState
 from b24_telephony_mcp.sandbox import RunningSandbox, SandboxConfig, start_sandbox
 from redis_server import RedisServer
-from support import FAST_LIMITS, HttpServer, clean_env, http_servers, http_session, ok
+from support import FAST_LIMITS, HttpServer, app_variables, clean_env, http_servers, http_session, ok
 from test_tools_call_placement import CALLBACK, User, placed
 
 pytestmark = pytest.mark.anyio
@@ -49,12 +49,7 @@ def replica_envs(
         home.mkdir()
         env = clean_env(
             HOME=str(home),
-            B24_PORTAL_URL=sandbox.base_url,
-            B24_CLIENT_ID=sandbox.config.client_id,
-            B24_CLIENT_SECRET=sandbox.config.client_secret,
-            B24_ACCESS_TOKEN=sandbox.access_token,
-            B24_REFRESH_TOKEN=sandbox.refresh_token,
-            B24_OAUTH_TOKEN_URL=sandbox.token_url,
+            **app_variables(sandbox),
             B24_REDIS_URL=redis_url,
             B24_MCP_AUTH_TOKEN=MCP_TOKEN,
             B24_MCP_ALLOWED_HOSTS=PUBLIC_HOST,
