@@ -16,6 +16,7 @@ import anyio.to_thread
 
 from b24_telephony_mcp.bitrix import BitrixClient, BitrixError, OAuthAuth, TokenPair, TokenStore, WebhookAuth
 from b24_telephony_mcp.bitrix.limits import DEFAULT_BURST, DEFAULT_RATE
+from b24_telephony_mcp.bitrix.locations import check_redis_url, digest
 from b24_telephony_mcp.bitrix.pair_store import FilePairStore, PairStore
 from b24_telephony_mcp.net import is_loopback_host
 from b24_telephony_mcp.profiles import (
@@ -183,8 +184,6 @@ def _redis_url(env: Mapping[str, str]) -> str | None:
     url = env.get("B24_REDIS_URL", "").strip()
     if not url:
         return None
-    from b24_telephony_mcp.bitrix.redis_state import check_redis_url
-
     problem = check_redis_url(url)
     if problem:
         raise ConfigError(problem)
@@ -431,16 +430,14 @@ def login_target(
 
 def default_token_file(portal_url: str, client_id: str, env: Mapping[str, str]) -> Path:
     """Per user, per portal and application: `~/.local/state/b24-telephony-mcp/tokens-<hash>.json`."""
-    state_home = Path(env.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
-    digest = hashlib.sha256(f"{portal_url}|{client_id}".encode()).hexdigest()[:16]
-    return state_home / "b24-telephony-mcp" / f"tokens-{digest}.json"
+    return state_dir(env) / f"tokens-{digest(portal_url, client_id)}.json"
 
 
 JOURNAL_NAME = "call-journal.sqlite3"
 
 
 def state_dir(env: Mapping[str, str]) -> Path:
-    """`$XDG_STATE_HOME/b24-telephony-mcp` (default `~/.local/state/b24-telephony-mcp`), as for the token file."""
+    """`$XDG_STATE_HOME/b24-telephony-mcp` (default `~/.local/state/b24-telephony-mcp`): token files, the journal."""
     return Path(env.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "b24-telephony-mcp"
 
 

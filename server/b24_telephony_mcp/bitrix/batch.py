@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from b24_telephony_mcp.bitrix.client import OPERATION_TIME_LIMIT, QUERY_LIMIT_EXCEEDED, BitrixClient, BitrixResponse
+from b24_telephony_mcp.bitrix.client import BitrixClient, BitrixResponse
 from b24_telephony_mcp.bitrix.errors import NETWORK_ERROR, UNEXPECTED_RESPONSE, BitrixError, error_from_envelope
 
 BATCH_METHOD = "batch"
@@ -195,9 +195,7 @@ async def call_batch(client: BitrixClient, commands: Sequence[Command], *, halt:
 def command_error(entry: Any, method: str) -> BitrixError:
     """A `result_error` entry as the error the command would have raised alone (HTTP status: the batch's 200)."""
     envelope = entry if isinstance(entry, dict) else {"error": "", "error_description": str(entry)}
-    error = error_from_envelope(envelope, 200, method, retryable=False)
-    error.retryable = error.code in (QUERY_LIMIT_EXCEEDED, OPERATION_TIME_LIMIT)
-    return error
+    return error_from_envelope(envelope, 200, method, retryable=False)
 
 
 def _by_key(value: Any) -> dict[str, Any]:

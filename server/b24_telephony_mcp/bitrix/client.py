@@ -34,6 +34,8 @@ from b24_telephony_mcp import __version__, metrics
 from b24_telephony_mcp.bitrix.auth import Auth
 from b24_telephony_mcp.bitrix.errors import (
     NETWORK_ERROR,
+    OPERATION_TIME_LIMIT,
+    QUERY_LIMIT_EXCEEDED,
     UNEXPECTED_RESPONSE,
     BitrixError,
     error_from_envelope,
@@ -43,8 +45,6 @@ from b24_telephony_mcp.net import is_loopback_host
 
 log = logging.getLogger(__name__)
 
-QUERY_LIMIT_EXCEEDED = "QUERY_LIMIT_EXCEEDED"
-OPERATION_TIME_LIMIT = "OPERATION_TIME_LIMIT"
 EXPIRED_TOKEN = "expired_token"
 INVALID_TOKEN = "invalid_token"
 OPERATION_BLOCKED = "Method is blocked due to operation time limit (refused here until the reset time)."
@@ -225,10 +225,8 @@ def parse_response(response: httpx2.Response, method: str, read_only: bool) -> B
     reset_at = timing.get("operating_reset_at") if isinstance(timing, dict) else None
     reset_at = float(reset_at) if isinstance(reset_at, int | float) else None
     if "error" in body:
-        error = error_from_envelope(body, status, method, retryable=repeatable)
-        # Limits refuse before the method runs, so repeating those is safe for writes too.
-        if status == 503 or error.code in (QUERY_LIMIT_EXCEEDED, OPERATION_TIME_LIMIT):
-            error.retryable = True
+        # A 503 refuses before the method runs, so repeating it is safe for writes too (as for LIMIT_CODES).
+        error = error_from_envelope(body, status, method, retryable=repeatable or status == 503)
         if error.code == OPERATION_TIME_LIMIT:
             error.reset_at = reset_at  # from this answer only, never a stale one from an earlier success
         raise error

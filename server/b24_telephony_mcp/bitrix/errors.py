@@ -126,9 +126,16 @@ def hint_for(code: str) -> str:
     return _CODE_HINTS.get(code, "")
 
 
+QUERY_LIMIT_EXCEEDED = "QUERY_LIMIT_EXCEEDED"
+OPERATION_TIME_LIMIT = "OPERATION_TIME_LIMIT"
+LIMIT_CODES = (QUERY_LIMIT_EXCEEDED, OPERATION_TIME_LIMIT)
+"""Limits refuse before the method runs, so repeating a refused call is safe, writes included."""
+
+
 def error_from_envelope(body: dict[str, Any], http_status: int, method: str, *, retryable: bool) -> BitrixError:
     """Build the error from a REST 2 `{error, error_description}` or a REST 3.0 `{error: {code, message,
-    validation}}` envelope; either may come from either address (auth errors, say), so both are read."""
+    validation}}` envelope; either may come from either address (auth errors, say), so both are read. A limit's
+    refusal is retryable whatever `retryable` says (LIMIT_CODES)."""
     raw = body.get("error")
     validation: list[dict[str, Any]] = []
     if isinstance(raw, dict):
@@ -145,4 +152,5 @@ def error_from_envelope(body: dict[str, Any], http_status: int, method: str, *, 
     )
     if problems:
         description = f"{description} ({problems})"
+    retryable = retryable or code in LIMIT_CODES
     return BitrixError(code, description, http_status, retryable, method=method, validation=validation or None)

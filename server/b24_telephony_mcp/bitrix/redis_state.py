@@ -28,6 +28,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, RedisError
 
 from b24_telephony_mcp.bitrix.errors import STATE_STORE_UNAVAILABLE, TOKEN_REFRESH_FAILED, BitrixError
+from b24_telephony_mcp.bitrix.locations import digest, redis_location
 from b24_telephony_mcp.bitrix.pair_store import StalePairError
 from b24_telephony_mcp.bitrix.token_store import TokenPair
 from b24_telephony_mcp.redact import register_secret
@@ -38,7 +39,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "b24-telephony-mcp"
-SCHEMES = ("redis", "rediss")
 
 # A stored bucket's level, 1 per request, drains at `rate` per second from the moment it was last updated.
 # Each call reserves the next free slot: the level may rise above `burst` (requests waiting for their slot),
@@ -92,37 +92,6 @@ LOCK_LEASE = 5.0
 LOCK_WAIT = 30.0
 """Seconds a replica waits for another one's refresh before giving up on this call."""
 _LOCK_POLL = 0.05
-
-
-def check_redis_url(url: str) -> str | None:
-    """What is wrong with `url` as B24_REDIS_URL, or None. Never quotes the URL: it may hold a password."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        return "B24_REDIS_URL is not a valid URL (expected redis://[user:password@]host[:port][/db])."
-    if parts.scheme not in SCHEMES:
-        return "B24_REDIS_URL must start with redis:// or rediss:// (TLS)."
-    if not parts.hostname:
-        return "B24_REDIS_URL names no host (expected redis://[user:password@]host[:port][/db])."
-    if port == 0:
-        return "B24_REDIS_URL has port 0."
-    db = parts.path.strip("/")
-    if db and not db.isdigit():
-        return f"B24_REDIS_URL's path must be a database number, got /{db}."
-    return None
-
-
-def redis_location(url: str) -> str:
-    """`redis://host:port/db` without credentials: what messages and logs may show."""
-    parts = urlsplit(url)
-    host = f"[{parts.hostname}]" if parts.hostname and ":" in parts.hostname else parts.hostname
-    return f"{parts.scheme}://{host}:{parts.port or 6379}/{parts.path.strip('/') or '0'}"
-
-
-def digest(*parts: str) -> str:
-    """A short stable name for a portal (and application) in key names and file names."""
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
 class RedisState:
