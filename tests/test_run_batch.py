@@ -266,3 +266,16 @@ async def test_progress_over_streamable_http_streams_only_that_request(sandbox: 
             json_only = {"Accept": "application/json", "Content-Type": "application/json", **bearer(token)}
             opened = await http.post(server.url, json=INITIALIZE, headers=json_only)
             assert opened.status_code == 200 and opened.headers["content-type"].startswith("application/json")
+
+
+async def test_an_item_error_is_hinted_as_the_tool_alone_would_be(sandbox: RunningSandbox, tmp_path: Path) -> None:
+    """The hint of a failed item names no tool the server leaves out, as the same tool's own error does."""
+    missing = {"NUMBER": "no-such-line", "NAME": "x"}
+    async with batch_session(sandbox, tmp_path, "--tools", "update_external_line,run_batch") as tools:
+        item = items_of(
+            await tools.ok("run_batch", {"items": [{"tool": "update_external_line", "arguments": missing}]})
+        )
+        alone = error_of(await tools.client.call_tool("update_external_line", missing))
+    assert item[0]["error"]["hint"] == alone["hint"]
+    assert "list_external_lines" not in alone["hint"]
+    assert "not offered by this server" in alone["hint"]

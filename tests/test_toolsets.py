@@ -22,7 +22,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from b24_telephony_mcp.bitrix.errors import ERROR_CORE, BitrixError
 from b24_telephony_mcp.sandbox import RunningSandbox
-from b24_telephony_mcp.server import hint_for, instructions_for, mcp_tool
+from b24_telephony_mcp.server import instructions_for, mcp_tool
 from b24_telephony_mcp.tools import ALL_TOOLS, DEFAULT_TOOLSETS, TOOLS_BY_NAME, TOOLSETS, select_tools
 from b24_telephony_mcp.tools.dynamic import DYNAMIC_TOOLS, KNOWN_TOOL_NAMES, ToolOffer
 from support import app_env, clean_env, error_of, http_server, http_session, ok, server_command, stdio_session
@@ -128,7 +128,7 @@ def test_instructions_hints_and_descriptions_never_name_a_tool_that_is_not_offer
         assert all(toolset.name in instructions for toolset in off), instructions
         for spec in (spec for spec in ALL_TOOLS if spec.name in offered):
             for needle, hint in spec.hints:
-                shown = hint_for(spec, BitrixError(ERROR_CORE, needle), offer)
+                shown = spec.explain(BitrixError(ERROR_CORE, needle), offer).hint
                 assert names_in(shown) <= offered, (sorted(offered), shown)
                 if names_in(hint) <= offered:
                     assert shown == hint  # nothing to drop: the hint is untouched
@@ -144,15 +144,15 @@ def test_instructions_hints_and_descriptions_never_name_a_tool_that_is_not_offer
 def test_read_only_mode_rewords_a_hint_that_names_a_write_tool() -> None:
     offer = ToolOffer.select(None, read_only=True)
     add_line = TOOLS_BY_NAME["add_external_line"]
-    full = hint_for(add_line, BitrixError(ERROR_CORE, "Line already exists"), ToolOffer.select(None))
+    full = add_line.explain(BitrixError(ERROR_CORE, "Line already exists"), ToolOffer.select(None)).hint
     assert "update_external_line" in full and "list_external_lines" in full
-    shown = hint_for(add_line, BitrixError(ERROR_CORE, "Line already exists"), offer)
+    shown = add_line.explain(BitrixError(ERROR_CORE, "Line already exists"), offer).hint
     assert shown == (
         "list_external_lines shows the lines. The tool for that changes the portal, and this server runs in "
         "read-only mode."
     )
     # The generic (client) hints name no tools, so they pass through unchanged.
-    assert hint_for(add_line, BitrixError("ACCESS_DENIED", "Access denied!"), offer).startswith("The Bitrix24 user")
+    assert add_line.explain(BitrixError("ACCESS_DENIED", "Access denied!"), offer).hint.startswith("The Bitrix24 user")
 
 
 @pytest.mark.anyio

@@ -113,12 +113,6 @@ def _compact(data: Any) -> str:
     return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
 
 
-def hint_for(spec: ToolSpec, error: BitrixError, offered: Mapping[str, ToolSpec]) -> str:
-    """The most specific hint for `error` (ToolSpec.explain), minus sentences naming a tool that is not offered."""
-    hint = spec.explain(error).hint
-    return offered.only_offered(hint) if isinstance(offered, ToolOffer) else hint
-
-
 def success_result(structured: dict[str, Any], keep: Collection[str] = ()) -> CallToolResult:
     text = _compact(structured)
     cleaned = redact(text, keep)
@@ -157,7 +151,7 @@ async def run_tool(
     except ValidationError as exc:
         return error_result(spec.invalid_arguments(exc))
     except BitrixError as exc:
-        exc.hint = hint_for(spec, exc, run.offered)
+        spec.explain(exc, run.offered)
         log.info("%s failed: %s %s", spec.name, exc.code, exc.description)
         return error_result(exc)
     except Exception:

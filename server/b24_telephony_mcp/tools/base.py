@@ -25,6 +25,7 @@ from b24_telephony_mcp.tools.schema import lean_schema, property_names
 
 if TYPE_CHECKING:
     from b24_telephony_mcp.journal import CallJournal
+    from b24_telephony_mcp.tools.dynamic import ToolOffer
 
 META_METHOD_KEY = "b24/method"
 META_METHODS_KEY = "b24/methods"
@@ -186,7 +187,7 @@ class ToolRun:
 
     client: BitrixClient
     context: ToolContext
-    offered: Mapping[str, ToolSpec]
+    offered: ToolOffer
     report_progress: Callable[[float, float | None, str | None], Awaitable[None]] = _no_progress
 
 
@@ -333,14 +334,17 @@ class ToolSpec:
             problems.insert(0, f"unknown argument(s) {', '.join(unknown)}; valid arguments: {valid}")
         return BitrixError(INVALID_ARGUMENTS, "; ".join(problems), method=self.method)
 
-    def explain(self, exc: BitrixError) -> BitrixError:
+    def explain(self, exc: BitrixError, offered: ToolOffer | None = None) -> BitrixError:
         """`exc` naming this tool's method (refusals before a request name it too) and with the most specific
-        hint: a missing scope, else this method's own hints, else the client's generic one."""
+        hint: a missing scope, else this method's own hints, else the client's generic one; with `offered`,
+        minus the sentences naming a tool that the server does not offer."""
         exc.method = exc.method or self.method
         if exc.code in SCOPE_CODES:
             exc.hint = scope_hint(self)
         else:
             exc.hint = self.hint_for(exc.code, exc.description) or exc.hint
+        if offered is not None and exc.hint:
+            exc.hint = offered.only_offered(exc.hint)
         return exc
 
     async def execute(self, params: RestParams, run: ToolRun) -> dict[str, Any]:

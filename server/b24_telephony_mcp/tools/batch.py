@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from pydantic import Field, ValidationError
@@ -26,6 +26,9 @@ from b24_telephony_mcp.bitrix.batch import BATCH_METHOD, MAX_COMMANDS, Command, 
 from b24_telephony_mcp.bitrix.errors import UNKNOWN_TOOL
 from b24_telephony_mcp.tools.base import READS, Effect, Planned, RestParams, RestResult, ToolRun, ToolSpec
 from b24_telephony_mcp.tools.call_log import send
+
+if TYPE_CHECKING:
+    from b24_telephony_mcp.tools.dynamic import ToolOffer
 
 NAME = "run_batch"
 
@@ -56,13 +59,14 @@ class BatchOutcome(RestResult):
 @dataclass
 class _Item:
     index: int
+    offered: ToolOffer
     spec: ToolSpec | None = None
     params: RestParams | None = None
     outcome: dict[str, Any] | None = None
 
     def fail(self, error: BitrixError) -> None:
         if self.spec is not None:
-            self.spec.explain(error)
+            self.spec.explain(error, self.offered)  # hinted as the tool alone would be
         self.outcome = {"error": error.to_dict()}
 
 
@@ -101,7 +105,7 @@ async def run_batch(params: RunBatchParams, run: ToolRun) -> dict[str, Any]:
 
 
 def _validated(index: int, item: BatchItem, run: ToolRun) -> _Item:
-    entry = _Item(index)
+    entry = _Item(index, run.offered)
     spec = run.offered.get(item.tool)
     if spec is None or not batchable(spec):
         runnable = ", ".join(name for name, offered in run.offered.items() if batchable(offered))

@@ -163,14 +163,8 @@ class EnabledToolset(RestResult):
     note: str
 
 
-def _offer_of(run: ToolRun) -> ToolOffer:
-    if not isinstance(run.offered, ToolOffer):
-        raise TypeError("the dynamic tools need the server's ToolOffer")  # build_server always passes one
-    return run.offered
-
-
 async def list_toolsets(_: NoParams, run: ToolRun) -> dict[str, Any]:
-    offer = _offer_of(run)
+    offer = run.offered
     return {
         "result": [
             {
@@ -188,7 +182,7 @@ TOOLSET_NOT_ALLOWED = "TOOLSET_NOT_ALLOWED"
 
 
 async def enable_toolset(params: EnableToolsetParams, run: ToolRun) -> dict[str, Any]:
-    offer = _offer_of(run)
+    offer = run.offered
     asks_first = any(spec.confirm for spec in offer.offerable(TOOLSETS_BY_NAME[params.toolset]))
     if asks_first and not run.context.confirm_calls:
         # Billed calls nobody confirms (B24_CONFIRM_CALLS=0) are the operator's decision, never the model's.
