@@ -20,7 +20,6 @@ from pydantic import Field
 
 from b24_telephony_mcp.bitrix.errors import BitrixError
 from b24_telephony_mcp.tools import (
-    ALL_TOOLS,
     TOOLS_BY_NAME,
     TOOLSETS,
     TOOLSETS_BY_NAME,
@@ -29,7 +28,7 @@ from b24_telephony_mcp.tools import (
     toolset_of,
 )
 from b24_telephony_mcp.tools.base import READS, NoParams, RestParams, RestResult, ToolRun, Toolset, ToolSpec
-from b24_telephony_mcp.tools.batch import RUN_BATCH, RUN_BATCH_READ_ONLY
+from b24_telephony_mcp.tools.batch import RUN_BATCH
 
 ToolsetName = Literal[tuple(toolset.name for toolset in TOOLSETS)]  # type: ignore[valid-type]
 
@@ -46,6 +45,7 @@ class ToolOffer(Mapping[str, ToolSpec]):
         enabled: Collection[str] | None = None,
         allowlist: bool = False,
     ) -> None:
+        specs = tuple(specs)
         chosen = {spec.name for spec in specs}
         self.read_only = read_only
         self.dynamic = dynamic
@@ -59,7 +59,7 @@ class ToolOffer(Mapping[str, ToolSpec]):
         """Toolsets switched on (by the selection or enable_toolset); `--tools` may offer parts of others."""
         self.version = 0
         """Grows whenever the offered tools change."""
-        self._specs = self._ordered(chosen)
+        self._specs = self._ordered(specs)
 
     @classmethod
     def select(
@@ -76,13 +76,13 @@ class ToolOffer(Mapping[str, ToolSpec]):
         enabled = None if tools is not None else {toolset.name for toolset in resolve_toolsets(toolsets)}
         return cls(specs, read_only=read_only, dynamic=dynamic, enabled=enabled, allowlist=tools is not None)
 
-    def _ordered(self, names: Collection[str]) -> dict[str, ToolSpec]:
-        specs = {spec.name: spec for spec in ALL_TOOLS if spec.name in names}
-        if RUN_BATCH.name in specs and self.read_only:
-            specs[RUN_BATCH.name] = RUN_BATCH_READ_ONLY  # it then runs only read-only tools: so is it
+    def _ordered(self, specs: Iterable[ToolSpec]) -> dict[str, ToolSpec]:
+        """`specs` as given (run_batch in the form the selection chose), in declaration order."""
+        by_name = {spec.name: spec for spec in specs if spec.name in _POSITION}
+        ordered = {name: by_name[name] for name in sorted(by_name, key=_POSITION.__getitem__)}
         if self.dynamic:
-            specs |= {spec.name: spec for spec in DYNAMIC_TOOLS}
-        return specs
+            ordered |= {spec.name: spec for spec in DYNAMIC_TOOLS}
+        return ordered
 
     def __getitem__(self, name: str) -> ToolSpec:
         return self._specs[name]
@@ -111,7 +111,7 @@ class ToolOffer(Mapping[str, ToolSpec]):
         added = tuple(spec for spec in self.offerable(toolset) if spec.name not in self._specs)
         self.enabled.add(name)
         if added:
-            self._specs = self._ordered({*self._specs, *(spec.name for spec in added)})
+            self._specs = self._ordered((*self._specs.values(), *added))
             self.version += 1
         return added
 
@@ -234,6 +234,7 @@ DYNAMIC_TOOLS: tuple[ToolSpec, ...] = (
     ),
 )
 
+_POSITION = {name: index for index, name in enumerate(TOOLS_BY_NAME)}
 KNOWN_TOOL_NAMES = frozenset(TOOLS_BY_NAME) | {spec.name for spec in DYNAMIC_TOOLS}
 _TOOL_NAME = re.compile(r"\b(" + "|".join(sorted(map(re.escape, KNOWN_TOOL_NAMES), key=len, reverse=True)) + r")\b")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
