@@ -28,7 +28,7 @@ from b24_telephony_mcp.bitrix.batch import BATCH_METHOD, MAX_COMMANDS, Command, 
 from b24_telephony_mcp.bitrix.errors import UNEXPECTED_RESPONSE
 from b24_telephony_mcp.tools.base import READS, RestParams, RestResult, ToolRun, ToolSpec
 
-METHOD = "voximplant.statistic.get"
+STATISTICS_METHOD = "voximplant.statistic.get"
 PAGE = 50
 MAX_GROUPS = 100
 ANSWERED = "200"
@@ -143,7 +143,7 @@ def _page_params(rest_filter: dict[str, Any], after: Any, start: int) -> dict[st
 async def read_rows(params: AnalyticsParams, run: ToolRun, take: Callable[[list[dict[str, Any]]], None]) -> int:
     """Every matching row, handed to `take` page by page; the number of REST requests used."""
     rest_filter = params.rest_filter()
-    first = await run.client.call(METHOD, _page_params(rest_filter, 0, 0), read_only=True)
+    first = await run.client.call(STATISTICS_METHOD, _page_params(rest_filter, 0, 0), read_only=True)
     rows = _rows(first.result)
     take(rows)
     total, read, requests = first.total or 0, len(rows), 1
@@ -152,7 +152,9 @@ async def read_rows(params: AnalyticsParams, run: ToolRun, take: Callable[[list[
     while len(rows) == PAGE and read < total:
         pages = min(MAX_COMMANDS, math.ceil((total - read) / PAGE))
         after = [last, *(Ref(f"p{n}", PAGE - 1, "ID") for n in range(pages - 1))]
-        commands = [Command(f"p{n}", METHOD, _page_params(rest_filter, after[n], -1), True) for n in range(pages)]
+        commands = [
+            Command(f"p{n}", STATISTICS_METHOD, _page_params(rest_filter, after[n], -1), True) for n in range(pages)
+        ]
         outcomes = await call_batch(run.client, commands)
         requests += 1
         for outcome in outcomes:
@@ -168,7 +170,9 @@ async def read_rows(params: AnalyticsParams, run: ToolRun, take: Callable[[list[
 
 def _rows(result: Any) -> list[dict[str, Any]]:
     if not isinstance(result, list):
-        raise BitrixError(UNEXPECTED_RESPONSE, f"{METHOD} answered without a list of rows", 200, method=METHOD)
+        raise BitrixError(
+            UNEXPECTED_RESPONSE, f"{STATISTICS_METHOD} answered without a list of rows", 200, method=STATISTICS_METHOD
+        )
     return result
 
 
@@ -304,7 +308,7 @@ async def get_call_analytics(params: AnalyticsParams, run: ToolRun) -> dict[str,
 
 GET_CALL_ANALYTICS = ToolSpec(
     name="get_call_analytics",
-    method=METHOD,
+    method=STATISTICS_METHOD,
     title="Get call analytics",
     description="Totals over all calls from..to (ISO 8601; to exclusive; naive in tz), per group: calls, answered, "
     "missed, durations, cost.",

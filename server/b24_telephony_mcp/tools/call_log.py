@@ -46,10 +46,10 @@ from b24_telephony_mcp.bitrix.batch import (
 )
 from b24_telephony_mcp.journal import JournalRecord
 from b24_telephony_mcp.tools.base import Planned, ToolRun, ToolSpec
+from b24_telephony_mcp.tools.call_analytics import STATISTICS_METHOD
 
 log = logging.getLogger(__name__)
 
-STATISTICS_METHOD = "voximplant.statistic.get"
 LEASE = 300.0
 """How long a claim on a call's pending steps holds while its requests are under way (a crashed attempt's claim
 frees itself after this)."""

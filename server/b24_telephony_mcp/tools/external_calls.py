@@ -217,8 +217,8 @@ RECORD_FIELDS = ("RECORD_URL", "FILENAME", "FILE_CONTENT", "file_path")
 REGISTER_FIELDS = tuple(RegisterCallParams.model_fields)
 # USER_ID, USER_PHONE_INNER and ADD_TO_CHAT are the register fields of the same name; finish's deprecated
 # RECORD_URL is the recording here (attachRecord).
-FINISH_FIELDS = ("USER_ID", "USER_PHONE_INNER", "DURATION", "COST", "COST_CURRENCY", "STATUS_CODE", "FAILED_REASON")
-FINISH_FIELDS += ("VOTE", "ADD_TO_CHAT")
+FINISH_ONLY_FIELDS = ("DURATION", "COST", "COST_CURRENCY", "STATUS_CODE", "FAILED_REASON", "VOTE")
+FINISH_FIELDS = ("USER_ID", "USER_PHONE_INNER", *FINISH_ONLY_FIELDS, "ADD_TO_CHAT")
 
 
 def _reused(model: type[BaseModel], *names: str, **overrides: Any) -> dict[str, Any]:
@@ -295,7 +295,7 @@ LogCallParams = create_model(
         EXTERNAL_CALL_ID=(str, Field(description="Your PBX's call ID: a repeat never logs twice.")),
         SHOW=(int_choice(0, 1), Field(0, description="Default 0: the call is over.")),
     ),
-    **_reused(FinishCallParams, *FINISH_FIELDS[2:-1]),
+    **_reused(FinishCallParams, *FINISH_ONLY_FIELDS),
     **_reused(
         AttachRecordParams,
         *RECORD_FIELDS,

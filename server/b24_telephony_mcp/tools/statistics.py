@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from b24_telephony_mcp.tools.base import READS, PagedParams, RowFieldsParams, Toolset, ToolSpec
-from b24_telephony_mcp.tools.call_analytics import GET_CALL_ANALYTICS
+from b24_telephony_mcp.tools.call_analytics import GET_CALL_ANALYTICS, STATISTICS_METHOD
 
 #: The docs' filterable fields, plus the CRM binding keys the source accepts too.
 FILTER_FIELDS = frozenset(
@@ -135,7 +135,7 @@ TOOLSET = Toolset(
     tools=(
         ToolSpec(
             name="get_call_statistics",
-            method="voximplant.statistic.get",
+            method=STATISTICS_METHOD,
             title="Get call statistics",
             description="Call history, 50 rows a page.",
             params=StatisticParams,
