@@ -261,3 +261,8 @@ def _listify(value: Any) -> Any:
     if converted and list(converted) == [str(i) for i in range(len(converted))]:
         return list(converted.values())
     return converted
+
+
+def upper_keys(params: Mapping[str, Any]) -> dict[str, Any]:
+    """array_change_key_case($params, CASE_UPPER), which many methods apply to their params first."""
+    return {key.upper() if isinstance(key, str) else key: value for key, value in params.items()}

@@ -202,9 +202,7 @@ class Page:
     def slice(cls, rows: list[Any], start: Any) -> Page:
         """The page of all ``rows`` at offset ``(int)start`` (IRestService::setNavData: next = offset + rows sent)."""
         offset = max(php_int(start), 0)
-        chunk = rows[offset : offset + LIST_LIMIT]
-        following = offset + len(chunk)
-        return cls(chunk, len(rows), following if chunk and following < len(rows) else None)
+        return cls.of(rows[offset : offset + LIST_LIMIT], offset, len(rows))
 
     def envelope(self) -> dict[str, Any]:
         body: dict[str, Any] = {"result": self.rows}

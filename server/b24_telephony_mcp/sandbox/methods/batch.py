@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from ..errors import SandboxRestError
-from ..php import php_bool, php_params, php_str
+from ..php import php_bool, php_params, php_str, upper_keys
 from ..portal import BASIC_SCOPE, Caller, Fault, Method, Params, SandboxPortal, envelope, method_table, time_block
 
 BATCH_MAX_LENGTH = 50
@@ -37,7 +37,7 @@ _SEGMENT = re.compile(r"\[([^\]]+)\]")
 
 
 def batch(portal: SandboxPortal, params: Params, caller: Caller) -> dict[str, Any]:
-    query = {str(key).upper(): value for key, value in params.items()}
+    query = upper_keys(params)
     halt = php_bool(query.get("HALT"))
     outcome: dict[str, dict[Any, Any]] = {"result": {}, "next": {}, "total": {}, "time": {}, "error": {}}
     for count, (key, call) in enumerate(_commands(query.get("CMD"))):

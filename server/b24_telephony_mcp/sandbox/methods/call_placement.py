@@ -20,7 +20,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..errors import ErrorSpec
+from ..errors import ACCESS_DENIED
 from ..php import php_bool, php_str
 from ..portal import Caller, Method, Params, SandboxPortal, method_table
 from .sip import LINK_BASE_NUMBER, line_configs
@@ -40,7 +40,6 @@ class Msg:
 
 
 #: AccessException (Permissions ENTITY_CALL / ACTION_PERFORM), source wording.
-ACCESS_DENIED = ErrorSpec("ACCESS_DENIED", "Access denied!", 403)
 
 LineMode = Literal["RENT", "SIP", "LINK"]
 

@@ -13,9 +13,9 @@ from html import escape
 from typing import Any
 
 from ..errors import SandboxRestError
-from ..php import php_int, php_str
+from ..php import php_int, php_str, upper_keys
 from ..portal import Caller, Method, Params, SandboxPortal, method_table
-from .sip import LINK_BASE_NUMBER, Msg, line_configs, require_line_modify, upper_keys
+from .sip import LINK_BASE_NUMBER, Msg, line_configs, require_line_modify
 
 
 def line_get(portal: SandboxPortal, params: Params, caller: Caller) -> dict[str, str] | list[Any]:

@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import Any
 
 from ..errors import ACCESS_DENIED, SandboxRestError
-from ..php import isset, php_float, php_int, php_str
+from ..php import isset, php_float, php_int, php_str, upper_keys
 from ..portal import Caller, Method, Page, Params, SandboxPortal, method_table
 from ..records import APP_ID
 
@@ -221,11 +221,6 @@ def require_line_modify(portal: SandboxPortal, caller: Caller) -> None:
     user = portal.users.get(caller.user_id)
     if user is None or not user.is_admin:
         raise ACCESS_DENIED.exc()
-
-
-def upper_keys(params: Params) -> Params:
-    """array_change_key_case($params, CASE_UPPER), which these methods apply to their params first."""
-    return {key.upper() if isinstance(key, str) else key: value for key, value in params.items()}
 
 
 def _own(portal: SandboxPortal, raw_config_id: Any, caller: Caller, status: int) -> SipConnection:

@@ -18,14 +18,13 @@ from itertools import accumulate
 from operator import attrgetter, itemgetter
 from typing import Any, Literal, TypeVar
 
-from ..errors import ErrorSpec
-from ..php import php_float, php_int, php_str
+from ..errors import ACCESS_DENIED
+from ..php import php_float, php_int, php_str, upper_keys
 from ..portal import LIST_LIMIT, Caller, Method, Page, Params, SandboxPortal, method_table
 from ..records import APP_ID, APP_NAME, CrmEntity, StatisticRecord
 from .users import Access, allowed_user_ids
 
 T = TypeVar("T")
-ACCESS_DENIED = ErrorSpec("ACCESS_DENIED", "Access denied!", 403)  # no "Call statistics - View" permission
 
 # --- the table's fields, as FILTER and SORT name them ---
 
@@ -151,7 +150,7 @@ def statistic_get(portal: SandboxPortal, params: Params, caller: Caller) -> Page
     if level == "none":
         raise ACCESS_DENIED.exc()
     start = php_int(params.get("start", 0))  # CRestServer takes the page offset before the method sees params
-    params = {str(key).upper(): value for key, value in params.items()}
+    params = upper_keys(params)
     raw_filter = params.get("FILTER")
     caller_filter = _filter(raw_filter) if isinstance(raw_filter, dict) else None
     conditions = [caller_filter] if caller_filter else []
