@@ -166,6 +166,23 @@ async def test_file_path_under_files_dir_is_attached(sandbox: RunningSandbox, to
     assert sandbox.portal.statistics[call_id].call_record_id == file_id
 
 
+async def test_file_path_item_of_run_batch_is_attached(
+    sandbox: RunningSandbox, token_file: Path, tmp_path: Path
+) -> None:
+    """In run_batch, a recording's content cannot ride in the batch: it goes in a request of its own, as read once
+    when the item was planned."""
+    recordings = tmp_path / "recordings"
+    recordings.mkdir()
+    (recordings / "call-0003.wav").write_bytes(WAV)
+    async with stdio_session(app_env(sandbox, token_file, B24_FILES_DIR=str(recordings))) as client:
+        call_id = await finish_a_call(client)
+        arguments = {"CALL_ID": call_id, "file_path": str(recordings / "call-0003.wav")}
+        item = {"tool": "attach_external_call_record", "arguments": arguments}
+        outcome = ok(await client.call_tool("run_batch", {"items": [item]}))["items"][0]
+    stored = sandbox.portal.files[outcome["result"]["FILE_ID"]]
+    assert (stored.call_id, stored.name, stored.content) == (call_id, "call-0003.wav", WAV)
+
+
 async def test_file_path_refusals(sandbox: RunningSandbox, token_file: Path, tmp_path: Path) -> None:
     recordings = tmp_path / "recordings"
     recordings.mkdir()

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from b24_telephony_mcp import __version__
+from b24_telephony_mcp import PROG, __version__
 from b24_telephony_mcp.bitrix import TokenPair
 from b24_telephony_mcp.client_config import CLIENTS
 from b24_telephony_mcp.config import (
@@ -46,8 +46,6 @@ if TYPE_CHECKING:
 
 DEFAULT_LOGIN_PORT = 8765
 DEFAULT_LOGIN_TIMEOUT = 300.0
-
-PROG = "b24-telephony-mcp"
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

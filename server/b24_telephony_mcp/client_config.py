@@ -15,9 +15,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from b24_telephony_mcp import PROG
 from b24_telephony_mcp.config import CREDENTIAL_VARIABLES, ConfigError
 
-PROG = "b24-telephony-mcp"
 SERVER_NAME = "bitrix24-telephony"
 TOKEN_VARIABLE = "B24_MCP_AUTH_TOKEN"
 CLIENTS = ("claude-code", "claude-desktop", "cursor", "vscode", "codex", "gemini", "windsurf")
@@ -114,9 +114,9 @@ _VSCODE_TOKEN_INPUT = {
 
 # How each JSON client reads an environment variable inside a header value.
 _HEADER_TOKEN: dict[str, str] = {
-    "cursor": "${env:B24_MCP_AUTH_TOKEN}",
-    "windsurf": "${env:B24_MCP_AUTH_TOKEN}",
-    "gemini": "$B24_MCP_AUTH_TOKEN",
+    "cursor": f"${{env:{TOKEN_VARIABLE}}}",
+    "windsurf": f"${{env:{TOKEN_VARIABLE}}}",
+    "gemini": f"${TOKEN_VARIABLE}",
     "vscode": "${input:b24-mcp-token}",
 }
 # The key each JSON client expects for a remote server's address.

@@ -12,8 +12,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-import anyio.to_thread
-
 from b24_telephony_mcp.bitrix import BitrixClient, BitrixError, OAuthAuth, TokenPair, TokenStore, WebhookAuth
 from b24_telephony_mcp.bitrix.limits import DEFAULT_BURST, DEFAULT_RATE
 from b24_telephony_mcp.bitrix.locations import check_redis_url, digest
@@ -516,8 +514,7 @@ async def seed_pair(portal: AppConfig, state: RedisState | None) -> TokenPair | 
     when it is the store: after a rotation the environment's pair is dead."""
     if state is None:
         return portal.tokens  # the file is the store: it is read as such
-    file_pair = await anyio.to_thread.run_sync(TokenStore(portal.token_file).load)
-    return file_pair or portal.tokens
+    return await FilePairStore(TokenStore(portal.token_file)).seed(portal.tokens)
 
 
 def pair_store(portal: AppConfig, state: RedisState | None) -> PairStore:

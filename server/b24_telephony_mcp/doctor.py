@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 import anyio
 import httpx2
 
+from b24_telephony_mcp import PROG
 from b24_telephony_mcp.access import app_only_tools, missing_scopes, names_list, parse_scopes
 from b24_telephony_mcp.bitrix import BitrixClient, BitrixError, OAuthAuth, TokenStore, request_tokens
 from b24_telephony_mcp.bitrix.client import NETWORK_ERROR
@@ -30,7 +31,6 @@ from b24_telephony_mcp.config import AppConfig, ConfigError, Settings, build_cli
 from b24_telephony_mcp.redact import redact
 from b24_telephony_mcp.tools import ToolSpec
 
-PROG = "b24-telephony-mcp"
 MAX_CLOCK_SKEW = 60.0
 """Seconds of difference between the portal's clock and this machine's before doctor warns."""
 ENTERPRISE_RATE, ENTERPRISE_BURST = 5.0, 250

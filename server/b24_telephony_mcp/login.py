@@ -38,6 +38,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
+from b24_telephony_mcp import PROG
 from b24_telephony_mcp.access import missing_scopes, names_list, parse_scopes
 from b24_telephony_mcp.bitrix import AccessTokenAuth, BitrixClient, BitrixError, TokenPair, request_tokens
 from b24_telephony_mcp.bitrix.errors import TOKEN_REFRESH_FAILED
@@ -47,7 +48,6 @@ from b24_telephony_mcp.profiles import Profile, write_profile
 from b24_telephony_mcp.redact import redact, register_secret
 from b24_telephony_mcp.tools import ALL_TOOLS
 
-PROG = "b24-telephony-mcp"
 log = logging.getLogger(__name__)
 
 # What Bitrix24 posts when an application with an interface is opened (simple-way.md: AUTH_ID...) or when
@@ -89,7 +89,6 @@ class Grant:
     tokens: TokenPair = field(repr=False)
     member_id: str
     scopes: tuple[str, ...]
-    via: Answer
 
 
 # --- the command ---
@@ -374,7 +373,6 @@ class LoginFlow:
             tokens=tokens,
             member_id=str(body.get("member_id") or params.get("member_id") or ""),
             scopes=parse_scopes(body.get("scope") or params.get("scope")),
-            via="redirect",
         )
 
     def explain_token_error(self, exc: BitrixError) -> str:
@@ -395,15 +393,13 @@ class LoginFlow:
 
     def posted_grant(self, params: Mapping[str, str]) -> Grant:
         """The install/open form: tokens arrive ready-made (no state to check: Bitrix24 sends none)."""
-        fields = {
-            name: next((params[key] for key in keys if params.get(key)), "") for name, keys in _POSTED_FIELDS.items()
-        }
+        fields = {name: _first(params, keys) for name, keys in _POSTED_FIELDS.items()}
         self.check_domain(fields["domain"])
         lifetime = float(fields["expires_in"]) if fields["expires_in"].isdigit() else 3600.0
         tokens = TokenPair(fields["access_token"], fields["refresh_token"], time.time() + lifetime)
         register_secret(tokens.access_token)
         register_secret(tokens.refresh_token)
-        return Grant(tokens=tokens, member_id=fields["member_id"], scopes=parse_scopes(fields["scope"]), via="posted")
+        return Grant(tokens=tokens, member_id=fields["member_id"], scopes=parse_scopes(fields["scope"]))
 
     def check_domain(self, domain: str | None) -> None:
         if domain and domain.lower() != self.portal_host:

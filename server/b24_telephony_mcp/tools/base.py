@@ -351,7 +351,10 @@ class ToolSpec:
         """Run the tool on validated arguments: its structured result, or a `BitrixError` raised."""
         if self.run is not None:
             return await self.run(params, run)
-        rest_params = await self.prepare(params, run.context)
+        return await self.send(params, await self.prepare(params, run.context), run)
+
+    async def send(self, params: RestParams, rest_params: dict[str, Any], run: ToolRun) -> dict[str, Any]:
+        """Call the method with the prepared REST parameters: the structured result."""
         response = await run.client.call(
             self.method, rest_params, read_only=self.effect.read_only, rest_api=self.rest_api
         )

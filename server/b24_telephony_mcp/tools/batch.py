@@ -14,7 +14,7 @@ are offered, so only those can be run.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -160,10 +160,11 @@ async def _plan(item: _Item, run: ToolRun) -> Planned | None:
             if "FILE_CONTENT" not in rest and fits_in_batch(rest):
                 command = Command(f"i{item.index}", spec.method, rest, read_only=spec.effect.read_only)
                 return Planned([command], _one(spec, params))
+            return Planned((), _alone(lambda: spec.send(params, rest, run)))  # prepared once (a file read once)
     except BitrixError as exc:
         item.fail(exc)
         return None
-    return Planned((), _alone(spec, params, run))
+    return Planned((), _alone(lambda: spec.execute(params, run)))
 
 
 def _one(spec: ToolSpec, params: RestParams) -> Any:
@@ -173,9 +174,11 @@ def _one(spec: ToolSpec, params: RestParams) -> Any:
     return finish
 
 
-def _alone(spec: ToolSpec, params: RestParams, run: ToolRun) -> Any:
+def _alone(call: Callable[[], Awaitable[dict[str, Any]]]) -> Any:
+    """An item sent in a request of its own, in its turn: `call` sends it."""
+
     async def finish(_results: Sequence[CommandResult]) -> dict[str, Any]:
-        return await spec.execute(params, run)
+        return await call()
 
     return finish
 
