@@ -15,6 +15,7 @@ from pathlib import Path
 import anyio.to_thread
 
 from b24_telephony_mcp.bitrix import BitrixError, StalePairError, TokenPair, TokenStore
+from b24_telephony_mcp.bitrix.pair_store import FilePairStore, PairStore
 from b24_telephony_mcp.bitrix.redis_state import RedisPairStore
 from b24_telephony_mcp.config import AppConfig, ConfigError, load_settings, open_state
 from b24_telephony_mcp.redact import register_secret
@@ -45,10 +46,10 @@ async def run_store_command(action: str, file: Path | None, force: bool, profile
 
 
 async def import_pair(local: TokenStore, shared: RedisPairStore, force: bool) -> str:
-    pair = await _load_file(local)
+    pair = await _load(FilePairStore(local))
     if pair is None:
         raise ConfigError(f"{local.path} holds no token pair to import.")
-    current = await _load_shared(shared)
+    current = await _load(shared)
     unchanged = _may_overwrite(pair, current, force, shared.where, local.path, " (replicas rotated it)", "the file's")
     if unchanged:
         return unchanged
@@ -60,10 +61,10 @@ async def import_pair(local: TokenStore, shared: RedisPairStore, force: bool) ->
 
 
 async def export_pair(shared: RedisPairStore, local: TokenStore, force: bool) -> str:
-    pair = await _load_shared(shared)
+    pair = await _load(shared)
     if pair is None:
         raise ConfigError(f"{shared.where} holds no token pair to export.")
-    current = await _load_file(local)
+    current = await _load(FilePairStore(local))
     unchanged = _may_overwrite(pair, current, force, local.path, shared.where, "", "Redis's")
     if unchanged:
         return unchanged
@@ -91,20 +92,11 @@ def _may_overwrite(
     return None
 
 
-async def _load_file(store: TokenStore) -> TokenPair | None:
-    try:
-        pair = await anyio.to_thread.run_sync(store.load)
-    except (ValueError, OSError) as exc:
-        raise ConfigError(str(exc) if isinstance(exc, ValueError) else f"cannot read {store.path}.") from None
-    _register(pair)
-    return pair
-
-
-async def _load_shared(store: RedisPairStore) -> TokenPair | None:
+async def _load(store: PairStore) -> TokenPair | None:
     try:
         pair = await store.load()
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+    except (ValueError, OSError) as exc:
+        raise ConfigError(str(exc) if isinstance(exc, ValueError) else f"cannot read {store.where}.") from None
     _register(pair)
     return pair
 
