@@ -320,9 +320,13 @@ class SandboxPortal:
         """A method-specific error (sent with ``config.error_core_code``, HTTP 400)."""
         return SandboxRestError(self.config.error_core_code, template.format(**fmt), 400)
 
-    def granted_scopes(self, caller: Caller) -> frozenset[str]:
+    def scope_list(self, caller: Caller) -> list[str]:
+        """The scopes the caller's application (or webhook) was granted, in the configured order."""
         granted = self.config.scopes if caller.auth_type == "oauth" else self.config.webhook_scopes
-        return frozenset(scope.strip() for scope in granted.split(",") if scope.strip())
+        return [scope.strip() for scope in granted.split(",") if scope.strip()]
+
+    def granted_scopes(self, caller: Caller) -> frozenset[str]:
+        return frozenset(self.scope_list(caller))
 
     def call(self, method: str, params: Params, caller: Caller, api: ApiVersion = 2) -> Any:
         """Run a REST method by (case-insensitive) name, as called at the route of REST version ``api``."""

@@ -43,8 +43,7 @@ def app_info(portal: SandboxPortal, params: Params, caller: Caller) -> dict[str,
 def scope(portal: SandboxPortal, params: Params, caller: Caller) -> list[str]:
     if php_bool(params.get("full")):
         return list(ALL_SCOPES)
-    granted = portal.config.scopes if caller.auth_type == "oauth" else portal.config.webhook_scopes
-    return [item.strip() for item in granted.split(",") if item.strip()]
+    return portal.scope_list(caller)
 
 
 def profile(portal: SandboxPortal, params: Params, caller: Caller) -> dict[str, Any]:
