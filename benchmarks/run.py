@@ -44,8 +44,9 @@ from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 
 from b24_telephony_mcp.sandbox import RunningSandbox, SandboxConfig, start_sandbox
-from replicas import measure_replicas
+from replicas import measure_replicas  # puts tests/ on the path: its helpers are shared with the benchmarks
 from replicas import rows as replica_rows
+from support import app_variables
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -156,12 +157,7 @@ def webhook_env() -> dict[str, str]:
 def app_env(sandbox: RunningSandbox, token_file: Path) -> dict[str, str]:
     return {
         **clean_env(),
-        "B24_PORTAL_URL": sandbox.base_url,
-        "B24_CLIENT_ID": sandbox.config.client_id,
-        "B24_CLIENT_SECRET": sandbox.config.client_secret,
-        "B24_ACCESS_TOKEN": sandbox.access_token,
-        "B24_REFRESH_TOKEN": sandbox.refresh_token,
-        "B24_OAUTH_TOKEN_URL": sandbox.token_url,
+        **app_variables(sandbox),
         "B24_TOKEN_FILE": str(token_file),
         "B24_RATE_LIMIT": "10000",
         "B24_RATE_BURST": "100000",
