@@ -19,9 +19,10 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import parse_qsl
 
+from ..calls import BASIC_SCOPE, Caller, Fault, Params, envelope, time_block
 from ..errors import SandboxRestError
 from ..php import php_bool, php_params, php_str, upper_keys
-from ..portal import BASIC_SCOPE, Caller, Fault, Method, Params, SandboxPortal, envelope, method_table, time_block
+from ..portal import Method, SandboxPortal, method_table
 
 BATCH_MAX_LENGTH = 50
 NOT_IN_BATCH = frozenset({"batch", "upload", "download"})

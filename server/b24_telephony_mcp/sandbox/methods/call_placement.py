@@ -20,9 +20,10 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ..calls import Caller, Params
 from ..errors import ACCESS_DENIED
 from ..php import php_bool, php_str
-from ..portal import Caller, Method, Params, SandboxPortal, method_table
+from ..portal import Method, SandboxPortal, method_table
 from .sip import LINK_BASE_NUMBER, line_configs
 
 

@@ -12,9 +12,10 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+from ..calls import Caller, Params
 from ..errors import ErrorSpec
 from ..php import isset, normalize_phone, php_bool, php_float, php_int, php_str, php_strtotime
-from ..portal import Caller, Method, Params, SandboxPortal, method_table
+from ..portal import Method, SandboxPortal, method_table
 from ..records import (
     ActiveCall,
     CrmEntity,

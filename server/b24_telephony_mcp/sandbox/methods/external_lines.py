@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..calls import Caller, Params
 from ..php import isset, php_str
-from ..portal import Caller, Method, Params, SandboxPortal, method_table
+from ..portal import Method, SandboxPortal, method_table
 from ..records import ExternalLine
 
 

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from ..calls import Caller, Params
 from ..errors import V3_ENTITY_NOT_FOUND, V3_VALIDATION, SandboxRestError
-from ..portal import Caller, Method, Params, SandboxPortal, method_table
+from ..portal import Method, SandboxPortal, method_table
 
 
 class Code:

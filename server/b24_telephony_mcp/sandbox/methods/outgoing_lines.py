@@ -12,9 +12,10 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
+from ..calls import Caller, Params
 from ..errors import SandboxRestError
 from ..php import php_int, php_str, upper_keys
-from ..portal import Caller, Method, Params, SandboxPortal, method_table
+from ..portal import Method, SandboxPortal, method_table
 from .sip import LINK_BASE_NUMBER, Msg, line_configs, require_line_modify
 
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from ..calls import BASIC_SCOPE, Caller, Params
 from ..php import php_bool
-from ..portal import BASIC_SCOPE, Caller, Method, Params, SandboxPortal, method_table
+from ..portal import Method, SandboxPortal, method_table
 from ..records import APP_ID
 
 #: What `scope` with full=true lists: the portal's permissions (api-reference/scopes/permissions.md, in part).

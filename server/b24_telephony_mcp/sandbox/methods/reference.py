@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..portal import Caller, Method, Params, SandboxPortal, method_table
+from ..calls import Caller, Params
+from ..portal import Method, SandboxPortal, method_table
 
 #: Tts\Language::getList() as the docs show it (voice id -> name).
 TTS_VOICES: dict[str, str] = {

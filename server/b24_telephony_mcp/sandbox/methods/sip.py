@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from ..calls import Caller, Page, Params
 from ..errors import ACCESS_DENIED, SandboxRestError
 from ..php import isset, php_float, php_int, php_str, upper_keys
-from ..portal import Caller, Method, Page, Params, SandboxPortal, method_table
+from ..portal import Method, SandboxPortal, method_table
 from ..records import APP_ID
 
 CLOUD = "cloud"

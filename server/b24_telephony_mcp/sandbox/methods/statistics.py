@@ -18,9 +18,10 @@ from itertools import accumulate
 from operator import attrgetter, itemgetter
 from typing import Any, Literal, TypeVar
 
+from ..calls import LIST_LIMIT, Caller, Page, Params
 from ..errors import ACCESS_DENIED
 from ..php import php_float, php_int, php_str, upper_keys
-from ..portal import LIST_LIMIT, Caller, Method, Page, Params, SandboxPortal, method_table
+from ..portal import Method, SandboxPortal, method_table
 from ..records import APP_ID, APP_NAME, CrmEntity, StatisticRecord
 from .users import Access, allowed_user_ids
 

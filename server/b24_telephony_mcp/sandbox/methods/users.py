@@ -10,9 +10,10 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ..calls import Caller, Params
 from ..errors import ErrorSpec
 from ..php import isset, php_int
-from ..portal import Caller, Method, Params, SandboxPortal, method_table
+from ..portal import Method, SandboxPortal, method_table
 
 Access = Literal["all", "own", "none"]
 """How far a role permission reaches: every user's records, the caller's own, or none (roles X / A / -)."""
