@@ -17,10 +17,11 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlencode, urlsplit
 
 from .calls import BASIC_SCOPE, Caller, Fault, Params
+from .config import SandboxConfig
 from .errors import (
     APP_NOT_INSTALLED,
     EXPIRED_TOKEN,
@@ -55,47 +56,8 @@ from .records import (
 
 T = TypeVar("T")
 
-#: Scopes granted to the sandbox app's tokens (and to its webhook) unless the config says otherwise.
-SANDBOX_SCOPE = "telephony,call,crm,user"
 #: Lifetime of an authorization code (settings/oauth/index.md: "The lifetime of the authorization code is 30 s").
 AUTH_CODE_TTL = 30.0
-
-
-@dataclass
-class SandboxConfig:
-    """Knobs of the emulated portal; the defaults mirror a cloud portal on a non-Enterprise plan."""
-
-    client_id: str = "local.sandbox0000000000.00000001"
-    client_secret: str = field(default_factory=lambda: secrets.token_urlsafe(24))
-    webhook_user_id: int = 1
-    webhook_code: str = field(default_factory=lambda: secrets.token_hex(8))
-    access_token_ttl: float = 3600.0
-    rate_limit: float = 2.0
-    rate_burst: int = 50
-    # The docs call method-specific failures ERROR_CORE; the server throws them without a code (""), as seen
-    # on a live portal (disagreements.md #1).
-    error_core_code: str = ""
-    # Docs: externalLine.* and externalCall.register/finish are app-only. Source: webhooks are accepted
-    # (disagreements.md #2).
-    webhook_app_only: bool = True
-    # Newest source auto-creates an unknown LINE_NUMBER on register; older source errors (disagreements.md #5).
-    unknown_line_autocreate: bool = True
-    #: Comma-separated scopes granted to the app's tokens (reported in token responses) and to the webhook.
-    scopes: str = SANDBOX_SCOPE
-    webhook_scopes: str = SANDBOX_SCOPE
-    #: Rows of call history voximplant.statistic.get serves beside the calls finished here (ids 1..seed_calls).
-    seed_calls: int = 300
-    #: The administrator's answer to this app's request to call voximplant.user.get (CRestServer::
-    #: requestConfirmation): approved, still waiting (METHOD_CONFIRM_WAITING) or denied (METHOD_CONFIRM_DENIED).
-    user_get_confirmation: Literal["approved", "waiting", "denied"] = "approved"
-    #: The application's handler path: where /oauth/authorize/ sends the browser back (the app settings hold it
-    #: on a real portal; `login` listens here by default).
-    handler_url: str = "http://localhost:8765/"
-    #: False: the app was added but not installed; /oauth/authorize/ refuses it and the token endpoint answers
-    #: invalid_client, as the docs describe; app.info reports INSTALLED false.
-    app_installed: bool = True
-    #: The plan, as app.info reports it (a non-Enterprise plan, matching the default rate limit).
-    license: str = "en_pro100"
 
 
 @dataclass(frozen=True)
