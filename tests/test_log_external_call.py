@@ -19,8 +19,9 @@ import httpx2
 import pytest
 
 from b24_telephony_mcp.sandbox import RunningSandbox
+from b24_telephony_mcp.sandbox.calls import Caller
 from b24_telephony_mcp.sandbox.methods import METHODS
-from b24_telephony_mcp.sandbox.portal import Caller, Method, SandboxPortal
+from b24_telephony_mcp.sandbox.state import Method, PortalState
 from support import app_env, error_of, ok, stdio_session, text_of, webhook_env
 from test_tools import TINY_WAV, ToolCaller
 
@@ -87,7 +88,7 @@ def registrations(sandbox: RunningSandbox, external_call_id: str) -> int:
     return len(active) + len(finished)
 
 
-def statistic_rows(portal: SandboxPortal, params: dict[str, Any], caller: Caller) -> list[dict[str, Any]]:
+def statistic_rows(portal: PortalState, params: dict[str, Any], caller: Caller) -> list[dict[str, Any]]:
     """voximplant.statistic.get, FILTER by EXTERNAL_CALL_ID only, rows as the docs show them (numbers as text)."""
     wanted = (params.get("FILTER") or {}).get("EXTERNAL_CALL_ID")
     return [

@@ -10,9 +10,10 @@ import httpx2
 import pytest
 
 from b24_telephony_mcp.sandbox import Caller, RunningSandbox, SandboxConfig, SandboxPortal, start_sandbox
+from b24_telephony_mcp.sandbox.calls import Params
 from b24_telephony_mcp.sandbox.errors import V3_VALIDATION, SandboxRestError
 from b24_telephony_mcp.sandbox.methods import METHODS
-from b24_telephony_mcp.sandbox.portal import Method, Params
+from b24_telephony_mcp.sandbox.state import Method, PortalState
 from b24_telephony_mcp.tools import ALL_TOOLS
 
 ECHO = "sandbox.test.v3Echo"
@@ -21,7 +22,7 @@ NOT_FOUND_V3 = {"error": {"code": "ERROR_METHOD_NOT_FOUND", "message": "Method n
 INVALID_JSON = "BITRIX_REST_V3_EXCEPTION_INVALIDJSONEXCEPTION"
 
 
-def v3_echo(portal: SandboxPortal, params: Params, caller: Caller) -> dict[str, Any]:
+def v3_echo(portal: PortalState, params: Params, caller: Caller) -> dict[str, Any]:
     """A throwaway REST 3.0 method: echoes its params, or fails validation when asked to."""
     if "fail" in params:
         raise SandboxRestError(

@@ -5,8 +5,10 @@ Start one with :func:`start_sandbox` (background thread, free loopback port) or
 """
 
 from .app import create_app
+from .calls import Caller
+from .config import SandboxConfig
 from .errors import SandboxRestError
-from .portal import Caller, SandboxConfig, SandboxPortal
+from .portal import SandboxPortal
 from .runner import RunningSandbox, run_sandbox_forever, start_sandbox
 
 __all__ = [

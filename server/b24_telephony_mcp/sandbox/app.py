@@ -71,9 +71,10 @@ from starlette.routing import Route
 
 from b24_telephony_mcp.net import is_loopback_host
 
+from .calls import Caller, Fault, envelope, time_block
 from .errors import METHOD_NOT_FOUND, QUERY_LIMIT_EXCEEDED, V3_INVALID_JSON, ApiVersion, SandboxRestError
 from .php import php_params
-from .portal import Caller, Fault, SandboxPortal, envelope, time_block
+from .portal import SandboxPortal
 from .records import UploadedFile
 
 logger = logging.getLogger(__name__)

@@ -1,115 +1,38 @@
-"""The emulated portal: config, clock, lock, tokens and OAuth, authentication, scopes, dispatch, shared lookups.
+"""The emulated portal: the state REST methods work on (:class:`~.state.PortalState`) with its registry of
+methods, plus tokens and OAuth and authentication, which no method handler touches.
 
-Pure Python, no HTTP. A REST method is a :class:`Method`: a handler ``(portal, params, caller) -> result`` that
-returns the ``result`` value (a :class:`Page` for a paged list) or raises :class:`SandboxRestError`, plus how it
-is registered (app-only, scope, REST version). The handlers live in ``methods/<toolset>.py``;
-``methods/__init__.py`` holds the registry.
-Shared tables (users, CRM, lines, calls, statistics, files, transcripts) are attributes of the portal; a toolset
-keeps its own tables in a dataclass fetched with :meth:`SandboxPortal.state`. Behaviour follows the server
-source as recorded in ``bitrix24-facts/methods.json`` (``source_notes``): validation order, messages, casts.
+Pure Python, no HTTP; ``app.py`` serves it.
 """
 
 from __future__ import annotations
 
 import secrets
-import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
-from datetime import datetime
-from typing import Any, Literal, TypeVar
+from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlencode, urlsplit
 
+from .calls import Caller
+from .config import SandboxConfig
 from .errors import (
     APP_NOT_INSTALLED,
     EXPIRED_TOKEN,
-    INSUFFICIENT_SCOPE,
-    INSUFFICIENT_SCOPE_WEBHOOK,
     INVALID_CREDENTIALS,
     INVALID_TOKEN,
-    METHOD_NOT_FOUND,
     NO_AUTH_FOUND,
     OAUTH_INVALID_CLIENT,
     OAUTH_INVALID_CODE,
     OAUTH_INVALID_GRANT,
     OAUTH_INVALID_REQUEST,
-    V3_INSUFFICIENT_SCOPE,
-    WRONG_AUTH_TYPE,
-    ApiVersion,
-    SandboxRestError,
 )
-from .php import digits, php_int, php_str
-from .records import (
-    APP_ID,
-    ActiveCall,
-    CrmEntity,
-    ExternalLine,
-    SandboxFile,
-    SandboxUser,
-    StatisticRecord,
-    Transcript,
-    seed_crm,
-    seed_users,
-)
+from .methods import METHODS
+from .php import php_str
+from .records import APP_ID
+from .state import PortalState
 
-Params = dict[str, Any]
-T = TypeVar("T")
-
-#: Scopes granted to the sandbox app's tokens (and to its webhook) unless the config says otherwise.
-SANDBOX_SCOPE = "telephony,call,crm,user"
-#: The scope of platform methods (app.info, scope, profile, server.time, batch) every app and webhook may call.
-BASIC_SCOPE = "basic"
 #: Lifetime of an authorization code (settings/oauth/index.md: "The lifetime of the authorization code is 30 s").
 AUTH_CODE_TTL = 30.0
-
-
-@dataclass
-class SandboxConfig:
-    """Knobs of the emulated portal; the defaults mirror a cloud portal on a non-Enterprise plan."""
-
-    client_id: str = "local.sandbox0000000000.00000001"
-    client_secret: str = field(default_factory=lambda: secrets.token_urlsafe(24))
-    webhook_user_id: int = 1
-    webhook_code: str = field(default_factory=lambda: secrets.token_hex(8))
-    access_token_ttl: float = 3600.0
-    rate_limit: float = 2.0
-    rate_burst: int = 50
-    # The docs call method-specific failures ERROR_CORE; the server throws them without a code (""), as seen
-    # on a live portal (disagreements.md #1).
-    error_core_code: str = ""
-    # Docs: externalLine.* and externalCall.register/finish are app-only. Source: webhooks are accepted
-    # (disagreements.md #2).
-    webhook_app_only: bool = True
-    # Newest source auto-creates an unknown LINE_NUMBER on register; older source errors (disagreements.md #5).
-    unknown_line_autocreate: bool = True
-    #: Comma-separated scopes granted to the app's tokens (reported in token responses) and to the webhook.
-    scopes: str = SANDBOX_SCOPE
-    webhook_scopes: str = SANDBOX_SCOPE
-    #: Rows of call history voximplant.statistic.get serves beside the calls finished here (ids 1..seed_calls).
-    seed_calls: int = 300
-    #: The administrator's answer to this app's request to call voximplant.user.get (CRestServer::
-    #: requestConfirmation): approved, still waiting (METHOD_CONFIRM_WAITING) or denied (METHOD_CONFIRM_DENIED).
-    user_get_confirmation: Literal["approved", "waiting", "denied"] = "approved"
-    #: The application's handler path: where /oauth/authorize/ sends the browser back (the app settings hold it
-    #: on a real portal; `login` listens here by default).
-    handler_url: str = "http://localhost:8765/"
-    #: False: the app was added but not installed; /oauth/authorize/ refuses it and the token endpoint answers
-    #: invalid_client, as the docs describe; app.info reports INSTALLED false.
-    app_installed: bool = True
-    #: The plan, as app.info reports it (a non-Enterprise plan, matching the default rate limit).
-    license: str = "en_pro100"
-
-
-@dataclass(frozen=True)
-class Caller:
-    """Who is calling: an app token (client_id/app_id set) or the incoming webhook (no app context)."""
-
-    auth_type: Literal["oauth", "webhook"]
-    user_id: int
-    client_id: str | None = None
-    app_id: int | None = None
-    access_token: str | None = None
 
 
 @dataclass(frozen=True)
@@ -120,245 +43,16 @@ class TokenPair:
     user_id: int
 
 
-@dataclass
-class Stats:
-    requests: Counter[str] = field(default_factory=Counter)
-    """HTTP requests per lower-cased method (a batch counts once, under ``batch``)."""
-    batched: Counter[str] = field(default_factory=Counter)
-    """Commands run inside batches, per lower-cased method."""
-    refreshes: int = 0
-    limited: int = 0
-    """REST requests the leaky bucket refused (503 QUERY_LIMIT_EXCEEDED)."""
-    token_requests: int = 0
-    """Requests that reached the OAuth token endpoint, granted or not."""
-
-    def as_dict(self) -> dict[str, Any]:
-        # "batched" only once a batch ran, so the stats of a portal never sent one read as before.
-        batched = {"batched": dict(self.batched)} if self.batched else {}
-        return {
-            "requests": dict(self.requests),
-            **batched,
-            "refreshes": self.refreshes,
-            "limited": self.limited,
-            "token_requests": self.token_requests,
-        }
-
-
-@dataclass
-class Fault:
-    """A canned answer queued through ``/_sandbox/faults`` for the next ``count`` requests of ``method``."""
-
-    method: str  # lower-cased REST method or "*"
-    status: int
-    body: str
-    content_type: str
-    count: int
-    process: bool = False
-    """Run the request first and replace only its answer: the portal did the work, the client never hears."""
-    headers: dict[str, str] = field(default_factory=dict)
-    """Answer headers, e.g. ``Location`` with status 302 to stage a portal that moved."""
-
-    def matches(self, method: str, *, in_batch: bool = False) -> bool:
-        # Inside a batch only a fault naming the method applies; "*" is for HTTP requests.
-        return self.method == method or (self.method == "*" and not in_batch)
-
-    @classmethod
-    def from_json(cls, data: Any) -> Fault:
-        if not isinstance(data, dict):
-            raise ValueError("expected a JSON object")
-        fault = cls(
-            method=str(data.get("method", "*")).lower(),
-            status=int(data.get("status", 500)),
-            body=str(data.get("body", "")),
-            content_type=str(data.get("content_type", "text/html")),
-            count=int(data.get("count", 1)),
-            process=bool(data.get("process", False)),
-            headers={str(key): str(value) for key, value in dict(data.get("headers") or {}).items()},
-        )
-        if not 100 <= fault.status <= 599 or fault.count < 1:
-            raise ValueError("status must be 100..599 and count >= 1")
-        return fault
-
-
-LIST_LIMIT = 50
-"""Rows per page of a REST 2 list method (IRestService::LIST_LIMIT)."""
-
-
-@dataclass(frozen=True)
-class Page:
-    """A list method's answer: the rows, with ``total`` and ``next`` sent beside ``result`` (setNavData)."""
-
-    rows: list[Any]
-    total: int
-    next: int | None = None
-
-    @classmethod
-    def of(cls, rows: list[Any], offset: int | None, total: int) -> Page:
-        """Rows of one page. ``offset`` None: ``start`` was negative, so nothing was counted (total 0, no next)."""
-        following = offset + LIST_LIMIT if offset is not None and offset + LIST_LIMIT < total else None
-        return cls(rows, total, following)
-
-    @classmethod
-    def slice(cls, rows: list[Any], start: Any) -> Page:
-        """The page of all ``rows`` at offset ``(int)start`` (IRestService::setNavData: next = offset + rows sent)."""
-        offset = max(php_int(start), 0)
-        return cls.of(rows[offset : offset + LIST_LIMIT], offset, len(rows))
-
-    def envelope(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"result": self.rows}
-        if self.next is not None:
-            body["next"] = self.next
-        body["total"] = self.total
-        return body
-
-
-def envelope(result: Any) -> dict[str, Any]:
-    """A handler's return value as the answer's top-level keys (``result``, and ``total``/``next`` of a Page)."""
-    return result.envelope() if isinstance(result, Page) else {"result": result}
-
-
-def time_block(start: float, finish: float) -> dict[str, Any]:
-    """The ``time`` object of an answer (a batch reports one per command in ``result_time``)."""
-
-    def iso(ts: float) -> str:
-        return datetime.fromtimestamp(ts).astimezone().isoformat(timespec="seconds")
-
-    return {
-        "start": start,
-        "finish": finish,
-        "duration": finish - start,
-        "processing": finish - start,
-        "date_start": iso(start),
-        "date_finish": iso(finish),
-    }
-
-
-# A REST method implementation: (portal, params, caller) -> result (a Page for list methods).
-Handler = Callable[["SandboxPortal", Params, Caller], Any]
-
-
-@dataclass(frozen=True)
-class Method:
-    """How a REST method is registered on the portal."""
-
-    handler: Handler
-    app_only: bool = False  # docs: "works only in the context of an application"
-    scope: str = "telephony"  # the scope it is registered under in OnRestServiceBuildDescription
-    api: ApiVersion = 2  # 2: served at /rest/...; 3: REST 3.0, served at /rest/api/...
-
-
-def method_table(methods: Mapping[str, Method]) -> dict[str, Method]:
-    """A module's methods keyed by lower-cased REST name (CRestServer matches names case-insensitively)."""
-    table = {name.lower(): method for name, method in methods.items()}
-    if len(table) != len(methods):
-        raise ValueError("two method names differ only in case")
-    return table
-
-
-# searchCrmEntities returns CONTACT, then LEAD, then COMPANY; register picks its primary entity the same way.
-_CRM_SEARCH_ORDER = ("CONTACT", "LEAD", "COMPANY")
-
-
-class SandboxPortal:
-    """The emulated portal. Thread-safe: every public entry point holds ``lock``."""
+class SandboxPortal(PortalState):
+    """The emulated portal, dispatching to every method in :data:`~.methods.METHODS`. Thread-safe: every public
+    entry point holds ``lock``."""
 
     def __init__(self, config: SandboxConfig | None = None, clock: Callable[[], float] = time.time) -> None:
-        from .methods import METHODS  # the method modules import this module
-
-        # A copy: settings change at run time (handler path, scopes), and two portals made from one config object
-        # must not change each other's.
-        self.config = replace(config) if config else SandboxConfig()
-        #: Wall clock; tests may replace it to move time forward (token expiry, the 30-minute window).
-        self.clock = clock
-        #: The registry this portal dispatches to (lower-cased REST name -> Method).
-        self.methods: Mapping[str, Method] = METHODS
-        #: "http://host:port", set by the runner once the port is known (or by the app on first request).
-        self.base_url = ""
+        super().__init__(METHODS, config, clock)
         self.member_id = secrets.token_hex(16)
-        self.lock = threading.RLock()
-        self.stats = Stats()
-        #: Canned answers queued through /_sandbox/faults (see app.py); taken under ``lock``.
-        self.faults: list[Fault] = []
-        self.users = seed_users()
-        self.crm = seed_crm()
-        self.lines: dict[int, ExternalLine] = {}
-        self.calls: dict[str, ActiveCall] = {}
-        self.statistics: dict[str, StatisticRecord] = {}
-        self.files: dict[int, SandboxFile] = {}
-        self.transcripts: dict[int, Transcript] = {}
-        self.activities: dict[int, dict[str, Any]] = {}
-        self._toolset_state: dict[type[Any], Any] = {}
         self._access_tokens: dict[str, TokenPair] = {}
         self._refresh_tokens: dict[str, TokenPair] = {}
         self._auth_codes: dict[str, tuple[float, int]] = {}  # code -> (expires at, user id)
-        # Statistic ids 1..seed_calls belong to the seeded call history (methods/statistics.py, made on first use).
-        self._ids: Counter[str] = Counter(
-            {"line": 0, "stat": self.config.seed_calls, "file": 9000, "transcript": 0, "activity": 7900}
-        )
-
-    # --- infrastructure ---
-
-    def state(self, kind: type[T]) -> T:
-        """The portal's one instance of a toolset's own tables, created with ``kind()`` on first use."""
-        with self.lock:
-            if kind not in self._toolset_state:
-                self._toolset_state[kind] = kind()
-            instance: T = self._toolset_state[kind]
-            return instance
-
-    def reset_state(self, kind: type[Any]) -> None:
-        """Drop a toolset's tables: the next :meth:`state` starts from the seeds again (tests sharing a portal)."""
-        with self.lock:
-            self._toolset_state.pop(kind, None)
-
-    def next_id(self, kind: str) -> int:
-        """The next id of a kind of record; a new kind starts at 1."""
-        self._ids[kind] += 1
-        return self._ids[kind]
-
-    def core(self, template: str, **fmt: Any) -> SandboxRestError:
-        """A method-specific error (sent with ``config.error_core_code``, HTTP 400)."""
-        return SandboxRestError(self.config.error_core_code, template.format(**fmt), 400)
-
-    def scope_list(self, caller: Caller) -> list[str]:
-        """The scopes the caller's application (or webhook) was granted, in the configured order."""
-        granted = self.config.scopes if caller.auth_type == "oauth" else self.config.webhook_scopes
-        return [scope.strip() for scope in granted.split(",") if scope.strip()]
-
-    def granted_scopes(self, caller: Caller) -> frozenset[str]:
-        return frozenset(self.scope_list(caller))
-
-    def call(self, method: str, params: Params, caller: Caller, api: ApiVersion = 2) -> Any:
-        """Run a REST method by (case-insensitive) name, as called at the route of REST version ``api``."""
-        spec = self.methods.get(method.lower())
-        if spec is None or spec.api != api:
-            raise METHOD_NOT_FOUND.exc()
-        if spec.scope != BASIC_SCOPE and spec.scope not in self.granted_scopes(caller):
-            if api == 3:
-                raise V3_INSUFFICIENT_SCOPE.exc()
-            raise (INSUFFICIENT_SCOPE if caller.auth_type == "oauth" else INSUFFICIENT_SCOPE_WEBHOOK).exc()
-        if spec.app_only and self.config.webhook_app_only and caller.auth_type != "oauth":
-            raise WRONG_AUTH_TYPE.exc()
-        with self.lock:
-            return spec.handler(self, params, caller)
-
-    def take_fault(self, method: str, *, in_batch: bool = False) -> Fault | None:
-        """The first queued fault for ``method`` (lower-cased), counted down; None when none applies."""
-        with self.lock:
-            for fault in self.faults:
-                if fault.matches(method, in_batch=in_batch):
-                    fault.count -= 1
-                    if fault.count == 0:
-                        self.faults.remove(fault)
-                    return fault
-        return None
-
-    def method_names(self) -> list[str]:
-        return sorted(self.methods)
-
-    def reset_stats(self) -> None:
-        with self.lock:
-            self.stats = Stats()
 
     # --- OAuth ---
 
@@ -461,36 +155,3 @@ class SandboxPortal:
             "status": "L",
             "user_id": pair.user_id,
         }
-
-    # --- shared lookups ---
-
-    def user_by_inner_phone(self, phone: Any) -> SandboxUser | None:
-        """Helper::getUserByPhone: only active users match."""
-        wanted = php_str(phone)
-        if not wanted:
-            return None
-        return next((u for u in self.users.values() if u.active and u.phone_inner == wanted), None)
-
-    def resolve_user_id(self, params: Params) -> int:
-        """(int)USER_ID, else the active user with USER_PHONE_INNER; 0 when neither resolves."""
-        user_id = php_int(params.get("USER_ID"))
-        if user_id:
-            return user_id
-        user = self.user_by_inner_phone(params.get("USER_PHONE_INNER"))
-        return user.id if user else 0
-
-    def find_line(self, number: str, app_id: int | None) -> ExternalLine | None:
-        """The external line with this number, as seen by this app (None: created through a webhook)."""
-        return next((ln for ln in self.lines.values() if ln.number == number and ln.app_id == app_id), None)
-
-    def find_crm(self, phone: Any) -> list[CrmEntity]:
-        """CRM entities with this phone, in searchCrmEntities order."""
-        wanted = digits(phone)
-        if not wanted:
-            return []
-        found = [e for e in self.crm.values() if any(digits(p) == wanted for p in e.phones)]
-        return sorted(found, key=lambda e: (_CRM_SEARCH_ORDER.index(e.type), e.id))
-
-    def statistic(self, call_id: Any) -> StatisticRecord | None:
-        """The finished call's statistic row (CALL_ID must be a string, as in source)."""
-        return self.statistics.get(call_id) if isinstance(call_id, str) else None

@@ -1,6 +1,6 @@
 """The shared tables of the sandbox portal (users, CRM, external lines, calls, statistics, files, transcripts).
 
-Tables one toolset owns alone live in its method module, kept through ``SandboxPortal.state``.
+Tables one toolset owns alone live in its method module, kept through ``PortalState.state`` (state.py).
 """
 
 from __future__ import annotations

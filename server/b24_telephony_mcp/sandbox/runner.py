@@ -16,7 +16,8 @@ import uvicorn
 from b24_telephony_mcp.net import listen_socket, url_host
 
 from .app import create_app
-from .portal import SandboxConfig, SandboxPortal
+from .config import SandboxConfig
+from .portal import SandboxPortal
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ in that module's ``METHODS``, and, for a new module, add its table here.
 
 from __future__ import annotations
 
-from ..portal import Method
+from ..state import Method
 from . import (
     batch,
     call_placement,

@@ -19,9 +19,10 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import parse_qsl
 
+from ..calls import BASIC_SCOPE, Caller, Fault, Params, envelope, time_block
 from ..errors import SandboxRestError
 from ..php import php_bool, php_params, php_str, upper_keys
-from ..portal import BASIC_SCOPE, Caller, Fault, Method, Params, SandboxPortal, envelope, method_table, time_block
+from ..state import Method, PortalState, method_table
 
 BATCH_MAX_LENGTH = 50
 NOT_IN_BATCH = frozenset({"batch", "upload", "download"})
@@ -36,7 +37,7 @@ _REFERENCE = re.compile(r"\$(result|next|total|time|error)(\S*)", re.IGNORECASE)
 _SEGMENT = re.compile(r"\[([^\]]+)\]")
 
 
-def batch(portal: SandboxPortal, params: Params, caller: Caller) -> dict[str, Any]:
+def batch(portal: PortalState, params: Params, caller: Caller) -> dict[str, Any]:
     query = upper_keys(params)
     halt = php_bool(query.get("HALT"))
     outcome: dict[str, dict[Any, Any]] = {"result": {}, "next": {}, "total": {}, "time": {}, "error": {}}
@@ -70,7 +71,7 @@ def _commands(cmd: Any) -> Iterable[tuple[Any, Any]]:
     return ()
 
 
-def _run(portal: SandboxPortal, method: str, params: Params, caller: Caller) -> dict[str, Any]:
+def _run(portal: PortalState, method: str, params: Params, caller: Caller) -> dict[str, Any]:
     """One command's parts of the answer: result (+ total, next) and time, or error."""
     name = method.lower()
     if name in NOT_IN_BATCH:

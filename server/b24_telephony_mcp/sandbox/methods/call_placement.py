@@ -20,9 +20,10 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ..calls import Caller, Params
 from ..errors import ACCESS_DENIED
 from ..php import php_bool, php_str
-from ..portal import Caller, Method, Params, SandboxPortal, method_table
+from ..state import Method, PortalState, method_table
 from .sip import LINK_BASE_NUMBER, line_configs
 
 
@@ -79,7 +80,7 @@ class CallPlacementState:
     placed: list[PlacedCall] = field(default_factory=list)
 
 
-def _outgoing_line(portal: SandboxPortal, state: CallPlacementState, line_id: str) -> OutgoingLine | None:
+def _outgoing_line(portal: PortalState, state: CallPlacementState, line_id: str) -> OutgoingLine | None:
     """The line as voximplant.line.get lists it (the SIP toolset's tables), or the linked base number."""
     configs = line_configs(portal)
     if line_id == LINK_BASE_NUMBER:
@@ -93,7 +94,7 @@ def _outgoing_line(portal: SandboxPortal, state: CallPlacementState, line_id: st
     return OutgoingLine(line_id, mode, has_config=line_id not in state.unconfigured)
 
 
-def start_callback(portal: SandboxPortal, params: Params, caller: Caller) -> dict[str, Any]:
+def start_callback(portal: PortalState, params: Params, caller: Caller) -> dict[str, Any]:
     state = _permitted(portal, caller)
     line_id = php_str(params.get("FROM_LINE"))
     line = _outgoing_line(portal, state, line_id)
@@ -110,15 +111,15 @@ def start_callback(portal: SandboxPortal, params: Params, caller: Caller) -> dic
     return {"RESULT": True, "CALL_ID": call.call_id}
 
 
-def start_infocall_with_text(portal: SandboxPortal, params: Params, caller: Caller) -> dict[str, Any]:
+def start_infocall_with_text(portal: PortalState, params: Params, caller: Caller) -> dict[str, Any]:
     return _start_infocall(portal, params, caller, "voximplant.infocall.startwithtext")
 
 
-def start_infocall_with_sound(portal: SandboxPortal, params: Params, caller: Caller) -> dict[str, Any]:
+def start_infocall_with_sound(portal: PortalState, params: Params, caller: Caller) -> dict[str, Any]:
     return _start_infocall(portal, params, caller, "voximplant.infocall.startwithsound")
 
 
-def _start_infocall(portal: SandboxPortal, params: Params, caller: Caller, method: str) -> dict[str, Any]:
+def _start_infocall(portal: PortalState, params: Params, caller: Caller, method: str) -> dict[str, Any]:
     state = _permitted(portal, caller)
     line_id = php_str(params.get("FROM_LINE"))
     if line_id == LINK_BASE_NUMBER:
@@ -140,7 +141,7 @@ def _start_infocall(portal: SandboxPortal, params: Params, caller: Caller, metho
     return {"RESULT": True, "CALL_ID": call.call_id}
 
 
-def _permitted(portal: SandboxPortal, caller: Caller) -> CallPlacementState:
+def _permitted(portal: PortalState, caller: Caller) -> CallPlacementState:
     state = portal.state(CallPlacementState)
     if caller.user_id in state.denied_users:
         raise ACCESS_DENIED.exc()
@@ -148,7 +149,7 @@ def _permitted(portal: SandboxPortal, caller: Caller) -> CallPlacementState:
 
 
 def _place(
-    portal: SandboxPortal,
+    portal: PortalState,
     state: CallPlacementState,
     method: str,
     kind: str,

@@ -12,9 +12,9 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+from ..calls import Caller, Params
 from ..errors import ErrorSpec
 from ..php import isset, normalize_phone, php_bool, php_float, php_int, php_str, php_strtotime
-from ..portal import Caller, Method, Params, SandboxPortal, method_table
 from ..records import (
     ActiveCall,
     CrmEntity,
@@ -24,6 +24,7 @@ from ..records import (
     Transcript,
     UploadedFile,
 )
+from ..state import Method, PortalState, method_table
 from .external_lines import Msg as LineMsg
 
 DEDUPE_WINDOW = 30 * 60.0
@@ -74,13 +75,13 @@ class UploadTokens:
     by_token: dict[str, str] = field(default_factory=dict)
 
 
-def _require_active_user(portal: SandboxPortal, user_id: int) -> None:
+def _require_active_user(portal: PortalState, user_id: int) -> None:
     user = portal.users.get(user_id)
     if user is None or not user.active:
         raise portal.core(Msg.USER_INACTIVE)
 
 
-def search_crm_entities(portal: SandboxPortal, params: Params, caller: Caller) -> list[dict[str, Any]]:
+def search_crm_entities(portal: PortalState, params: Params, caller: Caller) -> list[dict[str, Any]]:
     phone = php_str(params.get("PHONE_NUMBER"))
     if phone == "":
         raise portal.core(Msg.PHONE_EMPTY)
@@ -106,7 +107,7 @@ def search_crm_entities(portal: SandboxPortal, params: Params, caller: Caller) -
     return result
 
 
-def external_call_register(portal: SandboxPortal, params: Params, caller: Caller) -> dict[str, Any]:
+def external_call_register(portal: PortalState, params: Params, caller: Caller) -> dict[str, Any]:
     # Validation order is the source's (methods.json source_notes).
     user_id = portal.resolve_user_id(params)
     if not user_id:
@@ -188,7 +189,7 @@ def _call_type(value: Any) -> int | None:
     return int(number) if number.is_integer() and int(number) in CALL_TYPES else None
 
 
-def _line_for_call(portal: SandboxPortal, params: Params, caller: Caller) -> ExternalLine | None:
+def _line_for_call(portal: PortalState, params: Params, caller: Caller) -> ExternalLine | None:
     if not isset(params, "LINE_NUMBER"):
         return None
     number = php_str(params["LINE_NUMBER"]).strip()[:50]
@@ -204,7 +205,7 @@ def _line_for_call(portal: SandboxPortal, params: Params, caller: Caller) -> Ext
 
 
 def _find_duplicate(
-    portal: SandboxPortal,
+    portal: PortalState,
     user_id: int,
     phone: str,
     call_type: int,
@@ -228,7 +229,7 @@ def _find_duplicate(
     return None
 
 
-def _bind_crm(portal: SandboxPortal, call: ActiveCall, params: Params) -> None:
+def _bind_crm(portal: PortalState, call: ActiveCall, params: Params) -> None:
     if isset(params, "CRM_ENTITY_TYPE") and isset(params, "CRM_ENTITY_ID"):
         call.crm_entity_type = php_str(params["CRM_ENTITY_TYPE"])
         call.crm_entity_id = php_int(params["CRM_ENTITY_ID"]) or None
@@ -238,7 +239,7 @@ def _bind_crm(portal: SandboxPortal, call: ActiveCall, params: Params) -> None:
             call.crm_entity_type, call.crm_entity_id = found[0].type, found[0].id
 
 
-def _create_lead(portal: SandboxPortal, call: ActiveCall, params: Params) -> None:
+def _create_lead(portal: PortalState, call: ActiveCall, params: Params) -> None:
     lead_id = max((e.id for e in portal.crm.values() if e.type == "LEAD"), default=200) + 1
     direction = "Outgoing" if call.incoming == 1 else "Incoming"
     lead = CrmEntity(
@@ -256,7 +257,7 @@ def _create_lead(portal: SandboxPortal, call: ActiveCall, params: Params) -> Non
     call.crm_entity_type, call.crm_entity_id = "LEAD", lead_id
 
 
-def external_call_finish(portal: SandboxPortal, params: Params, caller: Caller) -> dict[str, Any]:
+def external_call_finish(portal: PortalState, params: Params, caller: Caller) -> dict[str, Any]:
     user_id = portal.resolve_user_id(params)
     if not user_id:  # checked before CALL_ID in source
         raise portal.core(Msg.USER_NOT_SET)
@@ -308,7 +309,7 @@ def external_call_finish(portal: SandboxPortal, params: Params, caller: Caller) 
     return record.as_result()
 
 
-def external_call_show(portal: SandboxPortal, params: Params, caller: Caller) -> bool:
+def external_call_show(portal: PortalState, params: Params, caller: Caller) -> bool:
     call = portal.calls.get(php_str(params.get("CALL_ID")))
     if call is None:
         return False
@@ -316,7 +317,7 @@ def external_call_show(portal: SandboxPortal, params: Params, caller: Caller) ->
     return True
 
 
-def external_call_hide(portal: SandboxPortal, params: Params, caller: Caller) -> bool:
+def external_call_hide(portal: PortalState, params: Params, caller: Caller) -> bool:
     call = portal.calls.get(php_str(params.get("CALL_ID")))
     if call is None:
         return False
@@ -324,7 +325,7 @@ def external_call_hide(portal: SandboxPortal, params: Params, caller: Caller) ->
     return True
 
 
-def external_call_attach_record(portal: SandboxPortal, params: Params, caller: Caller) -> dict[str, Any]:
+def external_call_attach_record(portal: PortalState, params: Params, caller: Caller) -> dict[str, Any]:
     call_id = php_str(params.get("CALL_ID"))
     if isset(params, "RECORD_URL"):
         record = _finished_call(portal, call_id)
@@ -345,7 +346,7 @@ def external_call_attach_record(portal: SandboxPortal, params: Params, caller: C
     return {"FILE_ID": _store_file(portal, record, name, _decode_content(portal, params["FILE_CONTENT"]))}
 
 
-def upload(portal: SandboxPortal, params: Params, caller: Caller) -> dict[str, int]:
+def upload(portal: PortalState, params: Params, caller: Caller) -> dict[str, int]:
     """The pseudo-method behind attachRecord's uploadUrl (multipart field "file")."""
     call_id = portal.state(UploadTokens).by_token.get(php_str(params.get("token")))
     if call_id is None:
@@ -358,20 +359,20 @@ def upload(portal: SandboxPortal, params: Params, caller: Caller) -> dict[str, i
     return {"FILE_ID": _store_file(portal, record, upload.filename, upload.content)}
 
 
-def _finished_call(portal: SandboxPortal, call_id: str) -> StatisticRecord:
+def _finished_call(portal: PortalState, call_id: str) -> StatisticRecord:
     record = portal.statistic(call_id)
     if record is None:
         raise portal.core(Msg.CALL_NOT_FINISHED)
     return record
 
 
-def _check_extension(portal: SandboxPortal, name: str) -> None:
+def _check_extension(portal: PortalState, name: str) -> None:
     _, dot, extension = name.rpartition(".")
     if not dot or extension.lower() not in RECORD_EXTENSIONS:
         raise portal.core(Msg.BAD_EXTENSION)
 
 
-def _decode_content(portal: SandboxPortal, content: Any) -> bytes:
+def _decode_content(portal: PortalState, content: Any) -> bytes:
     """CRestUtil::saveFile: empty content and non-base64 content are different errors."""
     text = php_str(content)
     if text == "":
@@ -386,7 +387,7 @@ def _decode_content(portal: SandboxPortal, content: Any) -> bytes:
 
 
 def _store_file(
-    portal: SandboxPortal, record: StatisticRecord, name: str, content: bytes | None, source_url: str | None = None
+    portal: PortalState, record: StatisticRecord, name: str, content: bytes | None, source_url: str | None = None
 ) -> int:
     # A repeated attach replaces the record; the old file stays (source deletes it in a background job).
     file = SandboxFile(portal.next_id("file"), record.call_id, name, content, source_url)
@@ -395,7 +396,7 @@ def _store_file(
     return file.id
 
 
-def _upload_url(portal: SandboxPortal, call_id: str, caller: Caller) -> str:
+def _upload_url(portal: PortalState, call_id: str, caller: Caller) -> str:
     token = secrets.token_urlsafe(24)
     portal.state(UploadTokens).by_token[token] = call_id
     if caller.auth_type == "webhook":
@@ -405,7 +406,7 @@ def _upload_url(portal: SandboxPortal, call_id: str, caller: Caller) -> str:
     return f"{prefix}token={quote(token)}"
 
 
-def call_attach_transcription(portal: SandboxPortal, params: Params, caller: Caller) -> dict[str, int]:
+def call_attach_transcription(portal: PortalState, params: Params, caller: Caller) -> dict[str, int]:
     if not isset(params, "CALL_ID"):
         raise portal.core(Msg.CALL_ID_NOT_SET)
     messages = params.get("MESSAGES")
@@ -425,7 +426,7 @@ def call_attach_transcription(portal: SandboxPortal, params: Params, caller: Cal
     return {"TRANSCRIPT_ID": transcript.id}
 
 
-def _transcript_message(portal: SandboxPortal, k: Any, message: Any) -> dict[str, Any]:
+def _transcript_message(portal: PortalState, k: Any, message: Any) -> dict[str, Any]:
     fields: Mapping[str, Any] = message if isinstance(message, dict) else {}
     side = fields.get("SIDE")
     if side not in ("Client", "User"):  # strict comparison in source

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..calls import Caller, Params
 from ..php import isset, php_str
-from ..portal import Caller, Method, Params, SandboxPortal, method_table
 from ..records import ExternalLine
+from ..state import Method, PortalState, method_table
 
 
 class Msg:
@@ -18,7 +19,7 @@ class Msg:
     LINE_NOT_FOUND = "Could not find line with number {number}"
 
 
-def line_add(portal: SandboxPortal, params: Params, caller: Caller) -> dict[str, int]:
+def line_add(portal: PortalState, params: Params, caller: Caller) -> dict[str, int]:
     number = php_str(params.get("NUMBER")).strip()
     raw_auto_create = params.get("CRM_AUTO_CREATE")  # (CRM_AUTO_CREATE ?? "Y") === "Y"
     crm_auto_create = "N" if raw_auto_create is not None and raw_auto_create != "Y" else "Y"
@@ -31,7 +32,7 @@ def line_add(portal: SandboxPortal, params: Params, caller: Caller) -> dict[str,
     return {"ID": line.id}
 
 
-def line_update(portal: SandboxPortal, params: Params, caller: Caller) -> dict[str, int]:
+def line_update(portal: PortalState, params: Params, caller: Caller) -> dict[str, int]:
     changes: dict[str, str] = {}
     if isset(params, "NAME"):
         changes["name"] = php_str(params["NAME"])
@@ -45,13 +46,13 @@ def line_update(portal: SandboxPortal, params: Params, caller: Caller) -> dict[s
     return {"ID": line.id}
 
 
-def line_delete(portal: SandboxPortal, params: Params, caller: Caller) -> list[Any]:
+def line_delete(portal: PortalState, params: Params, caller: Caller) -> list[Any]:
     line = _line_for_change(portal, params, caller)
     del portal.lines[line.id]
     return []  # an empty Result serialises as []
 
 
-def line_get(portal: SandboxPortal, params: Params, caller: Caller) -> list[dict[str, str]]:
+def line_get(portal: PortalState, params: Params, caller: Caller) -> list[dict[str, str]]:
     return [
         {"NUMBER": ln.number, "NAME": ln.name, "CRM_AUTO_CREATE": ln.crm_auto_create}
         for ln in portal.lines.values()
@@ -59,7 +60,7 @@ def line_get(portal: SandboxPortal, params: Params, caller: Caller) -> list[dict
     ]
 
 
-def _line_for_change(portal: SandboxPortal, params: Params, caller: Caller) -> ExternalLine:
+def _line_for_change(portal: PortalState, params: Params, caller: Caller) -> ExternalLine:
     number = php_str(params.get("NUMBER")).strip()
     if not number:
         raise portal.core(Msg.NUMBER_EMPTY)

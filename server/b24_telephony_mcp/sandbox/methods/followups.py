@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from ..calls import Caller, Params
 from ..errors import V3_ENTITY_NOT_FOUND, V3_VALIDATION, SandboxRestError
-from ..portal import Caller, Method, Params, SandboxPortal, method_table
+from ..state import Method, PortalState, method_table
 
 
 class Code:
@@ -405,12 +406,12 @@ def _project(item: dict[str, Any], select: list[str]) -> dict[str, Any]:
     return {name: picked[name] for name in ROOT_FIELDS if name in picked}
 
 
-def _is_admin(portal: SandboxPortal, caller: Caller) -> bool:
+def _is_admin(portal: PortalState, caller: Caller) -> bool:
     user = portal.users.get(caller.user_id)
     return bool(user and user.is_admin)
 
 
-def _visible(portal: SandboxPortal, caller: Caller, followup: FollowUp) -> bool:
+def _visible(portal: PortalState, caller: Caller, followup: FollowUp) -> bool:
     """An administrator sees every follow-up; anyone else those of calls they took part in."""
     return _is_admin(portal, caller) or caller.user_id in followup.user_ids
 
@@ -418,7 +419,7 @@ def _visible(portal: SandboxPortal, caller: Caller, followup: FollowUp) -> bool:
 # --- handlers ---
 
 
-def followup_list(portal: SandboxPortal, params: Params, caller: Caller) -> dict[str, Any]:
+def followup_list(portal: PortalState, params: Params, caller: Caller) -> dict[str, Any]:
     _check([p for p in (_filter_participant_problem(params), _mention_problem(params)) if p])
     start_from, start_to = _date_range(params.get("filter"))
     select = _followup_select(params)
@@ -502,7 +503,7 @@ def _pagination(pagination: Any, select: list[str]) -> tuple[int, tuple[datetime
     return limit, (moment, call_id)
 
 
-def followup_get(portal: SandboxPortal, params: Params, caller: Caller) -> dict[str, Any]:
+def followup_get(portal: PortalState, params: Params, caller: Caller) -> dict[str, Any]:
     _check([p for p in (_integer_problem(params, "callId", "callId", required=True), _mention_problem(params)) if p])
     select = _followup_select(params)
     followup = portal.state(FollowUpTables).followups.get(params["callId"])
@@ -531,12 +532,12 @@ def _describe(name: str, keys: tuple[str, ...]) -> dict[str, Any]:
     return {key: FIELD_DESCRIPTIONS[name][key] for key in keys}
 
 
-def field_list(portal: SandboxPortal, params: Params, caller: Caller) -> dict[str, Any]:
+def field_list(portal: PortalState, params: Params, caller: Caller) -> dict[str, Any]:
     keys = _description_select(params)
     return {"items": [_describe(name, keys) for name in FIELD_DESCRIPTIONS]}
 
 
-def field_get(portal: SandboxPortal, params: Params, caller: Caller) -> dict[str, Any]:
+def field_get(portal: PortalState, params: Params, caller: Caller) -> dict[str, Any]:
     name = params.get("name")
     if name is None or name == "":
         _check([{"field": "name", "message": Msg.REQUIRED.format(name="name")}])

@@ -12,24 +12,25 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
+from ..calls import Caller, Params
 from ..errors import SandboxRestError
 from ..php import php_int, php_str, upper_keys
-from ..portal import Caller, Method, Params, SandboxPortal, method_table
+from ..state import Method, PortalState, method_table
 from .sip import LINK_BASE_NUMBER, Msg, line_configs, require_line_modify
 
 
-def line_get(portal: SandboxPortal, params: Params, caller: Caller) -> dict[str, str] | list[Any]:
+def line_get(portal: PortalState, params: Params, caller: Caller) -> dict[str, str] | list[Any]:
     require_line_modify(portal, caller)
     # GetPortalNumbers() escapes the names with htmlspecialcharsbx; an empty PHP array is sent as [].
     return {line_id: escape(name, quote=False).replace('"', "&quot;") for line_id, name in _lines(portal).items()} or []
 
 
-def line_outgoing_get(portal: SandboxPortal, params: Params, caller: Caller) -> str:
+def line_outgoing_get(portal: PortalState, params: Params, caller: Caller) -> str:
     require_line_modify(portal, caller)
     return line_configs(portal).current_line()
 
 
-def line_outgoing_set(portal: SandboxPortal, params: Params, caller: Caller) -> int:
+def line_outgoing_set(portal: PortalState, params: Params, caller: Caller) -> int:
     require_line_modify(portal, caller)
     line_id = php_str(upper_keys(params).get("LINE_ID"))
     # SetPortalNumber() stores only a known line (or the linked number); the method answers 1 either way.
@@ -38,7 +39,7 @@ def line_outgoing_set(portal: SandboxPortal, params: Params, caller: Caller) -> 
     return 1
 
 
-def line_outgoing_sip_set(portal: SandboxPortal, params: Params, caller: Caller) -> int:
+def line_outgoing_sip_set(portal: PortalState, params: Params, caller: Caller) -> int:
     require_line_modify(portal, caller)
     configs = line_configs(portal)
     config_id = php_int(upper_keys(params).get("CONFIG_ID"))
@@ -49,7 +50,7 @@ def line_outgoing_sip_set(portal: SandboxPortal, params: Params, caller: Caller)
     return 1
 
 
-def _lines(portal: SandboxPortal) -> dict[str, str]:
+def _lines(portal: PortalState) -> dict[str, str]:
     return line_configs(portal).lines()
 
 

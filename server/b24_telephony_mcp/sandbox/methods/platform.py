@@ -8,22 +8,23 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from ..calls import BASIC_SCOPE, Caller, Params
 from ..php import php_bool
-from ..portal import BASIC_SCOPE, Caller, Method, Params, SandboxPortal, method_table
 from ..records import APP_ID
+from ..state import Method, PortalState, method_table
 
 #: What `scope` with full=true lists: the portal's permissions (api-reference/scopes/permissions.md, in part).
 ALL_SCOPES = ("basic", "call", "crm", "department", "entity", "im", "imopenlines", "log", "telephony", "user")
 
 
-def _license(portal: SandboxPortal) -> dict[str, str]:
+def _license(portal: PortalState) -> dict[str, str]:
     """`en_pro100` -> LICENSE, LICENSE_TYPE `pro100`, LICENSE_FAMILY `pro`."""
     license_type = portal.config.license.split("_", 1)[-1]
     family = license_type.rstrip("0123456789") or license_type
     return {"LICENSE": portal.config.license, "LICENSE_TYPE": license_type, "LICENSE_FAMILY": family}
 
 
-def app_info(portal: SandboxPortal, params: Params, caller: Caller) -> dict[str, Any]:
+def app_info(portal: PortalState, params: Params, caller: Caller) -> dict[str, Any]:
     if caller.auth_type != "oauth":
         # A webhook has no application context: the provider answers with its scopes and the plan (platform.md).
         return {"SCOPE": sorted(portal.granted_scopes(caller)), "LICENSE": portal.config.license}
@@ -40,13 +41,13 @@ def app_info(portal: SandboxPortal, params: Params, caller: Caller) -> dict[str,
     }
 
 
-def scope(portal: SandboxPortal, params: Params, caller: Caller) -> list[str]:
+def scope(portal: PortalState, params: Params, caller: Caller) -> list[str]:
     if php_bool(params.get("full")):
         return list(ALL_SCOPES)
     return portal.scope_list(caller)
 
 
-def profile(portal: SandboxPortal, params: Params, caller: Caller) -> dict[str, Any]:
+def profile(portal: PortalState, params: Params, caller: Caller) -> dict[str, Any]:
     user = portal.users.get(caller.user_id)
     if user is None or not user.active:
         return {}  # docs: "If the user is inactive, the object is empty"
@@ -60,7 +61,7 @@ def profile(portal: SandboxPortal, params: Params, caller: Caller) -> dict[str, 
     }
 
 
-def server_time(portal: SandboxPortal, params: Params, caller: Caller) -> str:
+def server_time(portal: PortalState, params: Params, caller: Caller) -> str:
     """The portal clock as `YYYY-MM-DDThh:mm:ss±hh:mm`."""
     return datetime.fromtimestamp(portal.clock()).astimezone().isoformat(timespec="seconds")
 

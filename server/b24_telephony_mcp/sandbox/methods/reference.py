@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..portal import Caller, Method, Params, SandboxPortal, method_table
+from ..calls import Caller, Params
+from ..state import Method, PortalState, method_table
 
 #: Tts\Language::getList() as the docs show it (voice id -> name).
 TTS_VOICES: dict[str, str] = {
@@ -53,11 +54,11 @@ TTS_VOICES: dict[str, str] = {
 }
 
 
-def tts_voices_get(portal: SandboxPortal, params: Params, caller: Caller) -> dict[str, str]:
+def tts_voices_get(portal: PortalState, params: Params, caller: Caller) -> dict[str, str]:
     return dict(TTS_VOICES)
 
 
-def url_get(portal: SandboxPortal, params: Params, caller: Caller) -> dict[str, Any]:
+def url_get(portal: PortalState, params: Params, caller: Caller) -> dict[str, Any]:
     """urlGet(): the portal address plus the telephony public folder (/telephony/)."""
     telephony = f"{portal.base_url}/telephony/"
     return {

@@ -20,10 +20,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from ..calls import Caller, Page, Params
 from ..errors import ACCESS_DENIED, SandboxRestError
 from ..php import isset, php_float, php_int, php_str, upper_keys
-from ..portal import Caller, Method, Page, Params, SandboxPortal, method_table
 from ..records import APP_ID
+from ..state import Method, PortalState, method_table
 
 CLOUD = "cloud"
 OFFICE = "office"
@@ -88,7 +89,7 @@ class SipConnection:
         """PHONE_NAME, or the system name the portal shows for an untitled connection."""
         return self.title or f"{'Cloud' if self.type == CLOUD else 'Office'} PBX ({self.config_id})"
 
-    def columns(self, portal: SandboxPortal) -> dict[str, Any]:
+    def columns(self, portal: PortalState) -> dict[str, Any]:
         """The row as the ORM returns it with TITLE selected (numbers as DB strings); FILTER and SORT see these."""
         return {
             "ID": str(self.config_id),
@@ -211,11 +212,11 @@ class LineConfigs:
         return conn.line_id if conn else None
 
 
-def line_configs(portal: SandboxPortal) -> LineConfigs:
+def line_configs(portal: PortalState) -> LineConfigs:
     return portal.state(LineConfigs)
 
 
-def require_line_modify(portal: SandboxPortal, caller: Caller) -> None:
+def require_line_modify(portal: PortalState, caller: Caller) -> None:
     """Security\\Permissions::canPerform(ENTITY_LINE, ACTION_MODIFY), which every voximplant.sip/line method checks
     first."""
     user = portal.users.get(caller.user_id)
@@ -223,7 +224,7 @@ def require_line_modify(portal: SandboxPortal, caller: Caller) -> None:
         raise ACCESS_DENIED.exc()
 
 
-def _own(portal: SandboxPortal, raw_config_id: Any, caller: Caller, status: int) -> SipConnection:
+def _own(portal: PortalState, raw_config_id: Any, caller: Caller, status: int) -> SipConnection:
     """The caller's connection with this CONFIG_ID (SipTable::getCount by CONFIG_ID and APP_ID), else ERROR_NOT_FOUND
     (404 in sip.update, 400 in sip.delete)."""
     conn = line_configs(portal).connections.get(php_int(raw_config_id)) if raw_config_id is not None else None
@@ -271,7 +272,7 @@ def _title_taken(configs: LineConfigs, title: str, config_id: int | None = None)
     return any(other != config_id and name.casefold() == title.casefold() for other, name in names)
 
 
-def _register(portal: SandboxPortal, conn: SipConnection) -> Registration:
+def _register(portal: PortalState, conn: SipConnection) -> Registration:
     """The backend registers at SERVER: the sandbox's provider accepts any login with a password, refuses one
     without (the docs: the password is "necessary for working registration with the operator")."""
     now = datetime.fromtimestamp(portal.clock()).strftime("%Y-%m-%d %H:%M:%S")
@@ -280,7 +281,7 @@ def _register(portal: SandboxPortal, conn: SipConnection) -> Registration:
     return Registration(401, "error", "Unauthorized", now)
 
 
-def sip_add(portal: SandboxPortal, params: Params, caller: Caller) -> dict[str, Any]:
+def sip_add(portal: PortalState, params: Params, caller: Caller) -> dict[str, Any]:
     require_line_modify(portal, caller)
     params = upper_keys(params)
     sip_type = php_str(params["TYPE"]).lower() if isset(params, "TYPE") else CLOUD
@@ -318,7 +319,7 @@ def sip_add(portal: SandboxPortal, params: Params, caller: Caller) -> dict[str, 
     return result
 
 
-def sip_update(portal: SandboxPortal, params: Params, caller: Caller) -> int:
+def sip_update(portal: PortalState, params: Params, caller: Caller) -> int:
     require_line_modify(portal, caller)
     params = upper_keys(params)
     conn = _own(portal, params.get("CONFIG_ID"), caller, 404)
@@ -340,7 +341,7 @@ def sip_update(portal: SandboxPortal, params: Params, caller: Caller) -> int:
     return 1
 
 
-def sip_delete(portal: SandboxPortal, params: Params, caller: Caller) -> int:
+def sip_delete(portal: PortalState, params: Params, caller: Caller) -> int:
     require_line_modify(portal, caller)
     conn = _own(portal, upper_keys(params).get("CONFIG_ID"), caller, 400)
     configs = line_configs(portal)
@@ -351,7 +352,7 @@ def sip_delete(portal: SandboxPortal, params: Params, caller: Caller) -> int:
     return 1
 
 
-def sip_status(portal: SandboxPortal, params: Params, caller: Caller) -> dict[str, Any]:
+def sip_status(portal: PortalState, params: Params, caller: Caller) -> dict[str, Any]:
     require_line_modify(portal, caller)
     reg_id = php_int(upper_keys(params).get("REG_ID"))
     configs = line_configs(portal)
@@ -372,7 +373,7 @@ def sip_status(portal: SandboxPortal, params: Params, caller: Caller) -> dict[st
     }
 
 
-def sip_connector_status(portal: SandboxPortal, params: Params, caller: Caller) -> dict[str, Any]:
+def sip_connector_status(portal: PortalState, params: Params, caller: Caller) -> dict[str, Any]:
     require_line_modify(portal, caller)
     configs = line_configs(portal)
     result: dict[str, Any] = {
@@ -408,7 +409,7 @@ _COLUMNS = _NUMERIC_COLUMNS | {
 _OPERATORS = frozenset({"", "=", "!", "!=", "@", "!@", ">", ">=", "<", "<=", "><", "!><", "%", "!%", "?"})
 
 
-def sip_get(portal: SandboxPortal, params: Params, caller: Caller) -> Page | list[Any]:
+def sip_get(portal: PortalState, params: Params, caller: Caller) -> Page | list[Any]:
     require_line_modify(portal, caller)
     start = params.get("start")  # the page offset is read apart from the method's params, in lower case
     params = upper_keys(params)

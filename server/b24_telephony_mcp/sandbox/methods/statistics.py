@@ -18,10 +18,11 @@ from itertools import accumulate
 from operator import attrgetter, itemgetter
 from typing import Any, Literal, TypeVar
 
+from ..calls import LIST_LIMIT, Caller, Page, Params
 from ..errors import ACCESS_DENIED
 from ..php import php_float, php_int, php_str, upper_keys
-from ..portal import LIST_LIMIT, Caller, Method, Page, Params, SandboxPortal, method_table
 from ..records import APP_ID, APP_NAME, CrmEntity, StatisticRecord
+from ..state import Method, PortalState, method_table
 from .users import Access, allowed_user_ids
 
 T = TypeVar("T")
@@ -128,7 +129,7 @@ class SeededHistory:
     made: bool = False
 
 
-def history(portal: SandboxPortal) -> list[StatisticRecord]:
+def history(portal: PortalState) -> list[StatisticRecord]:
     """Every statistic row in id order: the seeded history (made here on first use) and the finished calls."""
     with portal.lock:
         state = portal.state(SeededHistory)
@@ -145,7 +146,7 @@ def history(portal: SandboxPortal) -> list[StatisticRecord]:
 # --- voximplant.statistic.get ---
 
 
-def statistic_get(portal: SandboxPortal, params: Params, caller: Caller) -> Page:
+def statistic_get(portal: PortalState, params: Params, caller: Caller) -> Page:
     level = portal.state(StatisticsAccess).view.get(caller.user_id, "none")
     if level == "none":
         raise ACCESS_DENIED.exc()

@@ -10,9 +10,10 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ..calls import Caller, Params
 from ..errors import ErrorSpec
 from ..php import isset, php_int
-from ..portal import Caller, Method, Params, SandboxPortal, method_table
+from ..state import Method, PortalState, method_table
 
 Access = Literal["all", "own", "none"]
 """How far a role permission reaches: every user's records, the caller's own, or none (roles X / A / -)."""
@@ -70,7 +71,7 @@ class UserTelephony:
         return allowed is None or user_id in allowed
 
 
-def user_get(portal: SandboxPortal, params: Params, caller: Caller) -> list[dict[str, Any]]:
+def user_get(portal: PortalState, params: Params, caller: Caller) -> list[dict[str, Any]]:
     # Order as in source: USER_ID, permission, then the administrator's confirmation.
     if not isset(params, "USER_ID"):
         raise portal.core(Msg.USER_ID_NOT_SET)
@@ -104,7 +105,7 @@ def user_get(portal: SandboxPortal, params: Params, caller: Caller) -> list[dict
     return rows
 
 
-def _request_confirmation(portal: SandboxPortal, caller: Caller) -> None:
+def _request_confirmation(portal: PortalState, caller: Caller) -> None:
     if caller.client_id is None:
         raise APPLICATION_CONTEXT_REQUIRED.exc()
     answer = portal.config.user_get_confirmation
@@ -114,7 +115,7 @@ def _request_confirmation(portal: SandboxPortal, caller: Caller) -> None:
         raise CONFIRM_DENIED.exc()
 
 
-def user_activate_phone(portal: SandboxPortal, params: Params, caller: Caller) -> int:
+def user_activate_phone(portal: PortalState, params: Params, caller: Caller) -> int:
     user_id = php_int(params.get("USER_ID"))
     if user_id == 0:
         raise portal.core(Msg.USER_ID_NOT_SET)
