@@ -4,7 +4,13 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: venv demo test lint format bench clean
+# The Claude Desktop extension: the MCPB CLI from the npm registry, pinned here once (tests read this line too).
+MCPB_VERSION := 2.1.2
+MCPB ?= npx --yes @anthropic-ai/mcpb@$(MCPB_VERSION)
+MCPB_STAGE ?= build/mcpb
+MCPB_BUNDLE ?= dist/b24-telephony-mcp.mcpb
+
+.PHONY: venv demo test lint format bench mcpb clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,5 +40,14 @@ bench: $(STAMP)
 	$(PY) benchmarks/batching.py
 	$(PY) benchmarks/analytics.py
 
+# A uv bundle: the manifest beside the project's pyproject.toml and package source; the host installs the
+# dependencies with uv. Staged in its own directory so nothing else of the checkout goes in.
+mcpb:
+	rm -rf $(MCPB_STAGE)
+	mkdir -p $(MCPB_STAGE) $(dir $(MCPB_BUNDLE))
+	cp mcpb/manifest.json mcpb/.mcpbignore pyproject.toml README.md LICENSE $(MCPB_STAGE)/
+	cp -r server $(MCPB_STAGE)/server
+	$(MCPB) pack $(MCPB_STAGE) $(MCPB_BUNDLE)
+
 clean:
-	rm -rf $(VENV) build *.egg-info server/*.egg-info .pytest_cache .ruff_cache benchmarks/results
+	rm -rf $(VENV) build dist *.egg-info server/*.egg-info .pytest_cache .ruff_cache benchmarks/results
