@@ -23,7 +23,8 @@ import pytest
 
 from b24_telephony_mcp.sandbox import SandboxConfig, start_sandbox
 from b24_telephony_mcp.tools import ALL_TOOLS, TOOLSETS, select_tools
-from b24_telephony_mcp.tools.dynamic import DYNAMIC_TOOLS, ToolOffer
+from b24_telephony_mcp.tools.dynamic import DYNAMIC_TOOLS
+from b24_telephony_mcp.tools.offer import ToolOffer
 from support import app_env, json_objects, stdio_session
 
 HERE = Path(__file__).parent

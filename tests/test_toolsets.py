@@ -24,7 +24,8 @@ from b24_telephony_mcp.bitrix.errors import ERROR_CORE, BitrixError
 from b24_telephony_mcp.sandbox import RunningSandbox
 from b24_telephony_mcp.server import instructions_for, mcp_tool
 from b24_telephony_mcp.tools import ALL_TOOLS, DEFAULT_TOOLSETS, TOOLS_BY_NAME, TOOLSETS, select_tools
-from b24_telephony_mcp.tools.dynamic import DYNAMIC_TOOLS, KNOWN_TOOL_NAMES, ToolOffer
+from b24_telephony_mcp.tools.dynamic import DYNAMIC_TOOLS
+from b24_telephony_mcp.tools.offer import KNOWN_TOOL_NAMES, ToolOffer
 from support import app_env, clean_env, error_of, http_server, http_session, ok, server_command, stdio_session
 
 WEBHOOK = "https://portal.example.com/rest/1/abcdef0123456789/"

@@ -27,8 +27,8 @@ from b24_telephony_mcp.profiles import (
     read_profile,
 )
 from b24_telephony_mcp.tools import ToolSpec, UnknownNameError
-from b24_telephony_mcp.tools.dynamic import ToolOffer
 from b24_telephony_mcp.tools.files import DEFAULT_MAX_MB, MIB, FilePolicy
+from b24_telephony_mcp.tools.offer import ToolOffer
 
 if TYPE_CHECKING:
     from b24_telephony_mcp.bitrix.redis_state import RedisApprovals, RedisState

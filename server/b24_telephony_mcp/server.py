@@ -38,7 +38,7 @@ from b24_telephony_mcp.confirmation import Confirmations, Confirmer, SharedAppro
 from b24_telephony_mcp.redact import redact
 from b24_telephony_mcp.tools import TOOLSETS, ToolContext, ToolSpec, select_tools
 from b24_telephony_mcp.tools.base import GIVEN_SIP_PASSWORDS, ToolRun, mask_secrets
-from b24_telephony_mcp.tools.dynamic import ToolOffer
+from b24_telephony_mcp.tools.offer import ToolOffer
 
 log = logging.getLogger(__name__)
 

@@ -8,6 +8,7 @@ and output JSON schemas, and the `_meta` are computed from it, so they cannot di
 from __future__ import annotations
 
 import re
+from abc import abstractmethod
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -25,7 +26,6 @@ from b24_telephony_mcp.tools.schema import lean_schema, property_names
 
 if TYPE_CHECKING:
     from b24_telephony_mcp.journal import CallJournal
-    from b24_telephony_mcp.tools.dynamic import ToolOffer
 
 META_METHOD_KEY = "b24/method"
 META_METHODS_KEY = "b24/methods"
@@ -187,7 +187,7 @@ class ToolRun:
 
     client: BitrixClient
     context: ToolContext
-    offered: ToolOffer
+    offered: OfferedTools
     report_progress: Callable[[float, float | None, str | None], Awaitable[None]] = _no_progress
 
 
@@ -334,7 +334,7 @@ class ToolSpec:
             problems.insert(0, f"unknown argument(s) {', '.join(unknown)}; valid arguments: {valid}")
         return BitrixError(INVALID_ARGUMENTS, "; ".join(problems), method=self.method)
 
-    def explain(self, exc: BitrixError, offered: ToolOffer | None = None) -> BitrixError:
+    def explain(self, exc: BitrixError, offered: OfferedTools | None = None) -> BitrixError:
         """`exc` naming this tool's method (refusals before a request name it too) and with the most specific
         hint: a missing scope, else this method's own hints, else the client's generic one; with `offered`,
         minus the sentences naming a tool that the server does not offer."""
@@ -423,3 +423,26 @@ class Toolset:
     """On when no --toolsets is given."""
     instructions: str = ""
     """A line for the server's instructions while this toolset is offered."""
+
+
+class OfferedTools(Mapping[str, ToolSpec]):
+    """The tools a running server offers, by name, as the tools themselves see it: declared here, below every tool,
+    so they need not import the one implementation (`tools.offer.ToolOffer`), which knows every toolset."""
+
+    read_only: bool
+    enabled: set[str]
+    """Toolsets switched on."""
+    version: int
+    """Grows whenever the offered tools change."""
+
+    @abstractmethod
+    def offerable(self, toolset: Toolset) -> tuple[ToolSpec, ...]:
+        """The tools of `toolset` this server may offer (read-only mode applied)."""
+
+    @abstractmethod
+    def enable(self, name: str) -> tuple[ToolSpec, ...]:
+        """Switch a toolset on; returns the tools that were not offered before."""
+
+    @abstractmethod
+    def only_offered(self, text: str, *, explain: bool = True) -> str:
+        """`text` without its sentences that name a tool this server does not offer."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 from pydantic import Field, ValidationError
@@ -24,11 +24,17 @@ from pydantic import Field, ValidationError
 from b24_telephony_mcp.bitrix import BitrixError
 from b24_telephony_mcp.bitrix.batch import BATCH_METHOD, MAX_COMMANDS, Command, CommandResult, fits_in_batch, not_run
 from b24_telephony_mcp.bitrix.errors import UNKNOWN_TOOL
-from b24_telephony_mcp.tools.base import READS, Effect, Planned, RestParams, RestResult, ToolRun, ToolSpec
+from b24_telephony_mcp.tools.base import (
+    READS,
+    Effect,
+    OfferedTools,
+    Planned,
+    RestParams,
+    RestResult,
+    ToolRun,
+    ToolSpec,
+)
 from b24_telephony_mcp.tools.call_log import send
-
-if TYPE_CHECKING:
-    from b24_telephony_mcp.tools.dynamic import ToolOffer
 
 NAME = "run_batch"
 
@@ -59,7 +65,7 @@ class BatchOutcome(RestResult):
 @dataclass
 class _Item:
     index: int
-    offered: ToolOffer
+    offered: OfferedTools
     spec: ToolSpec | None = None
     params: RestParams | None = None
     outcome: dict[str, Any] | None = None
