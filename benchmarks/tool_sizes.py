@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from b24_telephony_mcp.server import mcp_tool
+from b24_telephony_mcp.serving.server import mcp_tool
 from b24_telephony_mcp.tools import TOOLSETS, ToolSpec, select_tools
 from b24_telephony_mcp.tools.dynamic import DYNAMIC_TOOLS
 

@@ -95,7 +95,7 @@ async def test_handshake_protocol_clients_get_warnings_at_the_level_they_set(
             error_of(await client.call_tool("delete_external_line", {"NUMBER": "404"}))
             await received.wait_for(2)
             failed = received.messages[1]
-            assert (failed.level, failed.logger) == ("info", "b24_telephony_mcp.server")
+            assert (failed.level, failed.logger) == ("info", "b24_telephony_mcp.serving.server")
             assert str(failed.data).startswith("delete_external_line failed: ERROR_CORE Could not find line")
     assert len(received.messages) == 2, received.text()
     assert_nothing_secret(sandbox, received.text())

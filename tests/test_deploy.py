@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from b24_telephony_mcp.config import load_settings
+from b24_telephony_mcp.config.settings import load_settings
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 PORT = "8000"

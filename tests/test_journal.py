@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from b24_telephony_mcp.journal import TTL, SqliteCallJournal
+from b24_telephony_mcp.state.journal import TTL, SqliteCallJournal
 
 pytestmark = pytest.mark.anyio
 
@@ -71,7 +71,7 @@ def test_only_one_of_many_processes_claims_an_entry(tmp_path: Path) -> None:
     script = (
         "import anyio, sys\n"
         "from pathlib import Path\n"
-        "from b24_telephony_mcp.journal import SqliteCallJournal\n"
+        "from b24_telephony_mcp.state.journal import SqliteCallJournal\n"
         "won = anyio.run(lambda: SqliteCallJournal(Path(sys.argv[1])).save('app', 'c1', {'by': sys.argv[2]}, 0))\n"
         "print('won' if won else 'lost')\n"
     )

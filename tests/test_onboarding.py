@@ -35,12 +35,12 @@ import httpx2
 import pytest
 
 from b24_telephony_mcp.bitrix import TokenPair
-from b24_telephony_mcp.client_config import CLIENTS, Local, Remote, installed_command, render
-from b24_telephony_mcp.config import ConfigError, launch_env, load_settings
-from b24_telephony_mcp.doctor import doctor_command
-from b24_telephony_mcp.login import login_command
-from b24_telephony_mcp.profiles import Profile, profile_store, read_profile, write_profile
+from b24_telephony_mcp.commands.client_config import CLIENTS, Local, Remote, installed_command, render
+from b24_telephony_mcp.commands.doctor import doctor_command
+from b24_telephony_mcp.commands.login import login_command
+from b24_telephony_mcp.config.settings import ConfigError, launch_env, load_settings
 from b24_telephony_mcp.sandbox import RunningSandbox, SandboxConfig, start_sandbox
+from b24_telephony_mcp.state.profiles import Profile, profile_store, read_profile, write_profile
 from support import FAST_LIMITS, app_env, clean_env, ok, server_command, stdio_session
 
 PROG = "b24-telephony-mcp"
@@ -524,7 +524,7 @@ def test_precedence_of_environment_and_profile(tmp_path: Path) -> None:
 
 
 def test_help_states_the_precedence_and_the_readme_shows_the_same_table() -> None:
-    from b24_telephony_mcp.config import PRECEDENCE
+    from b24_telephony_mcp.config.settings import PRECEDENCE
 
     help_text = run_cli(clean_env(), "--help").stdout
     readme = (REPO / "README.md").read_text(encoding="utf-8")

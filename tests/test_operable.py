@@ -19,7 +19,7 @@ from mcp import Client
 from prometheus_client.parser import text_string_to_metric_families
 
 from b24_telephony_mcp.bitrix.redis_state import RedisState
-from b24_telephony_mcp.redact import JsonFormatter, register_secret
+from b24_telephony_mcp.common.redact import JsonFormatter, register_secret
 from b24_telephony_mcp.sandbox import RunningSandbox
 from redis_server import RedisServer
 from support import app_env, error_of, http_server, http_session, ok

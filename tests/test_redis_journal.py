@@ -12,8 +12,8 @@ import anyio
 import pytest
 
 from b24_telephony_mcp.bitrix.redis_state import RedisState
-from b24_telephony_mcp.journal import TTL, RedisCallJournal
 from b24_telephony_mcp.sandbox import RunningSandbox
+from b24_telephony_mcp.state.journal import TTL, RedisCallJournal
 from redis_server import RedisServer
 from support import app_env, stdio_session
 from test_log_external_call import FINISH, RECORD, TRANSCRIPT, call, fault, registrations, seen

@@ -17,10 +17,10 @@ import pytest
 
 from b24_telephony_mcp.bitrix import BitrixClient, BitrixError, OAuthAuth, StalePairError, TokenPair, TokenStore
 from b24_telephony_mcp.bitrix.redis_state import RedisState
-from b24_telephony_mcp.config import ConfigError, build_client, load_settings, open_state
-from b24_telephony_mcp.doctor import doctor_command
+from b24_telephony_mcp.commands.doctor import doctor_command
+from b24_telephony_mcp.commands.store import run_store_command
+from b24_telephony_mcp.config.settings import ConfigError, build_client, load_settings, open_state
 from b24_telephony_mcp.sandbox import RunningSandbox
-from b24_telephony_mcp.store_cli import run_store_command
 from redis_server import RedisServer, free_port
 from support import app_env, clean_env, error_of, http_server, http_session, ok, server_command
 from test_onboarding import installed_profile, profile_file

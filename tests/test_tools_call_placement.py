@@ -23,7 +23,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import ElicitRequestParams, ElicitResult, InputRequiredResult
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
-from b24_telephony_mcp.config import ConfigError, load_settings
+from b24_telephony_mcp.config.settings import ConfigError, load_settings
 from b24_telephony_mcp.sandbox import RunningSandbox, SandboxConfig, start_sandbox
 from b24_telephony_mcp.sandbox.methods.call_placement import CallPlacementState, PlacedCall
 from b24_telephony_mcp.tools import select_tools

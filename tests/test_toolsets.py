@@ -22,7 +22,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from b24_telephony_mcp.bitrix.errors import ERROR_CORE, BitrixError
 from b24_telephony_mcp.sandbox import RunningSandbox
-from b24_telephony_mcp.server import instructions_for, mcp_tool
+from b24_telephony_mcp.serving.server import instructions_for, mcp_tool
 from b24_telephony_mcp.tools import ALL_TOOLS, DEFAULT_TOOLSETS, TOOLS_BY_NAME, TOOLSETS, select_tools
 from b24_telephony_mcp.tools.dynamic import DYNAMIC_TOOLS
 from b24_telephony_mcp.tools.offer import KNOWN_TOOL_NAMES, ToolOffer

@@ -30,7 +30,9 @@ from b24_telephony_mcp.bitrix.errors import (
     error_from_envelope,
     hint_for,
 )
-from b24_telephony_mcp.config import (
+from b24_telephony_mcp.common.net import is_loopback_host
+from b24_telephony_mcp.common.redact import RedactingFormatter, redact, register_secret
+from b24_telephony_mcp.config.settings import (
     AppConfig,
     ConfigError,
     WebhookConfig,
@@ -39,8 +41,6 @@ from b24_telephony_mcp.config import (
     default_token_file,
     load_settings,
 )
-from b24_telephony_mcp.net import is_loopback_host
-from b24_telephony_mcp.redact import RedactingFormatter, redact, register_secret
 from b24_telephony_mcp.tools import ALL_TOOLS, TOOLS_BY_NAME
 from b24_telephony_mcp.tools.schema import lean_schema
 from support import json_objects

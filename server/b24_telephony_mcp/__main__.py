@@ -1,5 +1,5 @@
 import sys
 
-from b24_telephony_mcp.cli import main
+from b24_telephony_mcp.commands.cli import main
 
 sys.exit(main())

@@ -14,11 +14,11 @@ from typing import Any, Protocol
 import anyio
 import httpx2
 
-from b24_telephony_mcp import metrics
 from b24_telephony_mcp.bitrix.errors import TOKEN_REFRESH_FAILED, BitrixError
 from b24_telephony_mcp.bitrix.pair_store import PairStore, StalePairError
 from b24_telephony_mcp.bitrix.token_store import TokenPair
-from b24_telephony_mcp.redact import register_secret
+from b24_telephony_mcp.common import metrics
+from b24_telephony_mcp.common.redact import register_secret
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 import anyio
 import httpx2
 
-from b24_telephony_mcp import __version__, metrics
+from b24_telephony_mcp import __version__
 from b24_telephony_mcp.bitrix.auth import Auth
 from b24_telephony_mcp.bitrix.errors import (
     NETWORK_ERROR,
@@ -41,7 +41,8 @@ from b24_telephony_mcp.bitrix.errors import (
     error_from_envelope,
 )
 from b24_telephony_mcp.bitrix.limits import DEFAULT_BURST, DEFAULT_RATE, LeakyBucket, RequestBucket, backoff_delay
-from b24_telephony_mcp.net import is_loopback_host
+from b24_telephony_mcp.common import metrics
+from b24_telephony_mcp.common.net import is_loopback_host
 
 log = logging.getLogger(__name__)
 

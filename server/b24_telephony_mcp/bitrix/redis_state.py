@@ -31,7 +31,7 @@ from b24_telephony_mcp.bitrix.errors import STATE_STORE_UNAVAILABLE, TOKEN_REFRE
 from b24_telephony_mcp.bitrix.locations import digest, redis_location
 from b24_telephony_mcp.bitrix.pair_store import StalePairError
 from b24_telephony_mcp.bitrix.token_store import TokenPair
-from b24_telephony_mcp.redact import register_secret
+from b24_telephony_mcp.common.redact import register_secret
 
 if TYPE_CHECKING:
     from redis.commands.core import AsyncScript

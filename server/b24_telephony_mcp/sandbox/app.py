@@ -69,7 +69,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from b24_telephony_mcp.net import is_loopback_host
+from b24_telephony_mcp.common.net import is_loopback_host
 
 from .calls import Caller, Fault, envelope, time_block
 from .errors import METHOD_NOT_FOUND, QUERY_LIMIT_EXCEEDED, V3_INVALID_JSON, ApiVersion, SandboxRestError

@@ -13,7 +13,7 @@ from types import TracebackType
 
 import uvicorn
 
-from b24_telephony_mcp.net import listen_socket, url_host
+from b24_telephony_mcp.common.net import listen_socket, url_host
 
 from .app import create_app
 from .config import SandboxConfig

@@ -20,12 +20,12 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter,
 from b24_telephony_mcp.bitrix import BitrixClient, BitrixError, BitrixResponse
 from b24_telephony_mcp.bitrix.batch import Command, CommandResult
 from b24_telephony_mcp.bitrix.errors import INVALID_ARGUMENTS
-from b24_telephony_mcp.redact import register_secret
+from b24_telephony_mcp.common.redact import register_secret
 from b24_telephony_mcp.tools.files import FilePolicy
 from b24_telephony_mcp.tools.schema import lean_schema, property_names
 
 if TYPE_CHECKING:
-    from b24_telephony_mcp.journal import CallJournal
+    from b24_telephony_mcp.state.journal import CallJournal
 
 META_METHOD_KEY = "b24/method"
 META_METHODS_KEY = "b24/methods"

@@ -3,7 +3,7 @@
 The steps go to the portal in one `batch` request, later steps taking CALL_ID from the register command through
 a `$result` reference; a recording whose content is uploaded (a local file, FILE_CONTENT) goes in a request of
 its own after it, since a batch command is a query string. Bitrix24's own dedupe does not cover finished calls
-(disagreements.md #6), so the journal (`journal.py`), keyed by application and EXTERNAL_CALL_ID, records which
+(disagreements.md #6), so the journal (`state/journal.py`), keyed by application and EXTERNAL_CALL_ID, records which
 steps are done and their results:
 
 - a repeat after success answers from the journal without a request;
@@ -44,7 +44,7 @@ from b24_telephony_mcp.bitrix.batch import (
     fits_in_batch,
     outcome_unknown,
 )
-from b24_telephony_mcp.journal import JournalRecord
+from b24_telephony_mcp.state.journal import JournalRecord
 from b24_telephony_mcp.tools.base import Planned, ToolRun, ToolSpec
 from b24_telephony_mcp.tools.call_analytics import STATISTICS_METHOD
 

@@ -2,7 +2,7 @@
 
 Every call is billed, so the toolset is off by default, and each tool declares `confirm`: the server asks the
 user to approve the line, the number and what will be said (or played) before anything is sent to the portal
-(see `b24_telephony_mcp.confirmation`). The server source registers all three methods under the `call` scope
+(see `b24_telephony_mcp.serving.confirmation`). The server source registers all three methods under the `call` scope
 only; the docs say `telephony` (disagreements.md #4), so a token without `call` gets insufficient_scope.
 """
 

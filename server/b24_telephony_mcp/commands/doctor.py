@@ -22,13 +22,20 @@ import anyio
 import httpx2
 
 from b24_telephony_mcp import PROG
-from b24_telephony_mcp.access import app_only_tools, missing_scopes, names_list, parse_scopes
 from b24_telephony_mcp.bitrix import BitrixClient, BitrixError, OAuthAuth, TokenStore, request_tokens
 from b24_telephony_mcp.bitrix.client import NETWORK_ERROR
 from b24_telephony_mcp.bitrix.errors import INVALID_ARGUMENTS, TOKEN_REFRESH_FAILED
 from b24_telephony_mcp.bitrix.limits import DEFAULT_BURST, DEFAULT_RATE
-from b24_telephony_mcp.config import AppConfig, ConfigError, Settings, build_client, open_state, profile_command
-from b24_telephony_mcp.redact import redact
+from b24_telephony_mcp.commands.access import app_only_tools, missing_scopes, names_list, parse_scopes
+from b24_telephony_mcp.common.redact import redact
+from b24_telephony_mcp.config.settings import (
+    AppConfig,
+    ConfigError,
+    Settings,
+    build_client,
+    open_state,
+    profile_command,
+)
 from b24_telephony_mcp.tools import ToolSpec
 
 MAX_CLOCK_SKEW = 60.0

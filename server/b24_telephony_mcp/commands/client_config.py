@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from b24_telephony_mcp import PROG
-from b24_telephony_mcp.config import CREDENTIAL_VARIABLES, ConfigError
+from b24_telephony_mcp.config.settings import CREDENTIAL_VARIABLES, ConfigError
 
 SERVER_NAME = "bitrix24-telephony"
 TOKEN_VARIABLE = "B24_MCP_AUTH_TOKEN"

@@ -27,7 +27,7 @@ from mcp.shared.exceptions import MCPDeprecationWarning
 from mcp_types import EmptyResult, LoggingLevel, SetLevelRequestParams
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
-from b24_telephony_mcp.redact import redact
+from b24_telephony_mcp.common.redact import redact
 
 # The SDK marks the logging capability deprecated as of 2026-07-28 (SEP-2577), but today's clients speak the
 # handshake protocol where it is current, and the MCP conformance suite checks it: serving it is deliberate.

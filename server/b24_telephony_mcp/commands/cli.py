@@ -18,8 +18,10 @@ import anyio
 
 from b24_telephony_mcp import PROG, __version__
 from b24_telephony_mcp.bitrix import TokenPair
-from b24_telephony_mcp.client_config import CLIENTS
-from b24_telephony_mcp.config import (
+from b24_telephony_mcp.commands.client_config import CLIENTS
+from b24_telephony_mcp.common.net import is_loopback_host, url_host
+from b24_telephony_mcp.common.redact import JsonFormatter, RedactingFormatter, register_secret
+from b24_telephony_mcp.config.settings import (
     JOURNAL_NAME,
     PRECEDENCE,
     AppConfig,
@@ -35,10 +37,8 @@ from b24_telephony_mcp.config import (
     shared_approvals,
     split_names,
 )
-from b24_telephony_mcp.journal import RedisCallJournal, SqliteCallJournal
-from b24_telephony_mcp.net import is_loopback_host, url_host
-from b24_telephony_mcp.profiles import DEFAULT_PROFILE
-from b24_telephony_mcp.redact import JsonFormatter, RedactingFormatter, register_secret
+from b24_telephony_mcp.state.journal import RedisCallJournal, SqliteCallJournal
+from b24_telephony_mcp.state.profiles import DEFAULT_PROFILE
 from b24_telephony_mcp.tools import DEFAULT_TOOLSETS, TOOLSETS, ToolContext
 
 if TYPE_CHECKING:
@@ -194,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_sandbox_forever(SandboxConfig(**seeded), host=args.host, port=args.port)
         return 0
     if args.command == "login":
-        from b24_telephony_mcp.login import login_command
+        from b24_telephony_mcp.commands.login import login_command
 
         return login_command(
             os.environ,
@@ -211,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "config":
         return run_config(args)
     if args.command == "store":
-        from b24_telephony_mcp.store_cli import run_store_command
+        from b24_telephony_mcp.commands.store import run_store_command
 
         try:
             sys.stdout.write(anyio.run(run_store_command, args.action, args.file, args.force, args.profile) + "\n")
@@ -249,7 +249,7 @@ async def serve(args: argparse.Namespace, token: str | None) -> None:
     # Imported here: the MCP SDK takes seconds to import, which login, doctor and config do not need.
     from mcp.server.stdio import stdio_server
 
-    from b24_telephony_mcp.server import build_server
+    from b24_telephony_mcp.serving.server import build_server
 
     async with AsyncExitStack() as stack:
         settings = settings_for(args, stack)
@@ -275,7 +275,7 @@ async def serve(args: argparse.Namespace, token: str | None) -> None:
             async with stdio_server() as (read_stream, write_stream):
                 await server.run(read_stream, write_stream, server.create_initialization_options())
         else:
-            from b24_telephony_mcp.http_transport import serve_http
+            from b24_telephony_mcp.serving.http_transport import serve_http
 
             assert token is not None
             await serve_http(
@@ -304,7 +304,7 @@ def settings_for(args: argparse.Namespace, stack: ExitStack | AsyncExitStack) ->
 
 
 def run_doctor(args: argparse.Namespace) -> int:
-    from b24_telephony_mcp.doctor import doctor_command
+    from b24_telephony_mcp.commands.doctor import doctor_command
 
     with ExitStack() as stack:
         try:
@@ -316,7 +316,7 @@ def run_doctor(args: argparse.Namespace) -> int:
 
 
 def run_config(args: argparse.Namespace) -> int:
-    from b24_telephony_mcp.client_config import Local, Remote, config_command, installed_command
+    from b24_telephony_mcp.commands.client_config import Local, Remote, config_command, installed_command
 
     if args.transport == "http":
         return config_command(args.client, Remote(f"http://{url_host(args.host)}:{args.port}/mcp"))

@@ -16,8 +16,8 @@ from b24_telephony_mcp.bitrix import BitrixClient, BitrixError, OAuthAuth, Token
 from b24_telephony_mcp.bitrix.limits import DEFAULT_BURST, DEFAULT_RATE
 from b24_telephony_mcp.bitrix.locations import check_redis_url, digest
 from b24_telephony_mcp.bitrix.pair_store import FilePairStore, PairStore
-from b24_telephony_mcp.net import is_loopback_host
-from b24_telephony_mcp.profiles import (
+from b24_telephony_mcp.common.net import is_loopback_host
+from b24_telephony_mcp.state.profiles import (
     DEFAULT_PROFILE,
     SANDBOX_PROFILE,
     Profile,

@@ -28,9 +28,9 @@ from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from b24_telephony_mcp import metrics
-from b24_telephony_mcp.config import ConfigError
-from b24_telephony_mcp.net import is_loopback_host, listen_socket, url_host
+from b24_telephony_mcp.common import metrics
+from b24_telephony_mcp.common.net import is_loopback_host, listen_socket, url_host
+from b24_telephony_mcp.config.settings import ConfigError
 
 # The guard below does the Host/Origin checks for every route, so the SDK's copy is switched off.
 _SDK_CHECKS_OFF = TransportSecuritySettings(enable_dns_rebinding_protection=False)

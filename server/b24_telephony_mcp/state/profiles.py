@@ -3,7 +3,7 @@
 A profile is the token store's record with the connection's other facts beside the pair (portal,
 member_id, client id and secret, granted scopes, token URL). The server refreshes into the same
 file through the same `TokenStore`, so the rotation rules apply unchanged and there is one copy of
-the tokens. Where profiles live is decided in `config.py`; this module only reads and writes them.
+the tokens. Where profiles live is decided in `config/settings.py`; this module only reads and writes them.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from b24_telephony_mcp.bitrix import TokenPair, TokenStore
-from b24_telephony_mcp.redact import register_secret
+from b24_telephony_mcp.common.redact import register_secret
 
 DEFAULT_PROFILE = "default"
 SANDBOX_PROFILE = "sandbox"

@@ -30,12 +30,13 @@ from mcp_types import (
 )
 from pydantic import ValidationError
 
-from b24_telephony_mcp import __version__, metrics
+from b24_telephony_mcp import __version__
 from b24_telephony_mcp.bitrix import BitrixClient, BitrixError
 from b24_telephony_mcp.bitrix.errors import INTERNAL_ERROR, UNKNOWN_TOOL
-from b24_telephony_mcp.client_log import ClientLog
-from b24_telephony_mcp.confirmation import Confirmations, Confirmer, SharedApprovals, confirm_before_run
-from b24_telephony_mcp.redact import redact
+from b24_telephony_mcp.common import metrics
+from b24_telephony_mcp.common.redact import redact
+from b24_telephony_mcp.serving.client_log import ClientLog
+from b24_telephony_mcp.serving.confirmation import Confirmations, Confirmer, SharedApprovals, confirm_before_run
 from b24_telephony_mcp.tools import TOOLSETS, ToolContext, ToolSpec, select_tools
 from b24_telephony_mcp.tools.base import GIVEN_SIP_PASSWORDS, ToolRun, mask_secrets
 from b24_telephony_mcp.tools.offer import ToolOffer

@@ -39,13 +39,13 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from b24_telephony_mcp import PROG
-from b24_telephony_mcp.access import missing_scopes, names_list, parse_scopes
 from b24_telephony_mcp.bitrix import AccessTokenAuth, BitrixClient, BitrixError, TokenPair, request_tokens
 from b24_telephony_mcp.bitrix.errors import TOKEN_REFRESH_FAILED
-from b24_telephony_mcp.config import ConfigError, LoginTarget, login_target, profile_command
-from b24_telephony_mcp.net import listen_socket
-from b24_telephony_mcp.profiles import Profile, write_profile
-from b24_telephony_mcp.redact import redact, register_secret
+from b24_telephony_mcp.commands.access import missing_scopes, names_list, parse_scopes
+from b24_telephony_mcp.common.net import listen_socket
+from b24_telephony_mcp.common.redact import redact, register_secret
+from b24_telephony_mcp.config.settings import ConfigError, LoginTarget, login_target, profile_command
+from b24_telephony_mcp.state.profiles import Profile, write_profile
 from b24_telephony_mcp.tools import ALL_TOOLS
 
 log = logging.getLogger(__name__)

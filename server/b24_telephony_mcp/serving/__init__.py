@@ -1,0 +1,2 @@
+"""Serving MCP: the server (tools/list, tools/call), its transports, confirmations of billed calls and the
+client log. Below the commands, above the configuration and the tool declarations."""
