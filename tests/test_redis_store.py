@@ -19,7 +19,8 @@ from b24_telephony_mcp.bitrix import BitrixClient, BitrixError, OAuthAuth, Stale
 from b24_telephony_mcp.bitrix.redis_state import RedisState
 from b24_telephony_mcp.commands.doctor import doctor_command
 from b24_telephony_mcp.commands.store import run_store_command
-from b24_telephony_mcp.config.settings import ConfigError, build_client, load_settings, open_state
+from b24_telephony_mcp.config.settings import ConfigError, load_settings
+from b24_telephony_mcp.config.wiring import build_client, open_state
 from b24_telephony_mcp.sandbox import RunningSandbox
 from redis_server import RedisServer, free_port
 from support import app_env, clean_env, error_of, http_server, http_session, ok, server_command

@@ -36,11 +36,11 @@ from b24_telephony_mcp.config.settings import (
     AppConfig,
     ConfigError,
     WebhookConfig,
-    build_client,
     check_url,
     default_token_file,
     load_settings,
 )
+from b24_telephony_mcp.config.wiring import build_client
 from b24_telephony_mcp.tools import ALL_TOOLS, TOOLS_BY_NAME
 from b24_telephony_mcp.tools.schema import lean_schema
 from support import json_objects

@@ -28,18 +28,20 @@ from b24_telephony_mcp.config.settings import (
     ConfigError,
     Selection,
     Settings,
-    application_key,
-    build_client,
-    is_ready,
     launch_env,
     load_settings,
-    open_state,
-    shared_approvals,
     split_names,
 )
-from b24_telephony_mcp.state.journal import RedisCallJournal, SqliteCallJournal
+from b24_telephony_mcp.config.wiring import (
+    build_client,
+    is_ready,
+    open_journal,
+    open_state,
+    shared_approvals,
+    tool_context,
+)
 from b24_telephony_mcp.state.profiles import DEFAULT_PROFILE
-from b24_telephony_mcp.tools import DEFAULT_TOOLSETS, TOOLSETS, ToolContext
+from b24_telephony_mcp.tools import DEFAULT_TOOLSETS, TOOLSETS
 
 if TYPE_CHECKING:
     from b24_telephony_mcp.sandbox import RunningSandbox
@@ -260,17 +262,9 @@ async def serve(args: argparse.Namespace, token: str | None) -> None:
         client = await build_client(settings, state)
         stack.push_async_callback(client.aclose)
 
-        # With Redis the journal is shared too, so a repeated log_external_call resumes on any replica.
-        journal = RedisCallJournal(state) if state is not None else SqliteCallJournal(settings.journal_file)
+        journal = open_journal(settings, state)
         stack.callback(journal.close)
-        context = ToolContext(
-            settings.files,
-            reveal_sip_passwords=settings.reveal_sip_passwords,
-            confirm_calls=settings.confirm_calls,
-            journal=journal,
-            application=application_key(settings.portal),
-        )
-        server = build_server(client, context, offer, await shared_approvals(state))
+        server = build_server(client, tool_context(settings, journal), offer, await shared_approvals(state))
         if args.transport == "stdio":
             async with stdio_server() as (read_stream, write_stream):
                 await server.run(read_stream, write_stream, server.create_initialization_options())

@@ -28,14 +28,8 @@ from b24_telephony_mcp.bitrix.errors import INVALID_ARGUMENTS, TOKEN_REFRESH_FAI
 from b24_telephony_mcp.bitrix.limits import DEFAULT_BURST, DEFAULT_RATE
 from b24_telephony_mcp.commands.access import app_only_tools, missing_scopes, names_list, parse_scopes
 from b24_telephony_mcp.common.redact import redact
-from b24_telephony_mcp.config.settings import (
-    AppConfig,
-    ConfigError,
-    Settings,
-    build_client,
-    open_state,
-    profile_command,
-)
+from b24_telephony_mcp.config.settings import AppConfig, ConfigError, Settings, profile_command
+from b24_telephony_mcp.config.wiring import build_client, open_state
 from b24_telephony_mcp.tools import ToolSpec
 
 MAX_CLOCK_SKEW = 60.0

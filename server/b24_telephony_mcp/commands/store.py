@@ -18,7 +18,8 @@ from b24_telephony_mcp.bitrix import BitrixError, StalePairError, TokenPair, Tok
 from b24_telephony_mcp.bitrix.pair_store import FilePairStore, PairStore
 from b24_telephony_mcp.bitrix.redis_state import RedisPairStore
 from b24_telephony_mcp.common.redact import register_secret
-from b24_telephony_mcp.config.settings import AppConfig, ConfigError, load_settings, open_state
+from b24_telephony_mcp.config.settings import AppConfig, ConfigError, load_settings
+from b24_telephony_mcp.config.wiring import open_state
 
 
 async def run_store_command(action: str, file: Path | None, force: bool, profile: str | None = None) -> str:

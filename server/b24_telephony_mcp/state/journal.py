@@ -55,6 +55,10 @@ class CallJournal(Protocol):
         """Drop entries older than `TTL`; returns how many."""
         ...
 
+    def close(self) -> None:
+        """Let go of what it holds open (the server closes it on the way out)."""
+        ...
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS calls (
