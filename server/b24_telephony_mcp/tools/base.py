@@ -421,8 +421,6 @@ class Toolset:
     name: str
     description: str
     tools: tuple[ToolSpec, ...]
-    default: bool = False
-    """On when no --toolsets is given."""
     instructions: str = ""
     """A line for the server's instructions while this toolset is offered."""
 
