@@ -69,9 +69,7 @@ def every_toolset() -> tuple[Toolset, ...]:
 
 
 def tool_spec(name: str) -> ToolSpec:
-    """The tool called `name` (not a dynamic one), importing only its toolset's module."""
-    if name == RUN_BATCH.name:
-        return RUN_BATCH
+    """The tool called `name` of a toolset (see TOOLSET_OF_TOOL), importing only that toolset's module."""
     return next(spec for spec in load_toolset(TOOLSET_OF_TOOL[name]).tools if spec.name == name)
 
 
