@@ -43,13 +43,23 @@ MESSAGES = [
 
 def test_start_builds_only_the_offered_tools_models() -> None:
     env = {**os.environ, "B24_WEBHOOK_URL": "https://example.bitrix24.ru/rest/1/abc/", "B24_LOG_LEVEL": "WARNING"}
-    stdin = "".join(json.dumps(message) + "\n" for message in MESSAGES)
-    done = subprocess.run(
-        [sys.executable, "-c", PROBE], input=stdin, env=env, capture_output=True, text=True, timeout=60, check=False
-    )
-    answers = [json.loads(line) for line in done.stdout.splitlines()]
-    listed = {tool["name"] for tool in next(a for a in answers if a.get("id") == 2)["result"]["tools"]}
-    report = json.loads(done.stderr.strip().splitlines()[-1])
+    with subprocess.Popen(
+        [sys.executable, "-c", PROBE],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as probe:
+        assert probe.stdin is not None and probe.stdout is not None and probe.stderr is not None
+        probe.stdin.write("".join(json.dumps(message) + "\n" for message in MESSAGES))
+        probe.stdin.flush()
+        # stdin ends only once tools/list is answered: an end read earlier would stop the server before it answers.
+        answer = next(answer for line in probe.stdout if (answer := json.loads(line)).get("id") == 2)
+        probe.stdin.close()
+        report = json.loads(probe.stderr.read().strip().splitlines()[-1])
+        probe.wait(60)
+    listed = {tool["name"] for tool in answer["result"]["tools"]}
     assert report["code"] == 0
     built: dict[str, bool] = report["built"]
 
