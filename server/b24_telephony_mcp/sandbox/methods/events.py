@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..calls import BASIC_SCOPE, Caller, Page, Params
+from ..calls import BASIC_SCOPE, LIST_LIMIT, Caller, Page, Params
 from ..errors import ACCESS_DENIED, WRONG_AUTH_TYPE, ErrorSpec, SandboxRestError
 from ..events import CATALOGUE
 from ..php import isset, php_int, php_str, php_strtotime, upper_keys
@@ -22,8 +22,6 @@ from ..records import EventHandler, OfflineEvent
 from ..state import Method, PortalState, method_table
 
 ONLINE, OFFLINE = "online", "offline"
-#: IRestService::LIST_LIMIT, event.offline.get's default limit.
-DEFAULT_LIMIT = 50
 #: Fields event.offline.get filters and sorts by; event.offline.list adds PROCESS_ID and ERROR.
 GET_FIELDS = ("ID", "TIMESTAMP_X", "EVENT_NAME", "MESSAGE_ID")
 LIST_FIELDS = (*GET_FIELDS, "PROCESS_ID", "ERROR")
@@ -243,7 +241,7 @@ def event_offline_get(portal: PortalState, params: Params, caller: Caller) -> di
     query = _lower_keys(params)
     clear = php_int(query["clear"]) if isset(query, "clear") else 1
     process_id = php_str(query["process_id"]).strip() if isset(query, "process_id") else None
-    limit = php_int(query["limit"]) if isset(query, "limit") else DEFAULT_LIMIT
+    limit = php_int(query["limit"]) if isset(query, "limit") else LIST_LIMIT
     errors = 1 if isset(query, "error") and php_int(query["error"]) == 1 else 0
     connector = _auth_connector(params)
     if limit <= 0:
