@@ -37,6 +37,7 @@ from b24_telephony_mcp.common import metrics
 from b24_telephony_mcp.common.redact import redact
 from b24_telephony_mcp.serving.client_log import ClientLog
 from b24_telephony_mcp.serving.confirmation import Confirmations, Confirmer, SharedApprovals, confirm_before_run
+from b24_telephony_mcp.serving.views import Views
 from b24_telephony_mcp.tools import TOOLSETS, ToolContext, ToolSpec, select_tools
 from b24_telephony_mcp.tools.base import GIVEN_SIP_PASSWORDS, ToolRun, mask_secrets
 from b24_telephony_mcp.tools.offer import ToolOffer
@@ -206,12 +207,14 @@ def build_server(
     listing = (-1, ListToolsResult(tools=[]))
     # Asking the user before tools that declare `confirm` (confirmation.py); replicas share what that needs.
     confirmations = Confirmations(approvals)
+    # Pages beside tool results (MCP Apps, views.py), for the clients that negotiated them.
+    views = Views(offer)
 
-    async def list_tools(_ctx: Any, _params: PaginatedRequestParams | None) -> ListToolsResult:
+    async def list_tools(ctx: ServerRequestContext[Any], _params: PaginatedRequestParams | None) -> ListToolsResult:
         nonlocal listing
         if listing[0] != offer.version:  # built once per change of the offer
             listing = (offer.version, ListToolsResult(tools=[mcp_tool(spec, offer) for spec in offer.values()]))
-        return listing[1]
+        return views.tools(ctx, listing[1])
 
     async def call_tool(
         ctx: ServerRequestContext[Any], params: CallToolRequestParams
@@ -244,6 +247,7 @@ def build_server(
         tools_can_change=offer.dynamic,
     )
     confirmations.protect(server)  # a 2026-07-28 confirmation counts only for a question this process asked
+    views.advertise(server)
     # Registered rather than passed as on_set_logging_level, which warns that 2026-07-28 deprecates it.
     server.add_request_handler("logging/setLevel", SetLevelRequestParams, client_log.set_level)
     return server
