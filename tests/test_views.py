@@ -14,11 +14,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from mcp import Client, MCPError
 from mcp.client import advertise
+from mcp.client.session import IncomingMessage
 from mcp.server.apps import APP_MIME_TYPE, EXTENSION_ID
-from mcp_types import INVALID_PARAMS
+from mcp_types import INVALID_PARAMS, ResourceListChangedNotification
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from b24_telephony_mcp.sandbox import RunningSandbox
@@ -98,9 +100,22 @@ async def test_the_tools_with_a_view_are_snapshotted(module_sandbox: RunningSand
         pytest.fail(f"tools/list with MCP Apps changed (UPDATE_SNAPSHOTS=1 accepts it after review):\n{diff}", False)
 
 
+class ResourceListChanges:
+    def __init__(self) -> None:
+        self.arrived = anyio.Event()
+
+    async def __call__(self, message: IncomingMessage) -> None:
+        if isinstance(message, ResourceListChangedNotification):
+            self.arrived.set()
+
+
 async def test_enabling_the_statistics_toolset_brings_the_view(module_sandbox: RunningSandbox, tmp_path: Path) -> None:
     env = app_env(module_sandbox, tmp_path / "tokens.json")
-    async with stdio_session(env, "--toolsets", "external_lines", "--dynamic-toolsets", extensions=apps()) as client:
+    changes = ResourceListChanges()
+    args = ("--toolsets", "external_lines", "--dynamic-toolsets")
+    async with stdio_session(env, *args, extensions=apps(), message_handler=changes) as client:
+        resources = client.server_capabilities.resources
+        assert resources is not None and resources.list_changed is True
         assert not any("ui" in tool.get("_meta", {}) for tool in await listing(client))
         assert (await client.list_resources()).resources == []
         with pytest.raises(MCPError) as refused:  # no tool offered names it, so there is no such page
@@ -108,6 +123,8 @@ async def test_enabling_the_statistics_toolset_brings_the_view(module_sandbox: R
         assert refused.value.code == INVALID_PARAMS and PAGE in refused.value.message
 
         ok(await client.call_tool("enable_toolset", {"toolset": "statistics"}))
+        with anyio.fail_after(10):  # the page is a new resource: the client is told
+            await changes.arrived.wait()
         tools = {tool["name"]: tool for tool in await listing(client)}
         assert {name for name, tool in tools.items() if "ui" in tool.get("_meta", {})} == VIEW_TOOLS
         assert [str(resource.uri) for resource in (await client.list_resources()).resources] == [PAGE]

@@ -68,7 +68,9 @@ def int_choice(*values: int) -> Any:
 class RestParams(BaseModel):
     """Base of every tool input: unknown arguments are an error, never silently dropped."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    # defer_build: a tool's validator and schema are built on its first use, so a start pays only for the
+    # tools the selection offers (tests/test_cold_start.py holds this).
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, defer_build=True)
 
     at_least_one_of: ClassVar[tuple[tuple[str, ...], ...]] = ()
     """Groups of parameters of which at least one must be given (rules a flat schema cannot state
@@ -156,7 +158,7 @@ class NoParams(RestParams):
 class RestResult(BaseModel):
     """Base of result shapes: documents the fields, never drops ones the portal adds."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", defer_build=True)  # built on first use, as RestParams
 
 
 @dataclass(frozen=True)
