@@ -26,7 +26,12 @@ from b24_telephony_mcp.sandbox import RunningSandbox, SandboxConfig, start_sandb
 from b24_telephony_mcp.sandbox.records import SandboxUser
 from b24_telephony_mcp.tools.offer import ToolOffer
 from support import app_env, ok, stdio_session, webhook_env
+from test_tools_list import compact_size
 from test_toolsets import names_in
+
+# Wire bytes of prompts/list with every prompt (1,915 B measured; `benchmarks/tool_sizes.py` prints it): a client
+# lists them all where people pick one, so they stay one line each.
+PROMPTS_BUDGET = 2_000
 
 # A value for every argument of every prompt, as a person would fill them in.
 FILLED = {
@@ -82,6 +87,8 @@ async def test_prompts_follow_the_selection_and_name_only_offered_tools(
     async with stdio_session(webhook_env(module_sandbox), *args) as client:
         listed = (await client.list_prompts()).prompts
         assert [prompt.name for prompt in listed] == expected
+        dumped = [prompt.model_dump(mode="json", by_alias=True, exclude_none=True) for prompt in listed]
+        assert compact_size({"prompts": dumped}) <= PROMPTS_BUDGET
         capabilities = client.server_capabilities
         assert (capabilities.prompts is not None) and (capabilities.completions is not None)
         for prompt in listed:
