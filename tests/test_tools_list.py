@@ -78,9 +78,9 @@ BUDGETS = {  # selection: (model-visible bytes, wire bytes)
     # The issues' budgets. The default set holds log_external_call, run_batch and get_call_analytics too: terse
     # descriptions, none where the name says it all (SELF_EXPLANATORY), `additionalProperties: false` only on an
     # input declaring no properties (unknown arguments are refused by the server, naming the valid ones), no
-    # annotations.title copy, no output anyOf. Raised by 50 from 9_000 / 9_600 on purpose (issue 11): that
-    # keyword on list_external_lines (and list_toolsets) costs 29 B each and is what lets OpenAI strict mode take
-    # a tool of no arguments; it left 13 B of headroom before.
+    # annotations.title copy, no output anyOf. Raised by 50 B from 9_000 and 9_600 on purpose (issue 11): that
+    # keyword, 29 B on list_external_lines (and on list_toolsets), is what lets OpenAI strict mode take a tool of
+    # no arguments, and the default set was 13 B under its budget before it.
     "default": (9_050, 16_000),
     "all": (26_000, 45_000),
     # Dynamic toolsets start from the default set: list_toolsets and enable_toolset must stay cheap beside it.
