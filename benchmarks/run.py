@@ -1,6 +1,7 @@
 """Benchmarks: what b24-telephony-mcp costs on top of the official MCP SDK's own floor.
 
     make bench      (or: .venv/bin/python benchmarks/run.py)
+    .venv/bin/python benchmarks/run.py --cold-only --cold-runs 30     (part 1 alone, more runs; prints only)
 
 Measures, in one run and all on loopback:
 1. cold start: spawn to the first `tools/list` response over stdio, ours vs a one-tool `MCPServer`;
@@ -16,6 +17,7 @@ every figure is a median and the ratios matter more than the absolutes.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
@@ -274,13 +276,13 @@ async def cold_start_once(params: StdioServerParameters) -> tuple[float, list[di
             return elapsed, tools_json(result.tools)
 
 
-async def measure_cold_start() -> dict[str, Any]:
+async def measure_cold_start(runs: int = COLD_RUNS) -> dict[str, Any]:
     ours = stdio_params(OUR_ARGS, webhook_env())
     baseline = stdio_params([BASELINE_SCRIPT], clean_env())
     times: dict[str, list[float]] = {"ours": [], "baseline": []}
     tools: dict[str, list[dict[str, Any]]] = {}
     # One unmeasured start each first: it pays for cold page caches and any .pyc compilation.
-    for index in range(COLD_RUNS + 1):
+    for index in range(runs + 1):
         # Alternate who goes first, so neither always runs right after the other's teardown.
         order = [("ours", ours), ("baseline", baseline)]
         for name, params in order if index % 2 else order[::-1]:
@@ -288,7 +290,7 @@ async def measure_cold_start() -> dict[str, Any]:
             tools[name] = listed
             if index:
                 times[name].append(elapsed)
-        progress(f"cold start {index}/{COLD_RUNS}")
+        progress(f"cold start {index}/{runs}")
     result = {name: summary(samples) for name, samples in times.items()}
     result["ratio"] = result["ours"]["median"] / result["baseline"]["median"]
     result["samples_s"] = times
@@ -591,7 +593,29 @@ def innermost(exc: BaseException) -> BaseException:
     return exc
 
 
+def cold_only(runs: int) -> int:
+    """Only the cold start, with as many runs as asked: for work on start-up, where the rest is noise."""
+    cold = anyio.run(measure_cold_start, runs)["cold_start_s"]
+    ours, baseline = cold["ours"], cold["baseline"]
+    print(
+        f"cold start, {runs} interleaved runs: ours median {ours['median']:.3f} s (min {ours['min']:.3f}), "
+        f"baseline median {baseline['median']:.3f} s (min {baseline['min']:.3f}); ratio {cold['ratio']:.3f}×"
+    )
+    return 0
+
+
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cold-only", action="store_true", help="measure only the cold start; write no results file")
+    parser.add_argument(
+        "--cold-runs",
+        type=int,
+        default=COLD_RUNS,
+        help=f"cold-start runs, with --cold-only (default {COLD_RUNS})",
+    )
+    args = parser.parse_args()
+    if args.cold_only:
+        return cold_only(args.cold_runs)
     try:
         report = anyio.run(run)
     except BaseException as exc:

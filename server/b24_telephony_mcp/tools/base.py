@@ -12,6 +12,7 @@ from abc import abstractmethod
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from importlib import resources
 from types import NoneType, UnionType
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
@@ -67,7 +68,9 @@ def int_choice(*values: int) -> Any:
 class RestParams(BaseModel):
     """Base of every tool input: unknown arguments are an error, never silently dropped."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    # defer_build: a tool's validator and schema are built on its first use, so a start pays only for the
+    # tools the selection offers (tests/test_cold_start.py holds this).
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, defer_build=True)
 
     at_least_one_of: ClassVar[tuple[tuple[str, ...], ...]] = ()
     """Groups of parameters of which at least one must be given (rules a flat schema cannot state
@@ -155,7 +158,7 @@ class NoParams(RestParams):
 class RestResult(BaseModel):
     """Base of result shapes: documents the fields, never drops ones the portal adds."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", defer_build=True)  # built on first use, as RestParams
 
 
 @dataclass(frozen=True)
@@ -241,6 +244,22 @@ CONSUMES = Effect(read_only=False, destructive=True, idempotent=False)
 
 
 @dataclass(frozen=True)
+class View:
+    """A page a host can render beside a tool's result (MCP Apps): one self-contained HTML file of this package,
+    served as a `ui://` resource. The page gets the tool's input and result from the host; it loads nothing."""
+
+    uri: str
+    """`ui://...`: what the tool's `_meta.ui.resourceUri` names."""
+    file: str
+    """The HTML file's name under `tools/views/`."""
+    title: str
+    description: str
+
+    def html(self) -> str:
+        return (resources.files(__package__) / "views" / self.file).read_text(encoding="utf-8")
+
+
+@dataclass(frozen=True)
 class ToolSpec:
     name: str
     method: str
@@ -273,6 +292,8 @@ class ToolSpec:
     confirm: Callable[[Any], str] | None = None
     """For a tool whose effect the user must approve (a billed call): the question put to the user, built from the
     validated arguments. The server asks it through MCP elicitation before the call and runs nothing without a yes."""
+    view: View | None = None
+    """A page rendering the result, for clients that negotiated MCP Apps (`_meta.ui.resourceUri`)."""
 
     @property
     def paginated(self) -> bool:
