@@ -383,8 +383,9 @@ class ToolSpec:
 
     @cached_property
     def input_schema(self) -> dict[str, Any]:
-        # Without `additionalProperties: false`: unknown arguments are refused here anyway, naming the valid ones
-        # (RestParams forbids extras), and the keyword on every object costs context on every turn.
+        # `additionalProperties: false` only on an object declaring no properties (see lean_schema): unknown
+        # arguments are refused here anyway, naming the valid ones (RestParams forbids extras), and the keyword on
+        # every object costs context on every turn.
         return lean_schema(self.params.model_json_schema(), closed=False)
 
     @cached_property
