@@ -87,6 +87,11 @@ def _require_admin(portal: PortalState, caller: Caller) -> None:
         raise ACCESS_DENIED.exc()
 
 
+def _process_id(query: Params) -> str | None:
+    """The request's ``process_id`` (keys already lower-cased), trimmed; None when not given."""
+    return php_str(query["process_id"]).strip() if isset(query, "process_id") else None
+
+
 def _auth_connector(params: Params) -> str:
     """The request's ``auth_connector`` (the source key an offline handler and its queue are tied to)."""
     return php_str(params.get("auth_connector"))
@@ -240,7 +245,7 @@ def event_offline_get(portal: PortalState, params: Params, caller: Caller) -> di
     _require_admin(portal, caller)
     query = _lower_keys(params)
     clear = php_int(query["clear"]) if isset(query, "clear") else 1
-    process_id = php_str(query["process_id"]).strip() if isset(query, "process_id") else None
+    process_id = _process_id(query)
     limit = php_int(query["limit"]) if isset(query, "limit") else LIST_LIMIT
     errors = 1 if isset(query, "error") and php_int(query["error"]) == 1 else 0
     connector = _auth_connector(params)
@@ -282,7 +287,7 @@ def event_offline_clear(portal: PortalState, params: Params, caller: Caller) -> 
     _require_app(caller)
     _require_admin(portal, caller)
     query = _lower_keys(params)
-    process_id = php_str(query["process_id"]).strip() if isset(query, "process_id") else None
+    process_id = _process_id(query)
     connector = _auth_connector(params)
     if process_id is None:
         raise _argument(Msg.NULL, name="PROCESS_ID")
@@ -305,7 +310,7 @@ def event_offline_error(portal: PortalState, params: Params, caller: Caller) -> 
     _require_app(caller)
     _require_admin(portal, caller)
     query = _lower_keys(params)
-    process_id = php_str(query["process_id"]).strip() if isset(query, "process_id") else None
+    process_id = _process_id(query)
     connector = _auth_connector(params)
     if process_id is None:
         raise _argument(Msg.NULL, name="PROCESS_ID")
