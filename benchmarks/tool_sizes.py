@@ -1,4 +1,5 @@
-"""What the tool list costs in context, per toolset and for `all`: model-visible and wire bytes.
+"""What the tool list costs in context, per toolset and for `all`: model-visible and wire bytes; and the prompt
+list's wire bytes.
 
     make bench      (or: .venv/bin/python benchmarks/tool_sizes.py)
 
@@ -12,9 +13,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from b24_telephony_mcp.prompts.catalogue import offered_prompts
+from b24_telephony_mcp.serving.prompts import mcp_prompt
 from b24_telephony_mcp.serving.server import mcp_tool
 from b24_telephony_mcp.tools import TOOLSETS, ToolSpec, select_tools
 from b24_telephony_mcp.tools.dynamic import DYNAMIC_TOOLS
+from b24_telephony_mcp.tools.offer import ToolOffer
 
 
 def compact_size(data: Any) -> int:
@@ -44,6 +48,11 @@ def main() -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
         print("  ".join(cell.ljust(widths[0]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row)))
+    prompts = [
+        mcp_prompt(prompt).model_dump(mode="json", by_alias=True, exclude_none=True)
+        for prompt in offered_prompts(ToolOffer.select(["all"]))
+    ]
+    print(f"prompts/list (all): {len(prompts)} prompts, {compact_size({'prompts': prompts})} B wire")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("commands",),
     ("serving",),
     ("config",),
+    ("prompts",),
     ("tools",),
     ("state",),
     ("bitrix",),

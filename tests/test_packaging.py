@@ -303,6 +303,9 @@ def checkout_copy(target: Path) -> Path:
     return target
 
 
+DASHBOARD = "server/b24_telephony_mcp/tools/views/call_dashboard.html"
+
+
 @pytest.mark.timeout(300)
 def test_sdist_and_wheel_build_and_pass_twine_check(tmp_path: Path) -> None:
     source = checkout_copy(tmp_path / "source")
@@ -338,6 +341,7 @@ def test_sdist_and_wheel_build_and_pass_twine_check(tmp_path: Path) -> None:
         "server/b24_telephony_mcp/__init__.py",
         "server/b24_telephony_mcp/py.typed",
         "server/b24_telephony_mcp/sandbox/methods/platform.py",
+        DASHBOARD,
     ):
         assert needed in names, needed
     for junk in ("tests/", "benchmarks/", "examples/", "deploy/", "mcpb/", ".ci/", "server.json"):
@@ -345,6 +349,7 @@ def test_sdist_and_wheel_build_and_pass_twine_check(tmp_path: Path) -> None:
     assert not [name for name in names if "__pycache__" in name or name.endswith(".pyc")]
 
     with zipfile.ZipFile(wheel) as archive:
+        assert DASHBOARD.removeprefix("server/") in archive.namelist(), "the dashboard page is package data"
         metadata = next(archive.read(n).decode() for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
     owner_repo = SERVER_JSON["repository"]["url"]
     for line in (

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from b24_telephony_mcp.prompts.catalogue import PROMPTS
 from b24_telephony_mcp.tools import TOOLSETS
 
 README = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
@@ -27,3 +28,9 @@ def test_every_tool_is_listed_under_its_toolset_with_its_method() -> None:
 
 def test_the_first_two_commands() -> None:
     assert README.index("make demo") < README.index("make test")
+
+
+def test_every_prompt_is_listed_with_its_arguments() -> None:
+    for prompt in PROMPTS:
+        arguments = ", ".join(f"`{argument.name}`" for argument in prompt.arguments)
+        assert f"| `{prompt.name}` | {arguments} |" in README, prompt.name

@@ -76,12 +76,15 @@ DOC_TYPES = {
 # wire. Growing past a budget should be a decision: trim descriptions or schemas, or raise it here on purpose.
 BUDGETS = {  # selection: (model-visible bytes, wire bytes)
     # The issues' budgets. The default set holds log_external_call, run_batch and get_call_analytics too: terse
-    # descriptions, none where the name says it all (SELF_EXPLANATORY), no `additionalProperties: false` (unknown
-    # arguments are refused by the server, naming the valid ones), no annotations.title copy, no output anyOf.
-    "default": (9_000, 16_000),
+    # descriptions, none where the name says it all (SELF_EXPLANATORY), `additionalProperties: false` only on an
+    # input declaring no properties (unknown arguments are refused by the server, naming the valid ones), no
+    # annotations.title copy, no output anyOf. Raised by 50 B from 9_000 and 9_600 on purpose (issue 11): that
+    # keyword, 29 B on list_external_lines (and on list_toolsets), is what lets OpenAI strict mode take a tool of
+    # no arguments, and the default set was 13 B under its budget before it.
+    "default": (9_050, 16_000),
     "all": (26_000, 45_000),
     # Dynamic toolsets start from the default set: list_toolsets and enable_toolset must stay cheap beside it.
-    "default --dynamic-toolsets": (9_600, 17_500),
+    "default --dynamic-toolsets": (9_650, 17_500),
 }
 
 
@@ -219,9 +222,11 @@ def test_schemas_are_valid_and_lean(tools: list[dict[str, Any]]) -> None:
             jsonschema.Draft7Validator.check_schema(schema)
             assert "$ref" not in json.dumps(schema), tool["name"]  # some clients resolve no refs
         # Unknown arguments are refused by the server, naming the valid ones (test_validation.py), so the schemas
-        # do not spend `additionalProperties: false` on every object.
+        # spend `additionalProperties: false` only where it alone says "no arguments": on an object declaring no
+        # properties (OpenAI strict mode needs it there and closes the others itself; test_client_schemas.py).
         for node in json_objects(tool["inputSchema"]):
-            assert node.get("additionalProperties") is not False, (tool["name"], node)
+            closed = node.get("additionalProperties") is False
+            assert closed == (node.get("properties") == {}), (tool["name"], node)
 
 
 def type_of(schema: dict[str, Any]) -> dict[str, Any]:

@@ -165,6 +165,22 @@ def test_lean_schema_for_outputs_keeps_null() -> None:
     assert "$defs" not in lean
 
 
+class _NoParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def test_lean_schema_open_keeps_only_the_closing_of_an_empty_object() -> None:
+    """`closed=False` (inputs): `additionalProperties: false` goes where properties are declared, stays where
+    none are, since there it alone tells "no arguments" from "any"."""
+    lean = lean_schema(_Params.model_json_schema(), closed=False)
+    assert [node for node in json_objects(lean) if "additionalProperties" in node] == []
+    assert lean_schema(_NoParams.model_json_schema(), closed=False) == {
+        "additionalProperties": False,
+        "properties": {},
+        "type": "object",
+    }
+
+
 def test_lean_schema_drops_only_permissive_additional_properties() -> None:
     schema = {
         "type": "object",

@@ -42,11 +42,24 @@ Test-control endpoints (test hooks, answered to loopback clients only; not part 
 ``POST /_sandbox/reset-stats``
     Zero the stats.
 ``GET /_sandbox/app``, ``POST /_sandbox/app``
-    The application's ``client_id``, ``client_secret`` and ``handler_url``; POST JSON ``{"handler_url": ...}``
+    The application's ``client_id``, ``client_secret``, ``handler_url`` and ``application_token`` (what every
+    event's ``auth[application_token]`` carries); POST JSON ``{"handler_url": ...}``
     changes the handler path (``login --sandbox`` points it at its listener).
+``POST /_sandbox/click``
+    JSON ``{"phone": "+1 906 219 5047", "user_id": 1, "line_number": "...", "crm_entity_type": "CONTACT",
+    "crm_entity_id": 651, "is_mobile": false, "call_list_id": 0}`` (only ``phone`` required): the user clicks the
+    number in CRM. The portal registers an outgoing call on the app's external line (the first one unless
+    ``line_number``) and fires OnExternalCallStart (plus OnVoximplantCallInit/Start); answers ``{"result": <the
+    event's data>}``, whose ``CALL_ID`` telephony.externalCall.finish takes.
+``POST /_sandbox/callback-form``
+    JSON ``{"phone": ..., "text": ..., "voice": ..., "line_number": ...}`` (only ``phone`` required): a site
+    visitor orders a callback; fires OnExternalCallBackStart and answers ``{"result": <the event's data>}``.
 ``POST /_sandbox/oauth-delay``
     JSON ``{"seconds": 2.0}``: the token endpoint holds each request that long before it reads the grant; a client
     that hangs up meanwhile (a process killed mid-refresh) has spent nothing. ``0`` ends the delay.
+
+Events (``event.bind`` and the offline queue, see ``methods/events.py``) fire for bound handlers only: an
+offline handler's go into the queue, an online handler's are POSTed form-encoded from a background thread.
 
 The leaky bucket and the request stats count REST 2 and REST 3.0 requests alike (a ``batch`` of 50 commands is
 one request, as on a real portal), never the OAuth or control endpoints.
@@ -259,8 +272,50 @@ class SandboxHttp:
                 return JSONResponse({"error": "INVALID_APP", "error_description": "expected handler_url"}, 400)
             config.handler_url = str(handler_url)
         return JSONResponse(
-            {"client_id": config.client_id, "client_secret": config.client_secret, "handler_url": config.handler_url}
+            {
+                "client_id": config.client_id,
+                "client_secret": config.client_secret,
+                "handler_url": config.handler_url,
+                "application_token": config.application_token,
+            }
         )
+
+    async def click(self, request: Request) -> Response:
+        return await self._act(request, "INVALID_CLICK", self._click)
+
+    async def callback_form(self, request: Request) -> Response:
+        return await self._act(request, "INVALID_CALLBACK_FORM", self._callback_form)
+
+    def _click(self, body: dict[str, Any]) -> dict[str, str]:
+        return self.portal.click_to_call(
+            int(body.get("user_id", 1)),
+            _required_text(body, "phone"),
+            line_number=_optional_text(body, "line_number"),
+            crm_entity_type=_optional_text(body, "crm_entity_type"),
+            crm_entity_id=int(body["crm_entity_id"]) if body.get("crm_entity_id") is not None else None,
+            is_mobile=bool(body.get("is_mobile", False)),
+            call_list_id=int(body.get("call_list_id", 0)),
+        )
+
+    def _callback_form(self, body: dict[str, Any]) -> dict[str, str]:
+        texts = {key: str(body[key]) for key in ("text", "voice") if body.get(key) is not None}
+        return self.portal.submit_callback_form(
+            _required_text(body, "phone"), line_number=_optional_text(body, "line_number"), **texts
+        )
+
+    async def _act(self, request: Request, code: str, action: Callable[[dict[str, Any]], dict[str, str]]) -> Response:
+        """Run a person's action from a JSON body; a bad body or an action the portal refuses is a 400 ``code``,
+        a REST error on the way (an inactive user) is that error."""
+        self._learn_base_url(request)
+        try:
+            body = json.loads(await request.body() or b"{}")
+            if not isinstance(body, dict):
+                raise ValueError("expected a JSON object")
+            return JSONResponse({"result": action(body)})
+        except SandboxRestError as exc:
+            return _error(exc)
+        except (ValueError, TypeError) as exc:  # a bad body, or actions.ActionError (no such app line)
+            return JSONResponse({"error": code, "error_description": str(exc)}, status_code=400)
 
     async def add_fault(self, request: Request) -> Response:
         try:
@@ -297,6 +352,18 @@ class SandboxHttp:
         return JSONResponse({"result": True})
 
 
+def _required_text(body: dict[str, Any], key: str) -> str:
+    value = body.get(key)
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"expected {key}")
+    return value
+
+
+def _optional_text(body: dict[str, Any], key: str) -> str | None:
+    value = body.get(key)
+    return None if value is None else str(value)
+
+
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
@@ -329,6 +396,8 @@ def create_app(portal: SandboxPortal) -> Starlette:
         Route("/_sandbox/stats", _loopback_only(http.stats), methods=["GET"]),
         Route("/_sandbox/reset-stats", _loopback_only(http.reset_stats), methods=["POST"]),
         Route("/_sandbox/oauth-delay", _loopback_only(http.set_oauth_delay), methods=["POST"]),
+        Route("/_sandbox/click", _loopback_only(http.click), methods=["POST"]),
+        Route("/_sandbox/callback-form", _loopback_only(http.callback_form), methods=["POST"]),
     ]
     app = Starlette(routes=routes)
     app.state.sandbox = http

@@ -17,6 +17,9 @@ class SandboxConfig:
 
     client_id: str = "local.sandbox0000000000.00000001"
     client_secret: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    #: The installation's secret that every event's auth[application_token] carries (ONAPPINSTALL hands it to
+    #: the app; a handler compares it to tell the portal's POSTs from forgeries, safe-event-handlers.md).
+    application_token: str = field(default_factory=lambda: secrets.token_hex(16))
     webhook_user_id: int = 1
     webhook_code: str = field(default_factory=lambda: secrets.token_hex(8))
     access_token_ttl: float = 3600.0

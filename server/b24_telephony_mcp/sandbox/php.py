@@ -266,3 +266,23 @@ def _listify(value: Any) -> Any:
 def upper_keys(params: Mapping[str, Any]) -> dict[str, Any]:
     """array_change_key_case($params, CASE_UPPER), which many methods apply to their params first."""
     return {key.upper() if isinstance(key, str) else key: value for key, value in params.items()}
+
+
+def php_form_pairs(value: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """``http_build_query($value)`` as (key, value) pairs: nested keys as ``a[b][0]``, what :func:`php_params`
+    reads back. Booleans become "1" and "" and None is left out, as PHP does."""
+    pairs: list[tuple[str, str]] = []
+
+    def add(key: str, item: Any) -> None:
+        if isinstance(item, Mapping):
+            for sub_key, sub_item in item.items():
+                add(f"{key}[{sub_key}]", sub_item)
+        elif isinstance(item, list | tuple):
+            for index, sub_item in enumerate(item):
+                add(f"{key}[{index}]", sub_item)
+        elif item is not None:
+            pairs.append((key, "1" if item is True else "" if item is False else str(item)))
+
+    for key, item in value.items():
+        add(str(key), item)
+    return pairs

@@ -1,5 +1,6 @@
 """The emulated portal: the state REST methods work on (:class:`~.state.PortalState`) with its registry of
-methods, plus tokens and OAuth and authentication, which no method handler touches.
+methods, plus tokens and OAuth and authentication, which no method handler touches, and the people's actions
+that make events happen (:mod:`.actions`).
 
 Pure Python, no HTTP; ``app.py`` serves it.
 """
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
+from . import actions
 from .calls import Caller
 from .config import SandboxConfig
 from .errors import (
@@ -49,10 +51,45 @@ class SandboxPortal(PortalState):
 
     def __init__(self, config: SandboxConfig | None = None, clock: Callable[[], float] = time.time) -> None:
         super().__init__(METHODS, config, clock)
-        self.member_id = secrets.token_hex(16)
         self._access_tokens: dict[str, TokenPair] = {}
         self._refresh_tokens: dict[str, TokenPair] = {}
         self._auth_codes: dict[str, tuple[float, int]] = {}  # code -> (expires at, user id)
+
+    # --- what people do (the control surface; see actions.py) ---
+
+    def click_to_call(
+        self,
+        user_id: int,
+        phone: str,
+        *,
+        line_number: str | None = None,
+        crm_entity_type: str | None = None,
+        crm_entity_id: int | None = None,
+        is_mobile: bool = False,
+        call_list_id: int = 0,
+    ) -> dict[str, str]:
+        """User ``user_id`` clicks ``phone`` in CRM: a registered call and OnExternalCallStart (its data returned)."""
+        return actions.click_to_call(
+            self,
+            user_id,
+            phone,
+            line_number=line_number,
+            crm_entity_type=crm_entity_type,
+            crm_entity_id=crm_entity_id,
+            is_mobile=is_mobile,
+            call_list_id=call_list_id,
+        )
+
+    def submit_callback_form(
+        self,
+        phone: str,
+        *,
+        text: str = actions.CALLBACK_TEXT,
+        voice: str = actions.CALLBACK_VOICE,
+        line_number: str | None = None,
+    ) -> dict[str, str]:
+        """A site visitor orders a callback: OnExternalCallBackStart (its data returned)."""
+        return actions.submit_callback_form(self, phone, text=text, voice=voice, line_number=line_number)
 
     # --- OAuth ---
 
@@ -68,6 +105,9 @@ class SandboxPortal(PortalState):
             self._access_tokens[pair.access_token] = pair
             self._refresh_tokens[pair.refresh_token] = pair
             return pair
+
+    def event_access_token(self, user_id: int) -> str:
+        return self.issue_tokens(user_id).access_token
 
     def authenticate_token(self, token: str | None) -> Caller:
         if not token:

@@ -1,4 +1,5 @@
-"""The shared tables of the sandbox portal (users, CRM, external lines, calls, statistics, files, transcripts).
+"""The shared tables of the sandbox portal (users, CRM, external lines, calls, statistics, files, transcripts,
+event handlers and the offline event queue).
 
 Tables one toolset owns alone live in its method module, kept through ``PortalState.state`` (state.py).
 """
@@ -149,6 +150,38 @@ class Transcript:
     messages: list[dict[str, Any]]
     cost: float | None
     cost_currency: str | None
+
+
+@dataclass
+class EventHandler:
+    """A row of b_rest_event: an online handler (a URL) or an offline one (``handler`` empty)."""
+
+    id: int
+    event: str  # upper-cased, as event.bind stores it
+    handler: str
+    user_id: int  # auth_type: whose token the event carries; 0: the user who caused the event
+    connector_id: str
+    app_id: int
+
+    @property
+    def offline(self) -> bool:
+        return self.handler == ""
+
+
+@dataclass
+class OfflineEvent:
+    """A row of b_rest_event_offline. One record per MESSAGE_ID until it is reserved by a ``process_id``."""
+
+    id: int
+    timestamp: int  # TIMESTAMP_X, whole seconds like the DB column
+    message_id: str  # md5(EVENT_NAME|json(EVENT_DATA))
+    app_id: int
+    event_name: str
+    event_data: dict[str, Any]
+    user_id: int  # EVENT_ADDITIONAL.user_id: who caused the event, 0 without a user
+    connector_id: str = ""
+    process_id: str = ""
+    error: int = 0
 
 
 @dataclass

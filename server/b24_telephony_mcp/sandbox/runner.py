@@ -41,8 +41,9 @@ class RunningSandbox:
     _socket: socket.socket | None = field(default=None, repr=False)
 
     def stop(self) -> None:
-        """Shut the server down and wait for its thread; safe to call twice."""
+        """Shut the server down and wait for its thread, then for the event POSTs queued; safe to call twice."""
         self._server.should_exit = True
+        self.portal.outbox.close()
         if self._thread is not None:
             self._thread.join(_STOP_TIMEOUT)
             if self._thread.is_alive():
@@ -128,9 +129,11 @@ def run_sandbox_forever(config: SandboxConfig | None = None, host: str = "127.0.
         f"  webhook URL:       {running.webhook_url}",
         f"  client_id:         {cfg.client_id}",
         f"  client_secret:     {cfg.client_secret}",
+        f"  application_token: {cfg.application_token}  (auth[application_token] of every event)",
         f"  access_token:      {running.access_token}",
         f"  refresh_token:     {running.refresh_token}",
         f"  handler path:      {cfg.handler_url}  (b24-telephony-mcp login --sandbox listens there)",
+        f"  make events:       POST {running.base_url}/_sandbox/click or /_sandbox/callback-form (JSON, see README)",
         "Press Ctrl-C to stop.",
     ]
     print("\n".join(details), file=sys.stderr, flush=True)

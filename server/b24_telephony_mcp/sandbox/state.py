@@ -1,4 +1,5 @@
-"""The portal as a REST method sees it: config, clock, lock, tables, ids, scopes, dispatch, shared lookups.
+"""The portal as a REST method sees it: config, clock, lock, tables, ids, scopes, dispatch, shared lookups, and
+the outbox online events leave through.
 
 Pure Python, no HTTP. A REST method is a :class:`Method`: a handler ``(portal, params, caller) -> result`` that
 returns the ``result`` value (a :class:`~.calls.Page` for a paged list) or raises :class:`SandboxRestError`, plus
@@ -12,6 +13,7 @@ source as recorded in ``bitrix24-facts/methods.json`` (``source_notes``): valida
 
 from __future__ import annotations
 
+import secrets
 import threading
 import time
 from collections import Counter
@@ -21,6 +23,7 @@ from typing import Any, TypeVar
 
 from .calls import BASIC_SCOPE, Caller, Fault, Params
 from .config import SandboxConfig
+from .delivery import EventOutbox
 from .errors import (
     INSUFFICIENT_SCOPE,
     INSUFFICIENT_SCOPE_WEBHOOK,
@@ -34,7 +37,9 @@ from .php import digits, php_int, php_str
 from .records import (
     ActiveCall,
     CrmEntity,
+    EventHandler,
     ExternalLine,
+    OfflineEvent,
     SandboxFile,
     SandboxUser,
     StatisticRecord,
@@ -112,6 +117,8 @@ class PortalState:
         self.methods: Mapping[str, Method] = methods
         #: "http://host:port", set by the runner once the port is known (or by the app on first request).
         self.base_url = ""
+        #: The portal's stable id (token responses, authorization redirects, every event's auth block).
+        self.member_id = secrets.token_hex(16)
         self.lock = threading.RLock()
         self.stats = Stats()
         #: Canned answers queued through /_sandbox/faults (see app.py); taken under ``lock``.
@@ -124,6 +131,9 @@ class PortalState:
         self.files: dict[int, SandboxFile] = {}
         self.transcripts: dict[int, Transcript] = {}
         self.activities: dict[int, dict[str, Any]] = {}
+        self.event_handlers: dict[int, EventHandler] = {}
+        self.offline_events: dict[int, OfflineEvent] = {}
+        self.outbox = EventOutbox()
         self._toolset_state: dict[type[Any], Any] = {}
         # Statistic ids 1..seed_calls belong to the seeded call history (methods/statistics.py, made on first use).
         self._ids: Counter[str] = Counter(
@@ -187,6 +197,11 @@ class PortalState:
                     return fault
         return None
 
+    def event_access_token(self, user_id: int) -> str:
+        """A fresh access token of the app acting as ``user_id``, for an online event's auth block. Tokens are
+        issued by the portal on top of this state (portal.py), so a bare state has none to give."""
+        raise NotImplementedError("tokens are issued by SandboxPortal")
+
     def method_names(self) -> list[str]:
         return sorted(self.methods)
 
@@ -214,6 +229,15 @@ class PortalState:
     def find_line(self, number: str, app_id: int | None) -> ExternalLine | None:
         """The external line with this number, as seen by this app (None: created through a webhook)."""
         return next((ln for ln in self.lines.values() if ln.number == number and ln.app_id == app_id), None)
+
+    def add_lead(
+        self, name: str, phone: str, assigned_by_id: int, source_id: str, call_id: str | None = None
+    ) -> CrmEntity:
+        """A new CRM lead with this phone (a call's auto-created lead, a callback form's request)."""
+        lead_id = max((e.id for e in self.crm.values() if e.type == "LEAD"), default=200) + 1
+        lead = CrmEntity("LEAD", lead_id, name, [phone], assigned_by_id, source_id=source_id, created_by_call=call_id)
+        self.crm[("LEAD", lead_id)] = lead
+        return lead
 
     def find_crm(self, phone: Any) -> list[CrmEntity]:
         """CRM entities with this phone, in searchCrmEntities order."""

@@ -11,12 +11,18 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import anyio
 from mcp.server import InitializationOptions, NotificationOptions, Server, ServerRequestContext
-from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, ToolsListChanged
+from mcp.server.subscriptions import (
+    InMemorySubscriptionBus,
+    ListenHandler,
+    PromptsListChanged,
+    ResourcesListChanged,
+    ToolsListChanged,
+)
 from mcp_types import (
     CallToolRequestParams,
     CallToolResult,
@@ -35,8 +41,11 @@ from b24_telephony_mcp.bitrix import BitrixClient, BitrixError
 from b24_telephony_mcp.bitrix.errors import INTERNAL_ERROR, UNKNOWN_TOOL
 from b24_telephony_mcp.common import metrics
 from b24_telephony_mcp.common.redact import redact
+from b24_telephony_mcp.prompts.completions import Completer
 from b24_telephony_mcp.serving.client_log import ClientLog
 from b24_telephony_mcp.serving.confirmation import Confirmations, Confirmer, SharedApprovals, confirm_before_run
+from b24_telephony_mcp.serving.prompts import Prompts
+from b24_telephony_mcp.serving.views import Views
 from b24_telephony_mcp.tools import ToolContext, ToolSpec, select_tools
 from b24_telephony_mcp.tools.base import GIVEN_SIP_PASSWORDS, ToolRun, mask_secrets
 from b24_telephony_mcp.tools.catalogue import TOOLSET_TOOL_NAMES, load_toolset
@@ -167,12 +176,12 @@ async def run_tool(
 
 
 class TelephonyServer(Server[Any]):
-    """The SDK's low-level server, advertising `tools.listChanged` (handshake protocol) when the tool list can
-    change; under 2026-07-28 the SDK derives it from the `subscriptions/listen` handler."""
+    """The SDK's low-level server, advertising `listChanged` for tools, prompts and resources (handshake protocol)
+    when the offer can change; under 2026-07-28 the SDK derives them from the `subscriptions/listen` handler."""
 
-    def __init__(self, *args: Any, tools_can_change: bool = False, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, offer_can_change: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.tools_can_change = tools_can_change
+        self.offer_can_change = offer_can_change
 
     def create_initialization_options(
         self,
@@ -181,7 +190,12 @@ class TelephonyServer(Server[Any]):
         extensions: dict[str, dict[str, Any]] | None = None,
     ) -> InitializationOptions:
         return super().create_initialization_options(
-            notification_options or NotificationOptions(tools_changed=self.tools_can_change),
+            notification_options
+            or NotificationOptions(
+                tools_changed=self.offer_can_change,
+                prompts_changed=self.offer_can_change,
+                resources_changed=self.offer_can_change,
+            ),
             experimental_capabilities,
             extensions,
         )
@@ -207,12 +221,19 @@ def build_server(
     listing = (-1, ListToolsResult(tools=[]))
     # Asking the user before tools that declare `confirm` (confirmation.py); replicas share what that needs.
     confirmations = Confirmations(approvals)
+    prompts = Prompts(offer, Completer(client))
+    # Pages beside tool results (MCP Apps, views.py), for the clients that negotiated them.
+    views = Views(offer)
 
-    async def list_tools(_ctx: Any, _params: PaginatedRequestParams | None) -> ListToolsResult:
+    def lists_beside_tools() -> dict[str, tuple[str, ...]]:
+        """What the other lists a client reads hold while the offer stands: they change with it."""
+        return {"prompts": tuple(prompts.offered()), "resources": tuple(views.offered())}
+
+    async def list_tools(ctx: ServerRequestContext[Any], _params: PaginatedRequestParams | None) -> ListToolsResult:
         nonlocal listing
         if listing[0] != offer.version:  # built once per change of the offer
             listing = (offer.version, ListToolsResult(tools=[mcp_tool(spec, offer) for spec in offer.values()]))
-        return listing[1]
+        return views.tools(ctx, listing[1])
 
     async def call_tool(
         ctx: ServerRequestContext[Any], params: CallToolRequestParams
@@ -222,7 +243,7 @@ def build_server(
             return error_result(
                 BitrixError(UNKNOWN_TOOL, f"no tool named {params.name!r}; available: {', '.join(offer)}")
             )
-        version = offer.version
+        version, lists_before = offer.version, lists_beside_tools()
         with client_log.collecting() as records:
             # report_progress is a no-op unless the client sent a progressToken.
             run = ToolRun(client, context, offer, ctx.session.report_progress)
@@ -230,7 +251,8 @@ def build_server(
         await client_log.send(ctx, records)
         if offer.version != version and changes is not None:
             server.instructions = instructions_for(offer)
-            await announce_tools_changed(ctx, changes)
+            changed = {name for name, now in lists_beside_tools().items() if now != lists_before[name]}
+            await announce_lists_changed(ctx, changes, ("tools", *sorted(changed)))
         if isinstance(result, CallToolResult):  # not a question to the user (input_required): the call is done
             metrics.tool_call(spec.name, _error_code(result))
         return result
@@ -241,19 +263,35 @@ def build_server(
         instructions=instructions_for(offer),
         on_list_tools=list_tools,
         on_call_tool=call_tool,
+        on_list_prompts=prompts.list_prompts,
+        on_get_prompt=prompts.get_prompt,
+        on_completion=prompts.complete,
         on_subscriptions_listen=ListenHandler(changes) if changes is not None else None,
-        tools_can_change=offer.dynamic,
+        offer_can_change=offer.dynamic,
     )
     confirmations.protect(server)  # a 2026-07-28 confirmation counts only for a question this process asked
+    views.advertise(server)
     # Registered rather than passed as on_set_logging_level, which warns that 2026-07-28 deprecates it.
     server.add_request_handler("logging/setLevel", SetLevelRequestParams, client_log.set_level)
     return server
 
 
-async def announce_tools_changed(ctx: ServerRequestContext[Any], changes: InMemorySubscriptionBus) -> None:
-    """`notifications/tools/list_changed` to the calling handshake-protocol session, and a `ToolsListChanged`
-    event to every 2026-07-28 `subscriptions/listen` stream. The SDK drops each where its protocol forbids it.
-    Other handshake sessions of an HTTP server are not told; their next tools/list shows the change."""
+# Per list a client reads: the handshake-protocol notification, and the 2026-07-28 `subscriptions/listen` event.
+LIST_CHANGED: dict[str, tuple[Callable[[Any], Awaitable[None]], Callable[[], Any]]] = {
+    "tools": (lambda session: session.send_tool_list_changed(), ToolsListChanged),
+    "prompts": (lambda session: session.send_prompt_list_changed(), PromptsListChanged),
+    "resources": (lambda session: session.send_resource_list_changed(), ResourcesListChanged),
+}
+
+
+async def announce_lists_changed(
+    ctx: ServerRequestContext[Any], changes: InMemorySubscriptionBus, lists: Sequence[str]
+) -> None:
+    """`notifications/<list>/list_changed` for each of `lists` to the calling handshake-protocol session, and the
+    same events to every 2026-07-28 `subscriptions/listen` stream. The SDK drops each where its protocol forbids
+    it. Other handshake sessions of an HTTP server are not told; their next list shows the change."""
     with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):  # the caller left
-        await ctx.session.send_tool_list_changed()
-    await changes.publish(ToolsListChanged())
+        for name in lists:
+            await LIST_CHANGED[name][0](ctx.session)
+    for name in lists:
+        await changes.publish(LIST_CHANGED[name][1]())

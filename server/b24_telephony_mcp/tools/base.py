@@ -12,6 +12,7 @@ from abc import abstractmethod
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from importlib import resources
 from types import NoneType, UnionType
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
@@ -243,6 +244,22 @@ CONSUMES = Effect(read_only=False, destructive=True, idempotent=False)
 
 
 @dataclass(frozen=True)
+class View:
+    """A page a host can render beside a tool's result (MCP Apps): one self-contained HTML file of this package,
+    served as a `ui://` resource. The page gets the tool's input and result from the host; it loads nothing."""
+
+    uri: str
+    """`ui://...`: what the tool's `_meta.ui.resourceUri` names."""
+    file: str
+    """The HTML file's name under `tools/views/`."""
+    title: str
+    description: str
+
+    def html(self) -> str:
+        return (resources.files(__package__) / "views" / self.file).read_text(encoding="utf-8")
+
+
+@dataclass(frozen=True)
 class ToolSpec:
     name: str
     method: str
@@ -275,6 +292,8 @@ class ToolSpec:
     confirm: Callable[[Any], str] | None = None
     """For a tool whose effect the user must approve (a billed call): the question put to the user, built from the
     validated arguments. The server asks it through MCP elicitation before the call and runs nothing without a yes."""
+    view: View | None = None
+    """A page rendering the result, for clients that negotiated MCP Apps (`_meta.ui.resourceUri`)."""
 
     @property
     def paginated(self) -> bool:
@@ -364,8 +383,9 @@ class ToolSpec:
 
     @cached_property
     def input_schema(self) -> dict[str, Any]:
-        # Without `additionalProperties: false`: unknown arguments are refused here anyway, naming the valid ones
-        # (RestParams forbids extras), and the keyword on every object costs context on every turn.
+        # `additionalProperties: false` only on an object declaring no properties (see lean_schema): unknown
+        # arguments are refused here anyway, naming the valid ones (RestParams forbids extras), and the keyword on
+        # every object costs context on every turn.
         return lean_schema(self.params.model_json_schema(schema_generator=JsonDefaults), closed=False)
 
     @cached_property

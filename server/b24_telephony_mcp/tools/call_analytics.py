@@ -25,7 +25,7 @@ from pydantic import Field, field_validator, model_validator
 from b24_telephony_mcp.bitrix import BitrixError
 from b24_telephony_mcp.bitrix.batch import BATCH_METHOD, MAX_COMMANDS, Command, Ref, call_batch
 from b24_telephony_mcp.bitrix.errors import UNEXPECTED_RESPONSE
-from b24_telephony_mcp.tools.base import READS, RestParams, RestResult, ToolRun, ToolSpec
+from b24_telephony_mcp.tools.base import READS, RestParams, RestResult, ToolRun, ToolSpec, View
 
 STATISTICS_METHOD = "voximplant.statistic.get"
 PAGE = 50
@@ -307,6 +307,13 @@ async def get_call_analytics(params: AnalyticsParams, run: ToolRun) -> dict[str,
     return {"result": result}
 
 
+CALL_DASHBOARD = View(
+    uri="ui://b24-telephony/call-dashboard.html",
+    file="call_dashboard.html",
+    title="Call dashboard",
+    description="Calls per group as a chart and a table: answered, missed, durations.",
+)
+
 GET_CALL_ANALYTICS = ToolSpec(
     name="get_call_analytics",
     method=STATISTICS_METHOD,
@@ -318,4 +325,5 @@ GET_CALL_ANALYTICS = ToolSpec(
     effect=READS,
     run=get_call_analytics,
     other_methods=(BATCH_METHOD,),
+    view=CALL_DASHBOARD,
 )

@@ -4,6 +4,9 @@
 - for inputs, turns `X | None = None` into plain `X` (optional is what "not in required" means);
   for outputs, where the portal really sends null, into `"type": [X, "null"]`;
 - writes an `anyOf` of bare types as one `"type"` list, and drops `additionalProperties: true`;
+- for inputs the server checks itself (`closed=False`), drops `additionalProperties: false` too, except on an
+  object declaring no properties: there it is all that tells "no arguments" from "any" (OpenAI strict mode
+  refuses such an object without it, and closes objects with declared properties by itself);
 - inlines `$ref`s to `$defs` (nested items are used once, and some clients resolve no refs).
 """
 
@@ -21,7 +24,8 @@ _SCHEMA_VALUES = ("items", "additionalProperties", "not")
 
 
 def lean_schema(schema: dict[str, Any], *, keep_null: bool = False, closed: bool = True) -> dict[str, Any]:
-    """`closed=False` also drops `additionalProperties: false` (for inputs the server checks itself)."""
+    """`closed=False` also drops `additionalProperties: false` where properties are declared (for inputs the
+    server checks itself)."""
     return _lean(schema, schema.get("$defs", {}), keep_null, closed)
 
 
@@ -35,7 +39,8 @@ def _lean(node: dict[str, Any], defs: dict[str, Any], keep_null: bool, closed: b
     out: dict[str, Any] = {}
     for key, value in node.items():
         if key in ("title", "$defs") or (
-            key == "additionalProperties" and (value is True or (value is False and not closed))
+            key == "additionalProperties"
+            and (value is True or (value is False and not closed and node.get("properties")))
         ):
             continue
         if key in _SCHEMA_MAPS:

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from b24_telephony_mcp.tools.base import READS, PagedParams, RowFieldsParams, Toolset, ToolSpec
-from b24_telephony_mcp.tools.call_analytics import GET_CALL_ANALYTICS, STATISTICS_METHOD
+from b24_telephony_mcp.tools.call_analytics import CALL_DASHBOARD, GET_CALL_ANALYTICS, STATISTICS_METHOD
 
 #: The docs' filterable fields, plus the CRM binding keys the source accepts too.
 FILTER_FIELDS = frozenset(
@@ -140,6 +140,7 @@ TOOLSET = Toolset(
             params=StatisticParams,
             result=list[dict[str, Any]],  # rows named in the docs; `fields` may keep any subset
             effect=READS,
+            view=CALL_DASHBOARD,
         ),
         GET_CALL_ANALYTICS,
     ),

@@ -10,6 +10,7 @@ from ..state import Method
 from . import (
     batch,
     call_placement,
+    events,
     external_calls,
     external_lines,
     followups,
@@ -33,6 +34,7 @@ METHODS: dict[str, Method] = {
     **reference.METHODS,
     **statistics.METHODS,
     **platform.METHODS,
+    **events.METHODS,
     **batch.METHODS,
 }
 

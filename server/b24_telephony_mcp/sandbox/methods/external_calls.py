@@ -1,5 +1,8 @@
 """telephony.externalCall.*, telephony.call.attachTranscription and the ``upload`` pseudo-method behind
-attachRecord's uploadUrl: registering, finishing, showing calls, their records and transcripts."""
+attachRecord's uploadUrl: registering, finishing, showing calls, their records and transcripts.
+
+A new call fires OnVoximplantCallInit and OnVoximplantCallStart, a finished one OnVoximplantCallEnd (helper
+registerExternalCall / finishExternalCall)."""
 
 from __future__ import annotations
 
@@ -14,10 +17,10 @@ from urllib.parse import quote, urlsplit
 
 from ..calls import Caller, Params
 from ..errors import ErrorSpec
+from ..events import Trigger, fire
 from ..php import isset, normalize_phone, php_bool, php_float, php_int, php_str, php_strtotime
 from ..records import (
     ActiveCall,
-    CrmEntity,
     ExternalLine,
     SandboxFile,
     StatisticRecord,
@@ -107,7 +110,17 @@ def search_crm_entities(portal: PortalState, params: Params, caller: Caller) -> 
     return result
 
 
+def rest_trigger(params: Params, caller: Caller) -> Trigger:
+    """What a REST call's events say caused them: the caller's user, app and ``auth_connector``."""
+    return Trigger(caller.user_id, caller.client_id, php_str(params.get("auth_connector")))
+
+
 def external_call_register(portal: PortalState, params: Params, caller: Caller) -> dict[str, Any]:
+    return register_call(portal, params, caller, rest_trigger(params, caller))
+
+
+def register_call(portal: PortalState, params: Params, caller: Caller, trigger: Trigger) -> dict[str, Any]:
+    """Helper::registerExternalCall, behind the REST method and the portal's own click-to-call."""
     # Validation order is the source's (methods.json source_notes).
     user_id = portal.resolve_user_id(params)
     if not user_id:
@@ -164,6 +177,15 @@ def external_call_register(portal: PortalState, params: Params, caller: Caller) 
     if show:
         call.shown_to.add(user_id)
     portal.calls[call.call_id] = call
+    init = {
+        "CALL_ID": call.call_id,
+        "CALL_TYPE": str(call_type),
+        "CALLER_ID": phone,
+        "REST_APP_ID": str(caller.app_id or ""),
+    }
+    fire(portal, "OnVoximplantCallInit", init, trigger)
+    # The source sends the start at once for an external call, not when someone answers (disagreements.md #9).
+    fire(portal, "OnVoximplantCallStart", {"CALL_ID": call.call_id, "USER_ID": str(user_id)}, trigger)
     return {
         "CALL_ID": call.call_id,
         "CRM_CREATED_LEAD": call.created_lead,
@@ -240,21 +262,17 @@ def _bind_crm(portal: PortalState, call: ActiveCall, params: Params) -> None:
 
 
 def _create_lead(portal: PortalState, call: ActiveCall, params: Params) -> None:
-    lead_id = max((e.id for e in portal.crm.values() if e.type == "LEAD"), default=200) + 1
     direction = "Outgoing" if call.incoming == 1 else "Incoming"
-    lead = CrmEntity(
-        "LEAD",
-        lead_id,
+    lead = portal.add_lead(
         f"+{call.caller_id} - {direction} call",
-        [f"+{call.caller_id}"],
+        f"+{call.caller_id}",
         assigned_by_id=call.user_id,
         source_id=php_str(params.get("CRM_SOURCE")) or "CALL",
-        created_by_call=call.call_id,
+        call_id=call.call_id,
     )
-    portal.crm[("LEAD", lead_id)] = lead
-    call.created_lead = lead_id
-    call.created_entities.append({"ENTITY_TYPE": "LEAD", "ENTITY_ID": lead_id})
-    call.crm_entity_type, call.crm_entity_id = "LEAD", lead_id
+    call.created_lead = lead.id
+    call.created_entities.append({"ENTITY_TYPE": "LEAD", "ENTITY_ID": lead.id})
+    call.crm_entity_type, call.crm_entity_id = "LEAD", lead.id
 
 
 def external_call_finish(portal: PortalState, params: Params, caller: Caller) -> dict[str, Any]:
@@ -306,7 +324,26 @@ def external_call_finish(portal: PortalState, params: Params, caller: Caller) ->
     )
     portal.statistics[call_id] = record
     del portal.calls[call_id]  # finished calls leave the active table, hence no dedupe after finish
+    fire(portal, "OnVoximplantCallEnd", _call_end_data(record), rest_trigger(params, caller))
     return record.as_result()
+
+
+def _call_end_data(record: StatisticRecord) -> dict[str, str]:
+    """OnVoximplantCallEnd's data (CVoxImplantHistory::sendCallEndEvent), strings as the handler receives them."""
+    return {
+        "CALL_ID": record.call_id,
+        "CALL_TYPE": str(record.incoming),
+        "PHONE_NUMBER": record.phone_number,
+        "PORTAL_NUMBER": record.portal_number,
+        "PORTAL_USER_ID": str(record.portal_user_id),
+        "CALL_DURATION": str(record.call_duration),
+        "CALL_START_DATE": record.call_start_date.astimezone().isoformat(timespec="seconds"),
+        "COST": f"{record.cost:.14g}",  # (string) of a PHP float: 0.0 -> "0", 1.5 -> "1.5"
+        "COST_CURRENCY": record.cost_currency,
+        "CALL_FAILED_CODE": record.call_failed_code,
+        "CALL_FAILED_REASON": record.call_failed_reason,
+        "CRM_ACTIVITY_ID": "" if record.crm_activity_id is None else str(record.crm_activity_id),
+    }
 
 
 def external_call_show(portal: PortalState, params: Params, caller: Caller) -> bool:

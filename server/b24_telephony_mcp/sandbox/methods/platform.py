@@ -1,4 +1,5 @@
-"""Platform methods every app and webhook may call (scope `basic`): app.info, scope, profile, server.time.
+"""Platform methods every app and webhook may call (scope `basic`): app.info, scope, profile, server.time; and
+user.get (scope `user`), which prompt argument completion reads users from.
 
 `doctor` checks a setup with them and `login` checks a fresh token pair with app.info.
 """
@@ -8,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from ..calls import BASIC_SCOPE, Caller, Params
+from ..calls import BASIC_SCOPE, Caller, Page, Params
 from ..php import php_bool
 from ..records import APP_ID
 from ..state import Method, PortalState, method_table
@@ -66,11 +67,34 @@ def server_time(portal: PortalState, params: Params, caller: Caller) -> str:
     return datetime.fromtimestamp(portal.clock()).astimezone().isoformat(timespec="seconds")
 
 
+def user_get(portal: PortalState, params: Params, caller: Caller) -> Page:
+    """The portal's users by ID, 50 a page; FILTER by ACTIVE (true/Y or false/N) and ID, the fields we use."""
+    wanted = params.get("FILTER") if isinstance(params.get("FILTER"), dict) else {}
+    users = sorted(portal.users.values(), key=lambda user: user.id)
+    if "ACTIVE" in wanted:
+        active = str(wanted["ACTIVE"]).upper() in ("1", "Y", "TRUE")
+        users = [user for user in users if user.active == active]
+    if "ID" in wanted:
+        users = [user for user in users if str(user.id) == str(wanted["ID"])]
+    rows = [
+        {
+            "ID": str(user.id),
+            "ACTIVE": user.active,
+            "NAME": user.name,
+            "LAST_NAME": user.last_name,
+            "UF_PHONE_INNER": user.phone_inner or "",
+        }
+        for user in users
+    ]
+    return Page.slice(rows, params.get("start"))
+
+
 METHODS = method_table(
     {
         "app.info": Method(app_info, scope=BASIC_SCOPE),
         "scope": Method(scope, scope=BASIC_SCOPE),
         "profile": Method(profile, scope=BASIC_SCOPE),
         "server.time": Method(server_time, scope=BASIC_SCOPE),
+        "user.get": Method(user_get, scope="user"),
     }
 )
