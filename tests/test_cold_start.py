@@ -1,21 +1,37 @@
-"""A start builds the models of the offered tools only: the others wait for their first use (defer_build)."""
+"""A start pays for the offered tools only: it imports the modules of the offered toolsets alone, and builds the
+models of the offered tools alone (the others wait for their first use, defer_build)."""
 
 from __future__ import annotations
 
+import ast
+import importlib
 import json
 import os
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
-from b24_telephony_mcp.tools.catalogue import ALL_TOOLS, select_tools
+import pytest
 
-# Runs the real command in a fresh interpreter (this one has built every model by now) on stdin that says
-# initialize, then tools/list, then ends; then prints, per model class, whether pydantic has built it.
+from b24_telephony_mcp.tools import catalogue
+from b24_telephony_mcp.tools.base import Toolset
+from b24_telephony_mcp.tools.catalogue import (
+    ALL_TOOLS,
+    DEFAULT_TOOLSETS,
+    TOOLSET_NAMES,
+    TOOLSET_TOOL_NAMES,
+    select_tools,
+)
+
+# Runs the real command in a fresh interpreter (this one has imported and built everything by now), which the test
+# tells initialize, then tools/list and whatever else it sends, one request after the other's answer, then ends; then
+# prints which toolset modules the run imported and, per model class, whether pydantic has built it.
 PROBE = """
 import json, sys, typing
 from pydantic import BaseModel
 from b24_telephony_mcp.commands import cli
-from b24_telephony_mcp.tools.catalogue import ALL_TOOLS
+from b24_telephony_mcp.tools import catalogue
 
 def models(annotation):
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
@@ -23,13 +39,15 @@ def models(annotation):
     for argument in typing.get_args(annotation):
         yield from models(argument)
 
-code = cli.main([])
-every = [model for spec in ALL_TOOLS for model in (spec.params, *models(spec.result))]
-built = {model.__qualname__: model.__pydantic_complete__ for model in every}
-results = {spec.name: [model.__qualname__ for model in models(spec.result)] for spec in ALL_TOOLS}
-print(json.dumps({"code": code, "built": built, "results": results}), file=sys.stderr)
+code = cli.main(sys.argv[1:])
+imported = [name for name in catalogue.TOOLSET_NAMES if f"b24_telephony_mcp.tools.{name}" in sys.modules]
+every = catalogue.ALL_TOOLS  # imports the rest (importing builds no model)
+every_model = [model for spec in every for model in (spec.params, *models(spec.result))]
+built = {model.__qualname__: model.__pydantic_complete__ for model in every_model}
+results = {spec.name: [model.__qualname__ for model in models(spec.result)] for spec in every}
+print(json.dumps({"code": code, "imported": imported, "built": built, "results": results}), file=sys.stderr)
 """
-MESSAGES = [
+HANDSHAKE = [
     {
         "jsonrpc": "2.0",
         "id": 1,
@@ -41,30 +59,43 @@ MESSAGES = [
 ]
 
 
-def test_start_builds_only_the_offered_tools_models() -> None:
+def probe(*args: str, then: tuple[dict[str, Any], ...] = ()) -> tuple[dict[int, Any], dict[str, Any]]:
+    """The answers by request id, and the probe's report."""
     env = {**os.environ, "B24_WEBHOOK_URL": "https://example.bitrix24.ru/rest/1/abc/", "B24_LOG_LEVEL": "WARNING"}
+    answers: dict[int, Any] = {}
     with subprocess.Popen(
-        [sys.executable, "-c", PROBE],
-        env=env,
+        [sys.executable, "-c", PROBE, *args],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        env=env,
         text=True,
-    ) as probe:
-        assert probe.stdin is not None and probe.stdout is not None and probe.stderr is not None
-        probe.stdin.write("".join(json.dumps(message) + "\n" for message in MESSAGES))
-        probe.stdin.flush()
-        # stdin ends only once tools/list is answered: an end read earlier would stop the server before it answers.
-        answer = next(answer for line in probe.stdout if (answer := json.loads(line)).get("id") == 2)
-        probe.stdin.close()
-        report = json.loads(probe.stderr.read().strip().splitlines()[-1])
-        probe.wait(60)
-    listed = {tool["name"] for tool in answer["result"]["tools"]}
-    assert report["code"] == 0
+    ) as process:
+        assert process.stdin is not None and process.stdout is not None
+        for message in (*HANDSHAKE, *then):
+            process.stdin.write(json.dumps(message) + "\n")
+            process.stdin.flush()
+            # The end of stdin ends the server, and with it any call still running: wait for each answer.
+            while "id" in message and message["id"] not in answers:
+                answer = json.loads(process.stdout.readline())
+                if "id" in answer:
+                    answers[answer["id"]] = answer
+        _, stderr = process.communicate(timeout=60)
+    report = json.loads(stderr.strip().splitlines()[-1])
+    assert report["code"] == 0, stderr
+    return answers, report
+
+
+def listed(answers: dict[int, Any]) -> list[str]:
+    return [tool["name"] for tool in answers[2]["result"]["tools"]]
+
+
+def test_start_builds_only_the_offered_tools_models() -> None:
+    answers, report = probe()
     built: dict[str, bool] = report["built"]
 
     offered = select_tools()
-    assert listed == {spec.name for spec in offered}
+    assert listed(answers) == [spec.name for spec in offered]
     # tools/list built each offered tool's params (its input schema comes from them).
     assert all(built[spec.params.__qualname__] for spec in offered)
 
@@ -75,3 +106,60 @@ def test_start_builds_only_the_offered_tools_models() -> None:
     unoffered = classes(spec for spec in ALL_TOOLS if spec not in offered) - classes(offered)
     assert unoffered, "the default selection should leave some tools' params unoffered"
     assert not [name for name in unoffered if built[name]]
+
+
+ENABLE_SIP = {
+    "jsonrpc": "2.0",
+    "id": 3,
+    "method": "tools/call",
+    "params": {"name": "enable_toolset", "arguments": {"toolset": "sip"}},
+}
+
+
+@pytest.mark.parametrize(
+    ("args", "then", "imported"),
+    [
+        ((), (), DEFAULT_TOOLSETS),
+        (("--toolsets", "users"), (), ("users",)),
+        # --tools: the modules of the named tools' toolsets, found by name without importing the others.
+        (("--tools", "list_sip_connections,get_call_followup"), (), ("sip", "followups")),
+        (("--dynamic-toolsets",), (), DEFAULT_TOOLSETS),
+        # enable_toolset imports the toolset it enables, and no other.
+        (("--dynamic-toolsets",), (ENABLE_SIP,), (*DEFAULT_TOOLSETS, "sip")),
+        (("--toolsets", "all"), (), TOOLSET_NAMES),
+    ],
+    ids=["default", "toolsets", "tools", "dynamic", "enable_toolset", "all"],
+)
+def test_start_imports_only_the_offered_toolsets_modules(
+    args: tuple[str, ...], then: tuple[dict[str, Any], ...], imported: tuple[str, ...]
+) -> None:
+    answers, report = probe(*args, then=then)
+    assert set(report["imported"]) == set(imported)
+    if then:
+        assert not answers[3]["result"].get("isError"), answers[3]
+    assert listed(answers)  # the start did serve tools/list
+
+
+TOOLS_DIR = Path(catalogue.__file__).parent
+
+
+def declares_a_toolset(path: Path) -> bool:
+    """The module assigns a module-level `TOOLSET` (read from its source: importing it is what is checked)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return any(
+        isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "TOOLSET" for t in node.targets)
+        for node in tree.body
+    )
+
+
+def test_the_catalogue_names_every_toolset_and_tool_as_its_module_declares_them() -> None:
+    # Every toolset module is in the catalogue, under its module's name...
+    modules = sorted(path.stem for path in TOOLS_DIR.glob("*.py") if declares_a_toolset(path))
+    assert modules == sorted(TOOLSET_NAMES)
+    assert set(DEFAULT_TOOLSETS) <= set(TOOLSET_NAMES)
+    # ...and its TOOLSET carries that name and exactly the catalogue's tool names, in the same order.
+    for name, tool_names in TOOLSET_TOOL_NAMES.items():
+        toolset = importlib.import_module(f"b24_telephony_mcp.tools.{name}").TOOLSET
+        assert isinstance(toolset, Toolset)
+        assert toolset.name == name
+        assert tuple(spec.name for spec in toolset.tools) == tool_names, name

@@ -41,7 +41,7 @@ from b24_telephony_mcp.config.wiring import (
     tool_context,
 )
 from b24_telephony_mcp.state.profiles import DEFAULT_PROFILE
-from b24_telephony_mcp.tools import DEFAULT_TOOLSETS, TOOLSETS
+from b24_telephony_mcp.tools import DEFAULT_TOOLSETS, TOOLSET_NAMES
 
 if TYPE_CHECKING:
     from b24_telephony_mcp.sandbox import RunningSandbox
@@ -68,7 +68,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--sandbox", action="store_true", help="serve against the built-in sandbox portal (no credentials needed)"
     )
     parser.add_argument("--profile", metavar="NAME", help=PROFILE_HELP)
-    toolsets = ", ".join(toolset.name for toolset in TOOLSETS)
+    toolsets = ", ".join(TOOLSET_NAMES)
     parser.add_argument(
         "--toolsets",
         type=split_names,

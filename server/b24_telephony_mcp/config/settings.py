@@ -25,7 +25,7 @@ from b24_telephony_mcp.state.profiles import (
     profile_store,
     read_profile,
 )
-from b24_telephony_mcp.tools import ToolSpec, UnknownNameError
+from b24_telephony_mcp.tools import ToolSpec, UnknownNameError, check_names
 from b24_telephony_mcp.tools.files import DEFAULT_MAX_MB, MIB, FilePolicy
 from b24_telephony_mcp.tools.offer import ToolOffer
 
@@ -97,11 +97,16 @@ class Selection:
     dynamic: bool = False
     """Also offer list_toolsets and enable_toolset, which add toolsets at run time."""
 
-    def offer(self) -> ToolOffer:
+    def check(self) -> None:
+        """Raises `ConfigError` for a toolset or tool name that does not exist; imports no toolset's module."""
         try:
-            return ToolOffer.select(self.toolsets, read_only=self.read_only, tools=self.tools, dynamic=self.dynamic)
+            check_names(self.toolsets, self.tools)
         except UnknownNameError as exc:
             raise ConfigError(f"{exc}.") from None
+
+    def offer(self) -> ToolOffer:
+        self.check()
+        return ToolOffer.select(self.toolsets, read_only=self.read_only, tools=self.tools, dynamic=self.dynamic)
 
     def tool_specs(self) -> tuple[ToolSpec, ...]:
         """The REST tools offered at the start (the local list_toolsets/enable_toolset call no portal)."""
@@ -157,7 +162,7 @@ def load_settings(
         tools=_names(env, "B24_TOOLS"),
         dynamic=_flag(env, "B24_DYNAMIC_TOOLSETS"),
     )
-    selection.offer()  # unknown names fail at start, not at the first tools/list
+    selection.check()  # unknown names fail at start, not at the first tools/list
     redis_url = _redis_url(env)
     return Settings(
         portal=portal or resolve_portal(env, profile),

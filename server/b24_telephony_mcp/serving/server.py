@@ -46,8 +46,9 @@ from b24_telephony_mcp.serving.client_log import ClientLog
 from b24_telephony_mcp.serving.confirmation import Confirmations, Confirmer, SharedApprovals, confirm_before_run
 from b24_telephony_mcp.serving.prompts import Prompts
 from b24_telephony_mcp.serving.views import Views
-from b24_telephony_mcp.tools import TOOLSETS, ToolContext, ToolSpec, select_tools
+from b24_telephony_mcp.tools import ToolContext, ToolSpec, select_tools
 from b24_telephony_mcp.tools.base import GIVEN_SIP_PASSWORDS, ToolRun, mask_secrets
+from b24_telephony_mcp.tools.catalogue import TOOLSET_TOOL_NAMES, load_toolset
 from b24_telephony_mcp.tools.offer import ToolOffer
 
 log = logging.getLogger(__name__)
@@ -64,10 +65,10 @@ def instructions_for(offer: ToolOffer) -> str:
     not offered, read-only mode, and the toolsets that are off, so the model can tell the user how to get them."""
     lines = [INSTRUCTIONS_HEAD]
     off: list[str] = []
-    for toolset in TOOLSETS:
-        if toolset.name not in offer.enabled and not any(spec.name in offer for spec in toolset.tools):
-            off.append(toolset.name)
-        elif toolset.instructions and (line := offer.only_offered(toolset.instructions, explain=False)):
+    for name, tools in TOOLSET_TOOL_NAMES.items():
+        if name not in offer.enabled and not any(tool in offer for tool in tools):
+            off.append(name)
+        elif (text := load_toolset(name).instructions) and (line := offer.only_offered(text, explain=False)):
             lines.append(line)
     if offer.read_only:
         lines.append("Read-only mode: tools that change the portal are not offered.")

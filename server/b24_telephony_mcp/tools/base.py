@@ -23,7 +23,7 @@ from b24_telephony_mcp.bitrix.batch import Command, CommandResult
 from b24_telephony_mcp.bitrix.errors import INVALID_ARGUMENTS
 from b24_telephony_mcp.common.redact import register_secret
 from b24_telephony_mcp.tools.files import FilePolicy
-from b24_telephony_mcp.tools.schema import lean_schema, property_names
+from b24_telephony_mcp.tools.schema import JsonDefaults, lean_schema, property_names
 
 if TYPE_CHECKING:
     from b24_telephony_mcp.state.journal import CallJournal
@@ -386,7 +386,7 @@ class ToolSpec:
         # `additionalProperties: false` only on an object declaring no properties (see lean_schema): unknown
         # arguments are refused here anyway, naming the valid ones (RestParams forbids extras), and the keyword on
         # every object costs context on every turn.
-        return lean_schema(self.params.model_json_schema(), closed=False)
+        return lean_schema(self.params.model_json_schema(schema_generator=JsonDefaults), closed=False)
 
     @cached_property
     def argument_names(self) -> frozenset[str]:
@@ -395,7 +395,8 @@ class ToolSpec:
 
     @cached_property
     def output_schema(self) -> dict[str, Any]:
-        properties: dict[str, Any] = {"result": lean_schema(TypeAdapter(self.result).json_schema(), keep_null=True)}
+        result = TypeAdapter(self.result).json_schema(schema_generator=JsonDefaults)
+        properties: dict[str, Any] = {"result": lean_schema(result, keep_null=True)}
         if self.paginated:
             properties |= {"total": {"type": "integer"}, "next": {"type": "integer"}}
         # Failures carry their details here too: an isError result whose structuredContent broke
@@ -441,8 +442,6 @@ class Toolset:
     name: str
     description: str
     tools: tuple[ToolSpec, ...]
-    default: bool = False
-    """On when no --toolsets is given."""
     instructions: str = ""
     """A line for the server's instructions while this toolset is offered."""
 

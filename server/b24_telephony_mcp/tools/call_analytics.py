@@ -14,7 +14,6 @@ calls are kept) so the answer stays small whatever the number of calls.
 from __future__ import annotations
 
 import math
-import statistics
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
@@ -203,6 +202,8 @@ class Tally:
             self.cost[currency] = self.cost.get(currency, 0.0) + cost
 
     def summary(self) -> dict[str, Any]:
+        import statistics  # on first use: a start, which defines this tool, need not import it
+
         ordered = sorted(self.durations)
         return {
             "calls": self.calls,

@@ -112,7 +112,6 @@ INFOCALL_HINTS: tuple[tuple[str, str], ...] = (
 TOOLSET = Toolset(
     name="call_placement",
     description="Place real, billed calls: callback and info-calls (text-to-speech or a sound file). Off by default.",
-    default=False,
     instructions=(
         "start_callback, start_infocall_with_text and start_infocall_with_sound ring real phones and are billed: "
         "use them only for a call the user asked for."

@@ -13,9 +13,9 @@ from pydantic import Field
 
 from b24_telephony_mcp.bitrix.errors import BitrixError
 from b24_telephony_mcp.tools.base import READS, NoParams, RestParams, RestResult, ToolRun, ToolSpec
-from b24_telephony_mcp.tools.catalogue import TOOLSETS, TOOLSETS_BY_NAME
+from b24_telephony_mcp.tools.catalogue import TOOLSET_NAMES, every_toolset, load_toolset
 
-ToolsetName = Literal[tuple(toolset.name for toolset in TOOLSETS)]  # type: ignore[valid-type]
+ToolsetName = Literal[TOOLSET_NAMES]  # type: ignore[valid-type]
 
 
 class ToolsetInfo(RestResult):
@@ -45,7 +45,7 @@ async def list_toolsets(_: NoParams, run: ToolRun) -> dict[str, Any]:
                 "enabled": toolset.name in offer.enabled,
                 "tools": [spec.name for spec in offer.offerable(toolset)],
             }
-            for toolset in TOOLSETS
+            for toolset in every_toolset()
         ]
     }
 
@@ -55,7 +55,7 @@ TOOLSET_NOT_ALLOWED = "TOOLSET_NOT_ALLOWED"
 
 async def enable_toolset(params: EnableToolsetParams, run: ToolRun) -> dict[str, Any]:
     offer = run.offered
-    asks_first = any(spec.confirm for spec in offer.offerable(TOOLSETS_BY_NAME[params.toolset]))
+    asks_first = any(spec.confirm for spec in offer.offerable(load_toolset(params.toolset)))
     if asks_first and not run.context.confirm_calls:
         # Billed calls nobody confirms (B24_CONFIRM_CALLS=0) are the operator's decision, never the model's.
         raise BitrixError(

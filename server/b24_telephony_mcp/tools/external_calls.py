@@ -320,7 +320,6 @@ TOOLSET = Toolset(
     name="external_calls",
     description="Calls through an external PBX or voice agent: register, finish, call card, recording, transcript, "
     "CRM lookup by phone.",
-    default=True,
     instructions="A finished call: log_external_call, once (a repeat with its EXTERNAL_CALL_ID is safe). A call in "
     "progress: register_external_call (keep CALL_ID), search_crm_entities_by_phone to identify the client, "
     "finish_external_call, then attach_external_call_record and attach_call_transcription.",

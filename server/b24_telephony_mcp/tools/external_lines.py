@@ -61,7 +61,6 @@ class ExternalLine(RestResult):
 TOOLSET = Toolset(
     name="external_lines",
     description="External PBX/provider lines of this application: add, update, list, delete.",
-    default=True,
     tools=(
         ToolSpec(
             name="add_external_line",

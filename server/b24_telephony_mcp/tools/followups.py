@@ -110,7 +110,6 @@ FIELD_HINTS = (
 TOOLSET = Toolset(
     name="followups",
     description="AI call follow-ups (REST 3.0): summaries, transcripts and the fields they have.",
-    default=False,
     tools=(
         ToolSpec(
             name="list_call_followups",

@@ -14,12 +14,14 @@ from collections.abc import Collection, Iterable, Iterator
 from b24_telephony_mcp.tools.base import OfferedTools, Toolset, ToolSpec
 from b24_telephony_mcp.tools.batch import RUN_BATCH
 from b24_telephony_mcp.tools.catalogue import (
-    TOOLS_BY_NAME,
-    TOOLSETS,
-    TOOLSETS_BY_NAME,
+    TOOL_NAMES,
+    TOOLSET_OF_TOOL,
+    TOOLSET_TOOL_NAMES,
+    every_toolset,
+    load_toolset,
     resolve_toolsets,
     select_tools,
-    toolset_of,
+    tool_spec,
 )
 from b24_telephony_mcp.tools.dynamic import DYNAMIC_TOOLS
 
@@ -45,7 +47,7 @@ class ToolOffer(OfferedTools):
         self.enabled: set[str] = (
             set(enabled)
             if enabled is not None
-            else {ts.name for ts in TOOLSETS if ts.tools and all(spec.name in chosen for spec in ts.tools)}
+            else {name for name, tools in TOOLSET_TOOL_NAMES.items() if tools and set(tools) <= chosen}
         )
         """Toolsets switched on (by the selection or enable_toolset); `--tools` may offer parts of others."""
         self.version = 0
@@ -86,20 +88,19 @@ class ToolOffer(OfferedTools):
 
     def possible(self) -> tuple[ToolSpec, ...]:
         """Every tool this server may come to offer: those offered now, and with dynamic toolsets the rest of every
-        toolset (read-only mode applied)."""
+        toolset (read-only mode applied), which imports every toolset's module."""
         if not self.dynamic:
             return tuple(self.values())
         batch = (self._specs[RUN_BATCH.name],) if RUN_BATCH.name in self._specs else ()
-        return (*(spec for toolset in TOOLSETS for spec in self.offerable(toolset)), *batch, *DYNAMIC_TOOLS)
+        return (*(spec for each in every_toolset() for spec in self.offerable(each)), *batch, *DYNAMIC_TOOLS)
 
     def offerable(self, toolset: Toolset) -> tuple[ToolSpec, ...]:
         """The tools of `toolset` this server may offer (read-only mode applied)."""
         return tuple(spec for spec in toolset.tools if spec.effect.read_only or not self.read_only)
 
     def enable(self, name: str) -> tuple[ToolSpec, ...]:
-        """Switch a toolset on; returns the tools that were not offered before."""
-        toolset = TOOLSETS_BY_NAME[name]
-        added = tuple(spec for spec in self.offerable(toolset) if spec.name not in self._specs)
+        """Switch a toolset on (importing its module); returns the tools that were not offered before."""
+        added = tuple(spec for spec in self.offerable(load_toolset(name)) if spec.name not in self._specs)
         self.enabled.add(name)
         if added:
             self._specs = self._ordered((*self._specs.values(), *added))
@@ -124,20 +125,20 @@ class ToolOffer(OfferedTools):
         return " ".join(kept)
 
     def _why_not_offered(self, name: str) -> str:
-        spec = TOOLS_BY_NAME.get(name)
-        if spec is None:  # a dynamic tool
+        toolset_name = TOOLSET_OF_TOOL.get(name)
+        if toolset_name is None:  # a dynamic tool
             return "The tool for that comes with --dynamic-toolsets."
-        toolset = toolset_of(spec)
+        spec = tool_spec(name)
         if self.read_only and not spec.effect.read_only:
             return "The tool for that changes the portal, and this server runs in read-only mode."
-        if self.dynamic and toolset.name not in self.enabled:
-            return f"The tool for that comes with toolset '{toolset.name}': enable_toolset adds it."
+        if self.dynamic and toolset_name not in self.enabled:
+            return f"The tool for that comes with toolset '{toolset_name}': enable_toolset adds it."
         if self.allowlist:
             return "The tool for that is not offered by this server (its --tools list leaves it out)."
-        return f"The tool for that is in toolset '{toolset.name}', which this server does not offer (--toolsets)."
+        return f"The tool for that is in toolset '{toolset_name}', which this server does not offer (--toolsets)."
 
 
-_POSITION = {name: index for index, name in enumerate(TOOLS_BY_NAME)}
-KNOWN_TOOL_NAMES = frozenset(TOOLS_BY_NAME) | {spec.name for spec in DYNAMIC_TOOLS}
+_POSITION = {name: index for index, name in enumerate(TOOL_NAMES)}
+KNOWN_TOOL_NAMES = frozenset(TOOL_NAMES) | {spec.name for spec in DYNAMIC_TOOLS}
 _TOOL_NAME = re.compile(r"\b(" + "|".join(sorted(map(re.escape, KNOWN_TOOL_NAMES), key=len, reverse=True)) + r")\b")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")

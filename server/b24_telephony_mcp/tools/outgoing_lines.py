@@ -44,7 +44,6 @@ async def set_and_check(params: LineIdParams, run: ToolRun) -> dict[str, Any]:
 TOOLSET = Toolset(
     name="outgoing_lines",
     description="Outgoing lines of the built-in telephony: list them, read and set the default.",
-    default=False,
     tools=(
         ToolSpec(
             name="list_outgoing_lines",

@@ -15,7 +15,6 @@ class TelephonyUrls(RestResult):
 TOOLSET = Toolset(
     name="reference",
     description="Reference data: text-to-speech voices, telephony settings page URLs.",
-    default=False,
     tools=(
         ToolSpec(
             name="list_tts_voices",

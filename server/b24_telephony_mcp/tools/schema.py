@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic.json_schema import GenerateJsonSchema
+
 _NULL = {"type": "null"}
 # Keywords whose value is a map of name -> schema, not a schema itself.
 _SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions")
@@ -79,3 +81,14 @@ def property_names(schema: dict[str, Any]) -> frozenset[str]:
             elif key in _SCHEMA_VALUES and isinstance(value, dict):
                 stack.append(value)
     return frozenset(names)
+
+
+class JsonDefaults(GenerateJsonSchema):
+    """pydantic's JSON schema generator, but a default that is JSON already (None, a bool, an int, a string) is
+    written as it is: the stock one builds a TypeAdapter for each default to encode it, a fifth of the time the
+    offered tools' schemas take at a start."""
+
+    def encode_default(self, dft: Any) -> Any:
+        if dft is None or type(dft) in (bool, int, str):
+            return dft
+        return super().encode_default(dft)

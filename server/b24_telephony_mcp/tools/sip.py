@@ -115,7 +115,6 @@ class SipConnectorStatus(RestResult):
 TOOLSET = Toolset(
     name="sip",
     description="SIP connections (office PBX and cloud SIP providers): add, update, list, delete, registration status.",
-    default=False,
     tools=(
         ToolSpec(
             name="add_sip_connection",

@@ -131,7 +131,6 @@ class StatisticParams(PagedParams, RowFieldsParams):
 TOOLSET = Toolset(
     name="statistics",
     description="Call statistics and analytics.",
-    default=True,
     tools=(
         ToolSpec(
             name="get_call_statistics",

@@ -46,7 +46,6 @@ class UserPhoneSettings(RestResult):
 TOOLSET = Toolset(
     name="users",
     description="Users' telephony settings and phone activation.",
-    default=False,
     tools=(
         ToolSpec(
             name="get_user_telephony_settings",
