@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
@@ -32,6 +33,9 @@ FAST_LIMITS = {"B24_RATE_LIMIT": "1000", "B24_RATE_BURST": "10000"}
 
 # A profiles directory that never exists, so a developer's own `login` profile is never picked up.
 NO_PROFILES = "/nonexistent/b24-telephony-mcp-tests"
+# One schema cache for the servers of a test run, never the developer's: the first start writes it, the rest
+# read it, so the suite runs the warm path a user's every start after the first takes.
+TEST_CACHE = tempfile.mkdtemp(prefix="b24-telephony-mcp-cache-")
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -39,6 +43,7 @@ def clean_env(**extra: str) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("B24_")}
     env["B24_LOG_LEVEL"] = "DEBUG"  # the most talkative logs are the ones to check for secrets
     env["XDG_CONFIG_HOME"] = NO_PROFILES
+    env["XDG_CACHE_HOME"] = TEST_CACHE
     env.update(extra)
     return env
 

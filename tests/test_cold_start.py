@@ -1,5 +1,6 @@
 """A start pays for the offered tools only: it imports the modules of the offered toolsets alone, and builds the
-models of the offered tools alone (the others wait for their first use, defer_build)."""
+models of the offered tools alone (the others wait for their first use, defer_build); the next start takes their
+schemas from the cache and builds none."""
 
 from __future__ import annotations
 
@@ -59,9 +60,14 @@ HANDSHAKE = [
 ]
 
 
-def probe(*args: str, then: tuple[dict[str, Any], ...] = ()) -> tuple[dict[int, Any], dict[str, Any]]:
-    """The answers by request id, and the probe's report."""
-    env = {**os.environ, "B24_WEBHOOK_URL": "https://example.bitrix24.ru/rest/1/abc/", "B24_LOG_LEVEL": "WARNING"}
+def probe(*args: str, cache: Path, then: tuple[dict[str, Any], ...] = ()) -> tuple[dict[int, Any], dict[str, Any]]:
+    """The answers by request id, and the probe's report; the schema cache under `cache` (XDG_CACHE_HOME)."""
+    env = {
+        **os.environ,
+        "B24_WEBHOOK_URL": "https://example.bitrix24.ru/rest/1/abc/",
+        "B24_LOG_LEVEL": "WARNING",
+        "XDG_CACHE_HOME": str(cache),
+    }
     answers: dict[int, Any] = {}
     with subprocess.Popen(
         [sys.executable, "-c", PROBE, *args],
@@ -90,8 +96,8 @@ def listed(answers: dict[int, Any]) -> list[str]:
     return [tool["name"] for tool in answers[2]["result"]["tools"]]
 
 
-def test_start_builds_only_the_offered_tools_models() -> None:
-    answers, report = probe()
+def test_start_builds_only_the_offered_tools_models(tmp_path: Path) -> None:
+    answers, report = probe(cache=tmp_path)
     built: dict[str, bool] = report["built"]
 
     offered = select_tools()
@@ -106,6 +112,34 @@ def test_start_builds_only_the_offered_tools_models() -> None:
     unoffered = classes(spec for spec in ALL_TOOLS if spec not in offered) - classes(offered)
     assert unoffered, "the default selection should leave some tools' params unoffered"
     assert not [name for name in unoffered if built[name]]
+
+
+def test_the_next_start_lists_the_same_schemas_from_the_cache_and_builds_no_model(tmp_path: Path) -> None:
+    first, _ = probe(cache=tmp_path)
+    [kept] = (tmp_path / "b24-telephony-mcp").glob("schemas-*.json")
+    second, report = probe(cache=tmp_path)
+    assert second[2] == first[2]
+    assert not [name for name, built in report["built"].items() if built], "the schemas came from the cache"
+    assert list((tmp_path / "b24-telephony-mcp").iterdir()) == [kept], "read, not written again"
+
+
+@pytest.mark.parametrize("damage", ["half a file", "not an object", "unwritable"])
+def test_a_damaged_or_unwritable_cache_only_costs_the_schemas_again(tmp_path: Path, damage: str) -> None:
+    expected, _ = probe(cache=tmp_path / "clean")
+    directory = tmp_path / "b24-telephony-mcp"
+    if damage == "unwritable":
+        directory.write_text("a file where the directory should be")
+    else:
+        directory.mkdir()
+        [clean] = (tmp_path / "clean" / "b24-telephony-mcp").glob("schemas-*.json")
+        text = clean.read_text()[:100] if damage == "half a file" else "[1, 2]"
+        (directory / clean.name).write_text(text)
+    answers, report = probe(cache=tmp_path)
+    assert answers[2] == expected[2]
+    assert any(report["built"].values()), "the schemas were made again"
+    if damage != "unwritable":
+        [repaired] = directory.glob("schemas-*.json")
+        assert json.loads(repaired.read_text()), "and kept for the next start"
 
 
 ENABLE_SIP = {
@@ -131,9 +165,9 @@ ENABLE_SIP = {
     ids=["default", "toolsets", "tools", "dynamic", "enable_toolset", "all"],
 )
 def test_start_imports_only_the_offered_toolsets_modules(
-    args: tuple[str, ...], then: tuple[dict[str, Any], ...], imported: tuple[str, ...]
+    args: tuple[str, ...], then: tuple[dict[str, Any], ...], imported: tuple[str, ...], tmp_path: Path
 ) -> None:
-    answers, report = probe(*args, then=then)
+    answers, report = probe(*args, then=then, cache=tmp_path)
     assert set(report["imported"]) == set(imported)
     if then:
         assert not answers[3]["result"].get("isError"), answers[3]

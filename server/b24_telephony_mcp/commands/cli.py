@@ -42,6 +42,7 @@ from b24_telephony_mcp.config.wiring import (
 )
 from b24_telephony_mcp.state.profiles import DEFAULT_PROFILE
 from b24_telephony_mcp.tools import DEFAULT_TOOLSETS, TOOLSET_NAMES
+from b24_telephony_mcp.tools.schema_cache import SCHEMAS
 
 if TYPE_CHECKING:
     from b24_telephony_mcp.sandbox import RunningSandbox
@@ -255,6 +256,7 @@ async def serve(args: argparse.Namespace, token: str | None) -> None:
 
     async with AsyncExitStack() as stack:
         settings = settings_for(args, stack)
+        SCHEMAS.locate(settings.cache_dir)
         offer = selection_from(args, settings.selection).offer()
         state = await open_state(settings)
         if state is not None:

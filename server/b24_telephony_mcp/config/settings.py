@@ -125,6 +125,8 @@ class Settings:
     """B24_CONFIRM_CALLS=0: billed calls are placed without asking the user first."""
     journal_file: Path = field(default_factory=lambda: state_dir(os.environ) / JOURNAL_NAME)
     """log_external_call's journal (SQLite), shared by every application this user runs."""
+    cache_dir: Path | None = None
+    """Where the tools' schemas are kept between starts (`$XDG_CACHE_HOME/b24-telephony-mcp`); None: not kept."""
     sandbox: bool = False
 
     @property
@@ -176,6 +178,7 @@ def load_settings(
         redis_url=redis_url,
         stateless_http=_flag(env, "B24_MCP_STATELESS") if env.get("B24_MCP_STATELESS") else redis_url is not None,
         journal_file=state_dir(env) / JOURNAL_NAME,
+        cache_dir=cache_dir(env),
     )
 
 
@@ -416,6 +419,11 @@ def default_token_file(portal_url: str, client_id: str, env: Mapping[str, str]) 
 
 
 JOURNAL_NAME = "call-journal.sqlite3"
+
+
+def cache_dir(env: Mapping[str, str]) -> Path:
+    """`$XDG_CACHE_HOME/b24-telephony-mcp` (default `~/.cache/b24-telephony-mcp`): what a start may reuse."""
+    return Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "b24-telephony-mcp"
 
 
 def state_dir(env: Mapping[str, str]) -> Path:

@@ -50,6 +50,7 @@ from b24_telephony_mcp.tools import ToolContext, ToolSpec, select_tools
 from b24_telephony_mcp.tools.base import GIVEN_SIP_PASSWORDS, ToolRun, mask_secrets
 from b24_telephony_mcp.tools.catalogue import TOOLSET_TOOL_NAMES, load_toolset
 from b24_telephony_mcp.tools.offer import ToolOffer
+from b24_telephony_mcp.tools.schema_cache import SCHEMAS
 
 log = logging.getLogger(__name__)
 
@@ -233,6 +234,7 @@ def build_server(
         nonlocal listing
         if listing[0] != offer.version:  # built once per change of the offer
             listing = (offer.version, ListToolsResult(tools=[mcp_tool(spec, offer) for spec in offer.values()]))
+            SCHEMAS.save()  # the schemas just made, for the next start
         return views.tools(ctx, listing[1])
 
     async def call_tool(

@@ -24,6 +24,7 @@ from b24_telephony_mcp.bitrix.errors import INVALID_ARGUMENTS
 from b24_telephony_mcp.common.redact import register_secret
 from b24_telephony_mcp.tools.files import FilePolicy
 from b24_telephony_mcp.tools.schema import JsonDefaults, lean_schema, property_names
+from b24_telephony_mcp.tools.schema_cache import SCHEMAS
 
 if TYPE_CHECKING:
     from b24_telephony_mcp.state.journal import CallJournal
@@ -259,6 +260,10 @@ class View:
         return (resources.files(__package__) / "views" / self.file).read_text(encoding="utf-8")
 
 
+def _qualified(model: type) -> str:
+    return f"{model.__module__}.{model.__qualname__}"
+
+
 @dataclass(frozen=True)
 class ToolSpec:
     name: str
@@ -386,7 +391,10 @@ class ToolSpec:
         # `additionalProperties: false` only on an object declaring no properties (see lean_schema): unknown
         # arguments are refused here anyway, naming the valid ones (RestParams forbids extras), and the keyword on
         # every object costs context on every turn.
-        return lean_schema(self.params.model_json_schema(schema_generator=JsonDefaults), closed=False)
+        return SCHEMAS.get(
+            f"input {_qualified(self.params)}",
+            lambda: lean_schema(self.params.model_json_schema(schema_generator=JsonDefaults), closed=False),
+        )
 
     @cached_property
     def argument_names(self) -> frozenset[str]:
@@ -395,6 +403,9 @@ class ToolSpec:
 
     @cached_property
     def output_schema(self) -> dict[str, Any]:
+        return SCHEMAS.get(f"output {self.result!r} paginated={self.paginated}", self._make_output_schema)
+
+    def _make_output_schema(self) -> dict[str, Any]:
         result = TypeAdapter(self.result).json_schema(schema_generator=JsonDefaults)
         properties: dict[str, Any] = {"result": lean_schema(result, keep_null=True)}
         if self.paginated:
