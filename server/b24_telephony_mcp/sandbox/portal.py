@@ -57,39 +57,9 @@ class SandboxPortal(PortalState):
 
     # --- what people do (the control surface; see actions.py) ---
 
-    def click_to_call(
-        self,
-        user_id: int,
-        phone: str,
-        *,
-        line_number: str | None = None,
-        crm_entity_type: str | None = None,
-        crm_entity_id: int | None = None,
-        is_mobile: bool = False,
-        call_list_id: int = 0,
-    ) -> dict[str, str]:
-        """User ``user_id`` clicks ``phone`` in CRM: a registered call and OnExternalCallStart (its data returned)."""
-        return actions.click_to_call(
-            self,
-            user_id,
-            phone,
-            line_number=line_number,
-            crm_entity_type=crm_entity_type,
-            crm_entity_id=crm_entity_id,
-            is_mobile=is_mobile,
-            call_list_id=call_list_id,
-        )
-
-    def submit_callback_form(
-        self,
-        phone: str,
-        *,
-        text: str = actions.CALLBACK_TEXT,
-        voice: str = actions.CALLBACK_VOICE,
-        line_number: str | None = None,
-    ) -> dict[str, str]:
-        """A site visitor orders a callback: OnExternalCallBackStart (its data returned)."""
-        return actions.submit_callback_form(self, phone, text=text, voice=voice, line_number=line_number)
+    # The actions take the portal first, so they are its methods as they are: one signature, kept in actions.py.
+    click_to_call = actions.click_to_call
+    submit_callback_form = actions.submit_callback_form
 
     # --- OAuth ---
 

@@ -283,14 +283,19 @@ def event_offline_get(portal: PortalState, params: Params, caller: Caller) -> di
     }
 
 
-def event_offline_clear(portal: PortalState, params: Params, caller: Caller) -> bool:
+def _reservation(portal: PortalState, params: Params, caller: Caller) -> tuple[Params, str, str]:
+    """What .clear and .error act on: the query (keys lower-cased), its required process_id, its auth_connector."""
     _require_app(caller)
     _require_admin(portal, caller)
     query = _lower_keys(params)
     process_id = _process_id(query)
-    connector = _auth_connector(params)
     if process_id is None:
         raise _argument(Msg.NULL, name="PROCESS_ID")
+    return query, process_id, _auth_connector(params)
+
+
+def event_offline_clear(portal: PortalState, params: Params, caller: Caller) -> bool:
+    query, process_id, connector = _reservation(portal, params, caller)
 
     def reserved(record: OfflineEvent) -> bool:
         return (record.process_id, record.app_id, record.connector_id) == (process_id, caller.app_id, connector)
@@ -307,13 +312,7 @@ def event_offline_clear(portal: PortalState, params: Params, caller: Caller) -> 
 
 
 def event_offline_error(portal: PortalState, params: Params, caller: Caller) -> bool:
-    _require_app(caller)
-    _require_admin(portal, caller)
-    query = _lower_keys(params)
-    process_id = _process_id(query)
-    connector = _auth_connector(params)
-    if process_id is None:
-        raise _argument(Msg.NULL, name="PROCESS_ID")
+    query, process_id, connector = _reservation(portal, params, caller)
     raw = query.get("message_id")
     if not isinstance(raw, list | dict):
         raise _argument(Msg.MESSAGE_IDS)
