@@ -230,6 +230,9 @@ def build_server(
         """What the other lists a client reads hold while the offer stands: they change with it."""
         return {"prompts": tuple(prompts.offered()), "resources": tuple(views.offered())}
 
+    # As last announced; read again only when the offer changed, not on every call.
+    announced_lists = lists_beside_tools() if changes is not None else {}
+
     async def list_tools(ctx: ServerRequestContext[Any], _params: PaginatedRequestParams | None) -> ListToolsResult:
         nonlocal listing
         if listing[0] != offer.version:  # built once per change of the offer
@@ -240,12 +243,13 @@ def build_server(
     async def call_tool(
         ctx: ServerRequestContext[Any], params: CallToolRequestParams
     ) -> CallToolResult | InputRequiredResult:
+        nonlocal announced_lists
         spec = offer.get(params.name)
         if spec is None:
             return error_result(
                 BitrixError(UNKNOWN_TOOL, f"no tool named {params.name!r}; available: {', '.join(offer)}")
             )
-        version, lists_before = offer.version, lists_beside_tools()
+        version = offer.version
         with client_log.collecting() as records:
             # report_progress is a no-op unless the client sent a progressToken.
             run = ToolRun(client, context, offer, ctx.session.report_progress)
@@ -253,8 +257,10 @@ def build_server(
         await client_log.send(ctx, records)
         if offer.version != version and changes is not None:
             server.instructions = instructions_for(offer)
-            changed = {name for name, now in lists_beside_tools().items() if now != lists_before[name]}
-            await announce_lists_changed(ctx, changes, ("tools", *sorted(changed)))
+            lists = lists_beside_tools()
+            changed = sorted(name for name, now in lists.items() if now != announced_lists[name])
+            announced_lists = lists
+            await announce_lists_changed(ctx, changes, ("tools", *changed))
         if isinstance(result, CallToolResult):  # not a question to the user (input_required): the call is done
             metrics.tool_call(spec.name, _error_code(result))
         return result
