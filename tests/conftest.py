@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -39,3 +40,17 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     """One real redis-server for the whole session; tests keep apart through their own portal (own keys)."""
     with RedisServer(tmp_path_factory.mktemp("redis")) as server:
         yield server
+
+
+# .ci/run installs everything a test needs (redis-server, Node.js, Chromium), so there a skip means a check that never
+# ran: it fails instead of passing quietly.
+SKIPS_FAIL = os.environ.get("TESTS_SKIPS_FAIL") == "1"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, object, None]:
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()  # type: ignore[attr-defined]
+    if SKIPS_FAIL and report.skipped and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = f"skipped where nothing may be (TESTS_SKIPS_FAIL=1): {report.longrepr}"
