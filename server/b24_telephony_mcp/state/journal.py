@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,6 +20,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio.to_thread
 
+from b24_telephony_mcp.state.sqlite_file import SqliteFile
+
 if TYPE_CHECKING:
     import sqlite3
 
@@ -29,8 +29,6 @@ if TYPE_CHECKING:
 
 TTL = 7 * 24 * 3600.0
 """Entries are forgotten a week after their last change (the issue's retention; longer than any retry)."""
-_BUSY_TIMEOUT = 10.0
-"""Seconds a statement waits for another process's write (and the journal's setup for another's)."""
 
 
 @dataclass(frozen=True)
@@ -73,52 +71,21 @@ CREATE TABLE IF NOT EXISTS calls (
 
 
 class SqliteCallJournal:
-    """The journal in an SQLite file (created 0600 in a 0700 directory: results hold phone numbers).
-
-    One connection per process, opened on first use and kept: closing the last connection to a WAL database
-    checkpoints it, which would cost a few fsyncs per operation. Each statement commits on its own (fully
-    synced), and the compare-and-set is a single statement, so processes sharing the file never both win."""
+    """The journal in an SQLite file of the state directory (`SqliteFile`). The compare-and-set is a single
+    statement, so processes sharing the file never both win."""
 
     def __init__(self, path: Path, ttl: float = TTL, clock: Any = time.time) -> None:
         self.path = path
         self.ttl = ttl
         self._clock = clock
-        self._db: sqlite3.Connection | None = None
-        self._lock = threading.Lock()  # the connection is used from worker threads, one at a time
-
-    def _connect(self) -> sqlite3.Connection:
-        if self._db is None:
-            import sqlite3  # here, so a server that never logs a call does not load it at start
-
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            if not self.path.exists():
-                os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
-            db = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
-            deadline = time.monotonic() + _BUSY_TIMEOUT
-            while True:
-                try:
-                    self._prepare(db)
-                    break
-                except sqlite3.OperationalError as exc:
-                    # Two processes opening a new file both switch it to WAL: SQLite refuses one at once, without
-                    # waiting (it would deadlock), so the loser tries again. Nothing is written until this passes.
-                    if "locked" not in str(exc) or time.monotonic() > deadline:
-                        db.close()
-                        raise
-                    time.sleep(0.02)
-            self._db = db
-        return self._db
+        self._file = SqliteFile(path, self._prepare)
 
     def _prepare(self, db: sqlite3.Connection) -> None:
-        db.execute("PRAGMA journal_mode=WAL")
         db.execute(_SCHEMA)
         self._expire(db)  # once per process: old entries never pile up
 
     def close(self) -> None:
-        with self._lock:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
+        self._file.close()
 
     async def load(self, application: str, external_call_id: str) -> JournalRecord | None:
         return await anyio.to_thread.run_sync(self._load, application, external_call_id)
@@ -130,22 +97,17 @@ class SqliteCallJournal:
         return await anyio.to_thread.run_sync(self._expire_now)
 
     def _load(self, application: str, external_call_id: str) -> JournalRecord | None:
-        with self._lock:
-            row = (
-                self._connect()
-                .execute(
-                    "SELECT entry, revision FROM calls WHERE application = ? AND external_call_id = ? AND saved_at > ?",
-                    (application, external_call_id, self._clock() - self.ttl),
-                )
-                .fetchone()
-            )
+        with self._file.connection() as db:
+            row = db.execute(
+                "SELECT entry, revision FROM calls WHERE application = ? AND external_call_id = ? AND saved_at > ?",
+                (application, external_call_id, self._clock() - self.ttl),
+            ).fetchone()
         return None if row is None else JournalRecord(json.loads(row[0]), row[1])
 
     def _save(self, application: str, external_call_id: str, entry: dict[str, Any], revision: int) -> bool:
         text = json.dumps(entry, ensure_ascii=False, separators=(",", ":"))
         now = self._clock()
-        with self._lock:
-            db = self._connect()
+        with self._file.connection() as db:
             if revision == 0:
                 # An expired entry counts as none: replace it.
                 cursor = db.execute(
@@ -162,8 +124,8 @@ class SqliteCallJournal:
             return cursor.rowcount == 1
 
     def _expire_now(self) -> int:
-        with self._lock:
-            return self._expire(self._connect())
+        with self._file.connection() as db:
+            return self._expire(db)
 
     def _expire(self, db: sqlite3.Connection) -> int:
         return db.execute("DELETE FROM calls WHERE saved_at <= ?", (self._clock() - self.ttl,)).rowcount
