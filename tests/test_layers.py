@@ -25,6 +25,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("config",),
     ("prompts",),
     ("tools",),
+    ("events",),
     ("state",),
     ("bitrix",),
     ("common",),

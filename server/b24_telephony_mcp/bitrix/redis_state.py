@@ -133,6 +133,10 @@ class RedisState:
         """The token pair of this portal and application, shared with every replica serving them."""
         return RedisPairStore(self, self.key("app", digest(portal_url, client_id)), lease)
 
+    def lease(self, *name: str) -> RedisLease:
+        """A lease one replica at a time holds (draining a portal's events), under `name`."""
+        return RedisLease(self, self.key("lease", *name))
+
     async def approvals(self) -> RedisApprovals:
         """What confirmations need across replicas: one sealing key for all (made by whichever replica asks first)
         and the record of each yes spent."""
@@ -278,3 +282,25 @@ class RedisApprovals:
         name = self._state.key("approval", hashlib.sha256(question_id.encode()).hexdigest()[:32])
         async with self._state.failures("recording the user's confirmation"):
             return bool(await self._state.redis.set(name, "1", nx=True, px=int(seconds * 1000)))
+
+
+class RedisLease:
+    """Held by one replica until it stops renewing it: `hold` takes it when free, or renews it when this replica
+    holds it; a killed holder's lease expires, and another replica takes it on its next `hold`."""
+
+    def __init__(self, state: RedisState, key: str) -> None:
+        self._state = state
+        self.key = key
+        self._owner = secrets.token_hex(16)
+
+    async def hold(self, seconds: float) -> bool:
+        lease_ms = int(seconds * 1000)
+        async with self._state.failures("taking a lease"):
+            if await self._state.redis.set(self.key, self._owner, nx=True, px=lease_ms):
+                return True
+            return bool(await self._state._renew_lock(keys=[self.key], args=[self._owner, lease_ms]))
+
+    async def release(self) -> None:
+        with contextlib.suppress(BitrixError):  # unreleased, it expires
+            async with self._state.failures("releasing a lease"):
+                await self._state._release_lock(keys=[self.key], args=[self._owner])

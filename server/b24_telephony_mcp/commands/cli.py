@@ -35,6 +35,7 @@ from b24_telephony_mcp.config.settings import (
 from b24_telephony_mcp.config.wiring import (
     build_client,
     is_ready,
+    open_event_hub,
     open_journal,
     open_state,
     shared_approvals,
@@ -266,7 +267,11 @@ async def serve(args: argparse.Namespace, token: str | None) -> None:
 
         journal = open_journal(settings, state)
         stack.callback(journal.close)
-        server = build_server(client, tool_context(settings, journal), offer, await shared_approvals(state))
+        events = open_event_hub(settings, client, state) if offer.may_offer("events") else None
+        if events is not None:
+            stack.callback(events.store.close)
+            await stack.enter_async_context(events.running())  # drains once the events are offered
+        server = build_server(client, tool_context(settings, journal, events), offer, await shared_approvals(state))
         if args.transport == "stdio":
             async with stdio_server() as (read_stream, write_stream):
                 await server.run(read_stream, write_stream, server.create_initialization_options())

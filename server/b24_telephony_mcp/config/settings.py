@@ -16,6 +16,8 @@ from b24_telephony_mcp.bitrix import TokenPair, TokenStore
 from b24_telephony_mcp.bitrix.limits import DEFAULT_BURST, DEFAULT_RATE
 from b24_telephony_mcp.bitrix.locations import check_redis_url, digest
 from b24_telephony_mcp.common.net import is_loopback_host
+from b24_telephony_mcp.events.drain import BUSY_SECONDS, IDLE_SECONDS
+from b24_telephony_mcp.events.store import RETENTION_DAYS
 from b24_telephony_mcp.state.profiles import (
     DEFAULT_PROFILE,
     SANDBOX_PROFILE,
@@ -114,6 +116,19 @@ class Selection:
 
 
 @dataclass(frozen=True)
+class EventSettings:
+    """How the events are heard and kept (B24_EVENT_*, B24_APPLICATION_TOKEN)."""
+
+    retention_days: float = RETENTION_DAYS
+    poll_idle: float = IDLE_SECONDS
+    """Seconds between reads of the portal's offline queue while nobody waits for events."""
+    poll_waiting: float = BUSY_SECONDS
+    """The same while get_telephony_events waits."""
+    application_tokens: tuple[str, ...] = field(default=(), repr=False)
+    """What an online post's auth[application_token] must be (the application's installation gives it)."""
+
+
+@dataclass(frozen=True)
 class Settings:
     portal: WebhookConfig | AppConfig
     files: FilePolicy = field(default_factory=FilePolicy)
@@ -125,6 +140,9 @@ class Settings:
     """B24_CONFIRM_CALLS=0: billed calls are placed without asking the user first."""
     journal_file: Path = field(default_factory=lambda: state_dir(os.environ) / JOURNAL_NAME)
     """log_external_call's journal (SQLite), shared by every application this user runs."""
+    events_file: Path = field(default_factory=lambda: state_dir(os.environ) / EVENTS_NAME)
+    """The events heard (SQLite) when there is no Redis."""
+    events: EventSettings = field(default_factory=lambda: EventSettings())
     cache_dir: Path | None = None
     """Where the tools' schemas are kept between starts (`$XDG_CACHE_HOME/b24-telephony-mcp`); None: not kept."""
     sandbox: bool = False
@@ -178,6 +196,13 @@ def load_settings(
         redis_url=redis_url,
         stateless_http=_flag(env, "B24_MCP_STATELESS") if env.get("B24_MCP_STATELESS") else redis_url is not None,
         journal_file=state_dir(env) / JOURNAL_NAME,
+        events_file=state_dir(env) / EVENTS_NAME,
+        events=EventSettings(
+            retention_days=_number(env, "B24_EVENT_RETENTION_DAYS", RETENTION_DAYS),
+            poll_idle=_number(env, "B24_EVENT_POLL_IDLE", IDLE_SECONDS),
+            poll_waiting=_number(env, "B24_EVENT_POLL_WAITING", BUSY_SECONDS),
+            application_tokens=split_names(env.get("B24_APPLICATION_TOKEN", "")),
+        ),
         cache_dir=cache_dir(env),
     )
 
@@ -419,6 +444,7 @@ def default_token_file(portal_url: str, client_id: str, env: Mapping[str, str]) 
 
 
 JOURNAL_NAME = "call-journal.sqlite3"
+EVENTS_NAME = "events.sqlite3"
 
 
 def cache_dir(env: Mapping[str, str]) -> Path:

@@ -7,12 +7,14 @@ from typing import TYPE_CHECKING
 
 from b24_telephony_mcp.bitrix import BitrixClient, BitrixError, OAuthAuth, TokenPair, TokenStore, WebhookAuth
 from b24_telephony_mcp.bitrix.pair_store import FilePairStore, PairStore
+from b24_telephony_mcp.common.redact import register_secret
 from b24_telephony_mcp.config.settings import AppConfig, ConfigError, Settings, WebhookConfig, application_key
 from b24_telephony_mcp.state.journal import CallJournal, RedisCallJournal, SqliteCallJournal
 from b24_telephony_mcp.tools import ToolContext
 
 if TYPE_CHECKING:
     from b24_telephony_mcp.bitrix.redis_state import RedisApprovals, RedisState
+    from b24_telephony_mcp.events.hub import EventHub
 
 
 async def open_state(settings: Settings) -> RedisState | None:
@@ -101,7 +103,34 @@ def open_journal(settings: Settings, state: RedisState | None) -> CallJournal:
     return RedisCallJournal(state) if state is not None else SqliteCallJournal(settings.journal_file)
 
 
-def tool_context(settings: Settings, journal: CallJournal) -> ToolContext:
+def open_event_hub(settings: Settings, client: BitrixClient, state: RedisState | None) -> EventHub:
+    """The application's events on this portal: kept in Redis when replicas share it (one replica drains the
+    offline queue at a time, under a lease), else in the state directory's SQLite file; drained only with an
+    application's token (a webhook cannot read the offline queue)."""
+    from b24_telephony_mcp.events.drain import OfflineDrainer
+    from b24_telephony_mcp.events.hub import EventHub
+    from b24_telephony_mcp.events.store import DAY, RedisEventStore, SqliteEventStore
+
+    for token in settings.events.application_tokens:
+        register_secret(token)
+    retention = settings.events.retention_days * DAY
+    portal = application_key(settings.portal)
+    store = (
+        RedisEventStore(state, retention) if state is not None else SqliteEventStore(settings.events_file, retention)
+    )
+    hub = EventHub(store, portal)
+    if isinstance(client.auth, OAuthAuth):
+        hub.drainer = OfflineDrainer(
+            client,
+            hub.ingest,
+            idle=settings.events.poll_idle,
+            busy=settings.events.poll_waiting,
+            lease=state.lease("events", portal) if state is not None else None,
+        )
+    return hub
+
+
+def tool_context(settings: Settings, journal: CallJournal, events: EventHub | None = None) -> ToolContext:
     """What the tools get beyond their arguments, from the settings."""
     return ToolContext(
         settings.files,
@@ -109,4 +138,5 @@ def tool_context(settings: Settings, journal: CallJournal) -> ToolContext:
         confirm_calls=settings.confirm_calls,
         journal=journal,
         application=application_key(settings.portal),
+        events=events,
     )

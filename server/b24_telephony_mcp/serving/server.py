@@ -27,12 +27,17 @@ from mcp_types import (
     CallToolRequestParams,
     CallToolResult,
     InputRequiredResult,
+    ListResourcesResult,
     ListToolsResult,
     PaginatedRequestParams,
+    ReadResourceRequestParams,
+    ReadResourceResult,
     SetLevelRequestParams,
+    SubscribeRequestParams,
     TextContent,
     Tool,
     ToolAnnotations,
+    UnsubscribeRequestParams,
 )
 from pydantic import ValidationError
 
@@ -44,6 +49,7 @@ from b24_telephony_mcp.common.redact import redact
 from b24_telephony_mcp.prompts.completions import Completer
 from b24_telephony_mcp.serving.client_log import ClientLog
 from b24_telephony_mcp.serving.confirmation import Confirmations, Confirmer, SharedApprovals, confirm_before_run
+from b24_telephony_mcp.serving.event_resource import EVENTS_URI, EventResource
 from b24_telephony_mcp.serving.prompts import Prompts
 from b24_telephony_mcp.serving.views import Views
 from b24_telephony_mcp.tools import ToolContext, ToolSpec, select_tools
@@ -55,6 +61,8 @@ from b24_telephony_mcp.tools.schema_cache import SCHEMAS
 log = logging.getLogger(__name__)
 
 SERVER_NAME = "b24-telephony-mcp"
+EVENTS_TOOL = "get_telephony_events"
+"""While it is offered, so is the events resource."""
 
 INSTRUCTIONS_HEAD = (
     "Bitrix24 telephony. Failed calls return isError with the Bitrix24 code, a hint and whether a retry can help."
@@ -217,8 +225,18 @@ def build_server(
     """The MCP server offering `tools` (default: the default toolsets); `approvals` when replicas share state."""
     offer = tools if isinstance(tools, ToolOffer) else ToolOffer(select_tools() if tools is None else tools)
     client_log = ClientLog()
-    # 2026-07-28 clients learn of a changed list through `subscriptions/listen`; handshake clients by notification.
-    changes = InMemorySubscriptionBus() if offer.dynamic else None
+    # The portal's events as a resource (event_resource.py), while the events toolset is or may be offered.
+    hub = context.events if offer.may_offer("events") else None
+    # 2026-07-28 clients learn of a changed list or resource through `subscriptions/listen`; handshake clients by
+    # notification.
+    changes = InMemorySubscriptionBus() if offer.dynamic or hub is not None else None
+    event_resource = EventResource(hub, changes) if hub is not None and changes is not None else None
+
+    def activate_events() -> None:
+        if hub is not None and EVENTS_TOOL in offer:
+            hub.activate()  # the events are offered: drain the portal's offline queue from now on
+
+    activate_events()
     listing = (-1, ListToolsResult(tools=[]))
     # Asking the user before tools that declare `confirm` (confirmation.py); replicas share what that needs.
     confirmations = Confirmations(approvals)
@@ -228,7 +246,8 @@ def build_server(
 
     def lists_beside_tools() -> dict[str, tuple[str, ...]]:
         """What the other lists a client reads hold while the offer stands: they change with it."""
-        return {"prompts": tuple(prompts.offered()), "resources": tuple(views.offered())}
+        resources = (*views.offered(), *((EVENTS_URI,) if event_resource is not None and EVENTS_TOOL in offer else ()))
+        return {"prompts": tuple(prompts.offered()), "resources": resources}
 
     # As last announced; read again only when the offer changed, not on every call.
     announced_lists = lists_beside_tools() if changes is not None else {}
@@ -256,6 +275,7 @@ def build_server(
             result = await run_tool(spec, params.arguments or {}, run, confirmations.confirmer(ctx, params))
         await client_log.send(ctx, records)
         if offer.version != version and changes is not None:
+            activate_events()
             server.instructions = instructions_for(offer)
             lists = lists_beside_tools()
             changed = sorted(name for name, now in lists.items() if now != announced_lists[name])
@@ -279,9 +299,34 @@ def build_server(
     )
     confirmations.protect(server)  # a 2026-07-28 confirmation counts only for a question this process asked
     views.advertise(server)
+    if event_resource is not None:
+        serve_event_resource(server, views, event_resource, offer)
     # Registered rather than passed as on_set_logging_level, which warns that 2026-07-28 deprecates it.
     server.add_request_handler("logging/setLevel", SetLevelRequestParams, client_log.set_level)
     return server
+
+
+def serve_event_resource(server: Server[Any], views: Views, events: EventResource, offer: ToolOffer) -> None:
+    """`b24://telephony/events` beside the views' pages in resources/list and /read, while get_telephony_events is
+    offered, and resources/subscribe for it."""
+
+    async def list_resources(
+        ctx: ServerRequestContext[Any], params: PaginatedRequestParams | None
+    ) -> ListResourcesResult:
+        listing = await views.list_resources(ctx, params)
+        if EVENTS_TOOL in offer:
+            listing = listing.model_copy(update={"resources": [*listing.resources, events.resource()]})
+        return listing
+
+    async def read_resource(ctx: ServerRequestContext[Any], params: ReadResourceRequestParams) -> ReadResourceResult:
+        if str(params.uri) == EVENTS_URI and EVENTS_TOOL in offer:
+            return await events.read()
+        return await views.read_resource(ctx, params)
+
+    server.add_request_handler("resources/list", PaginatedRequestParams, list_resources)
+    server.add_request_handler("resources/read", ReadResourceRequestParams, read_resource)
+    server.add_request_handler("resources/subscribe", SubscribeRequestParams, events.subscribe)
+    server.add_request_handler("resources/unsubscribe", UnsubscribeRequestParams, events.unsubscribe)
 
 
 # Per list a client reads: the handshake-protocol notification, and the 2026-07-28 `subscriptions/listen` event.

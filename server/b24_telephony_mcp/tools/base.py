@@ -27,6 +27,7 @@ from b24_telephony_mcp.tools.schema import JsonDefaults, lean_schema, property_n
 from b24_telephony_mcp.tools.schema_cache import SCHEMAS
 
 if TYPE_CHECKING:
+    from b24_telephony_mcp.events.hub import EventHub
     from b24_telephony_mcp.state.journal import CallJournal
 
 META_METHOD_KEY = "b24/method"
@@ -175,6 +176,8 @@ class ToolContext:
     """Where log_external_call remembers its steps (None: it refuses to run, as it cannot be idempotent)."""
     application: str = ""
     """Which application (portal + client id, or webhook) the journal's entries belong to."""
+    events: EventHub | None = None
+    """The portal's events (the events toolset); None when this server keeps none."""
 
 
 Prepare = Callable[[Any, ToolContext], Awaitable[dict[str, Any]]]

@@ -47,6 +47,7 @@ TOOLSET_TOOL_NAMES: dict[str, tuple[str, ...]] = {
     "statistics": ("get_call_statistics", "get_call_analytics"),
     "reference": ("list_tts_voices", "get_telephony_urls"),
     "followups": ("list_call_followups", "get_call_followup", "list_call_followup_fields", "get_call_followup_field"),
+    "events": ("watch_telephony_events", "get_telephony_events"),
 }
 """Toolset name -> its tools' names, both in declaration order (the order of tools/list)."""
 TOOLSET_NAMES: tuple[str, ...] = tuple(TOOLSET_TOOL_NAMES)

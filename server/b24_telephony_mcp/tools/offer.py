@@ -94,6 +94,10 @@ class ToolOffer(OfferedTools):
         batch = (self._specs[RUN_BATCH.name],) if RUN_BATCH.name in self._specs else ()
         return (*(spec for each in every_toolset() for spec in self.offerable(each)), *batch, *DYNAMIC_TOOLS)
 
+    def may_offer(self, toolset: str) -> bool:
+        """Whether a tool of `toolset` is offered or may come to be (enable_toolset); imports no toolset's module."""
+        return self.dynamic or any(name in self._specs for name in TOOLSET_TOOL_NAMES[toolset])
+
     def offerable(self, toolset: Toolset) -> tuple[ToolSpec, ...]:
         """The tools of `toolset` this server may offer (read-only mode applied)."""
         return tuple(spec for spec in toolset.tools if spec.effect.read_only or not self.read_only)
