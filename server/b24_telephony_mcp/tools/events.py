@@ -51,8 +51,8 @@ class WatchParams(RestParams):
 
 class Binding(RestResult):
     event: str
-    handler: str
-    auth_type: int | None = None
+    handler: str | None = None
+    """Online bindings only."""
     offline: int | None = None
 
 
