@@ -56,6 +56,11 @@ COMPOSITES = {
     "run_batch": (False, True, False),
     # Reads only: statistic pages, through batch requests.
     "get_call_analytics": (True, False, True),
+    # The events (issue 13) are the platform's event.* methods, not in methods.json's telephony scope.
+    # Binding twice changes nothing more; unbinding removes a binding.
+    "watch_telephony_events": (False, True, True),
+    # Reads the server's event store (the offline queue is drained beside it, whoever reads).
+    "get_telephony_events": (True, False, True),
 }
 
 
