@@ -34,12 +34,12 @@ from b24_telephony_mcp.config.settings import (
 )
 from b24_telephony_mcp.config.wiring import (
     build_client,
+    fixed_connection,
     is_ready,
     open_event_hub,
     open_journal,
     open_state,
     shared_approvals,
-    tool_context,
 )
 from b24_telephony_mcp.state.profiles import DEFAULT_PROFILE
 from b24_telephony_mcp.tools import DEFAULT_TOOLSETS, TOOLSET_NAMES
@@ -271,7 +271,7 @@ async def serve(args: argparse.Namespace, token: str | None) -> None:
         if events is not None:
             stack.callback(events.store.close)
             await stack.enter_async_context(events.running())  # drains once the events are offered
-        server = build_server(client, tool_context(settings, journal, events), offer, await shared_approvals(state))
+        server = build_server(fixed_connection(settings, client, journal, events), offer, await shared_approvals(state))
         if args.transport == "stdio":
             async with stdio_server() as (read_stream, write_stream):
                 await server.run(read_stream, write_stream, server.create_initialization_options())

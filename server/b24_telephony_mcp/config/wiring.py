@@ -11,6 +11,7 @@ from b24_telephony_mcp.common.redact import register_secret
 from b24_telephony_mcp.config.settings import AppConfig, ConfigError, Settings, WebhookConfig, application_key
 from b24_telephony_mcp.state.journal import CallJournal, RedisCallJournal, SqliteCallJournal
 from b24_telephony_mcp.tools import ToolContext
+from b24_telephony_mcp.tools.connection import Connection, FixedConnection
 
 if TYPE_CHECKING:
     from b24_telephony_mcp.bitrix.redis_state import RedisApprovals, RedisState
@@ -140,3 +141,11 @@ def tool_context(settings: Settings, journal: CallJournal, events: EventHub | No
         application=application_key(settings.portal),
         events=events,
     )
+
+
+def fixed_connection(
+    settings: Settings, client: BitrixClient, journal: CallJournal, events: EventHub | None = None
+) -> FixedConnection:
+    """The one portal connection of a process serving one portal (stdio, webhook, static-bearer HTTP)."""
+    context = tool_context(settings, journal, events)
+    return FixedConnection(Connection(client, context, key=context.application))

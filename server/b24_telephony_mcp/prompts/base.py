@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Source:
-    """Values of an argument read from the portal (through the server's one client: its limits, its auth)."""
+    """Values of an argument read from the portal (through the request's connection: its limits, its auth)."""
 
     method: str
     params: Mapping[str, object]

@@ -1,5 +1,8 @@
 """Argument completion: fixed choices, or values read from the portal, cached briefly, filtered by what was typed.
 
+The portal is the one of the request's connection; its values are cached per connection, so a caller never sees
+values read with another caller's rights.
+
 A portal that fails (no scope, no rights, down) completes nothing: the input box of the client must keep working.
 """
 
@@ -13,6 +16,7 @@ from dataclasses import dataclass
 
 from b24_telephony_mcp.bitrix import BitrixClient, BitrixError
 from b24_telephony_mcp.prompts.base import Argument, Source
+from b24_telephony_mcp.tools.connection import Connections
 
 log = logging.getLogger(__name__)
 
@@ -43,21 +47,28 @@ _FAILED = _Read([], complete=True)
 
 
 class Completer:
-    """Completes arguments with the values of one portal connection."""
+    """Completes arguments with the values of the request's portal connection."""
 
-    def __init__(self, client: BitrixClient, clock: Callable[[], float] = time.monotonic) -> None:
-        self._client = client
+    def __init__(self, connections: Connections, clock: Callable[[], float] = time.monotonic) -> None:
+        self._connections = connections
         self._clock = clock
-        self._cache: dict[str, tuple[float, _Read]] = {}
+        self._cache: dict[tuple[str, str], tuple[float, _Read]] = {}
+        """(connection key, method) -> (expiry, values)."""
 
     async def complete(self, argument: Argument, typed: str) -> Values:
         """The values of `argument` that `typed` begins (or begins a word of), fixed choices first."""
         values = list(argument.choices)
         complete = True
-        for source in argument.sources:
-            read = await self._values(source)
-            values.extend(value for value in read.values if value not in values)
-            complete = complete and read.complete
+        if argument.sources:
+            try:
+                connection = await self._connections.current()
+            except BitrixError as exc:  # no connection for this request: the fixed choices alone
+                log.info("completion without a connection: %s %s", exc.code, exc.description)
+            else:
+                for source in argument.sources:
+                    read = await self._values(connection.client, connection.key, source)
+                    values.extend(value for value in read.values if value not in values)
+                    complete = complete and read.complete
         matching = [value for value in values if _matches(value, typed)]
         return Values(
             matching[:MAX_VALUES],
@@ -65,24 +76,28 @@ class Completer:
             has_more=len(matching) > MAX_VALUES or not complete,
         )
 
-    async def _values(self, source: Source) -> _Read:
-        cached = self._cache.get(source.method)
-        if cached is not None and cached[0] > self._clock():
+    async def _values(self, client: BitrixClient, key: str, source: Source) -> _Read:
+        now = self._clock()
+        cached = self._cache.get((key, source.method))
+        if cached is not None and cached[0] > now:
             return cached[1]
         try:
-            read = await self._read(source)
+            read = await self._read(client, source)
         except BitrixError as exc:  # not cached: the next key stroke asks again
             log.info("completion from %s failed: %s %s", source.method, exc.code, exc.description)
             return _FAILED
-        self._cache[source.method] = (self._clock() + TTL_SECONDS, read)
+        # Expired entries go when a new one comes: with many callers (remote mode) the cache stays as small as
+        # the callers of the last TTL_SECONDS.
+        self._cache = {k: entry for k, entry in self._cache.items() if entry[0] > now}
+        self._cache[(key, source.method)] = (now + TTL_SECONDS, read)
         return read
 
-    async def _read(self, source: Source) -> _Read:
+    async def _read(self, client: BitrixClient, source: Source) -> _Read:
         """The source's values, page after page, until MAX_VALUES are read."""
         params = dict(source.params)
         values: list[str] = []
         while True:
-            answer = await self._client.call(source.method, params, read_only=True)
+            answer = await client.call(source.method, params, read_only=True)
             values.extend(source.values(answer.result))
             if answer.next is None:
                 return _Read(values, complete=True)

@@ -42,7 +42,7 @@ from mcp_types import (
 from pydantic import ValidationError
 
 from b24_telephony_mcp import __version__
-from b24_telephony_mcp.bitrix import BitrixClient, BitrixError
+from b24_telephony_mcp.bitrix import BitrixError
 from b24_telephony_mcp.bitrix.errors import INTERNAL_ERROR, UNKNOWN_TOOL
 from b24_telephony_mcp.common import metrics
 from b24_telephony_mcp.common.redact import redact
@@ -52,9 +52,10 @@ from b24_telephony_mcp.serving.confirmation import Confirmations, Confirmer, Sha
 from b24_telephony_mcp.serving.event_resource import EVENTS_URI, EventResource
 from b24_telephony_mcp.serving.prompts import Prompts
 from b24_telephony_mcp.serving.views import Views
-from b24_telephony_mcp.tools import ToolContext, ToolSpec, select_tools
+from b24_telephony_mcp.tools import ToolSpec, select_tools
 from b24_telephony_mcp.tools.base import GIVEN_SIP_PASSWORDS, ToolRun, mask_secrets
 from b24_telephony_mcp.tools.catalogue import TOOLSET_TOOL_NAMES, load_toolset
+from b24_telephony_mcp.tools.connection import Connections
 from b24_telephony_mcp.tools.offer import ToolOffer
 from b24_telephony_mcp.tools.schema_cache import SCHEMAS
 
@@ -217,16 +218,16 @@ def _error_code(result: CallToolResult) -> str | None:
 
 
 def build_server(
-    client: BitrixClient,
-    context: ToolContext,
+    connections: Connections,
     tools: ToolOffer | Iterable[ToolSpec] | None = None,
     approvals: SharedApprovals | None = None,
 ) -> TelephonyServer:
-    """The MCP server offering `tools` (default: the default toolsets); `approvals` when replicas share state."""
+    """The MCP server offering `tools` (default: the default toolsets), each request run with the portal connection
+    `connections` gives it; `approvals` when replicas share state."""
     offer = tools if isinstance(tools, ToolOffer) else ToolOffer(select_tools() if tools is None else tools)
     client_log = ClientLog()
     # The portal's events as a resource (event_resource.py), while the events toolset is or may be offered.
-    hub = context.events if offer.may_offer("events") else None
+    hub = connections.events if offer.may_offer("events") else None
     # 2026-07-28 clients learn of a changed list or resource through `subscriptions/listen`; handshake clients by
     # notification.
     changes = InMemorySubscriptionBus() if offer.dynamic or hub is not None else None
@@ -240,7 +241,7 @@ def build_server(
     listing = (-1, ListToolsResult(tools=[]))
     # Asking the user before tools that declare `confirm` (confirmation.py); replicas share what that needs.
     confirmations = Confirmations(approvals)
-    prompts = Prompts(offer, Completer(client))
+    prompts = Prompts(offer, Completer(connections))
     # Pages beside tool results (MCP Apps, views.py), for the clients that negotiated them.
     views = Views(offer)
 
@@ -268,10 +269,15 @@ def build_server(
             return error_result(
                 BitrixError(UNKNOWN_TOOL, f"no tool named {params.name!r}; available: {', '.join(offer)}")
             )
+        try:
+            connection = await connections.current()
+        except BitrixError as exc:  # this request has no portal connection (signed out, revoked)
+            metrics.tool_call(spec.name, exc.code)
+            return error_result(exc)
         version = offer.version
         with client_log.collecting() as records:
             # report_progress is a no-op unless the client sent a progressToken.
-            run = ToolRun(client, context, offer, ctx.session.report_progress)
+            run = ToolRun(connection.client, connection.context, offer, ctx.session.report_progress)
             result = await run_tool(spec, params.arguments or {}, run, confirmations.confirmer(ctx, params))
         await client_log.send(ctx, records)
         if offer.version != version and changes is not None:
