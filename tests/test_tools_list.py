@@ -85,11 +85,12 @@ BUDGETS = {  # selection: (model-visible bytes, wire bytes)
     # input declaring no properties (unknown arguments are refused by the server, naming the valid ones), no
     # annotations.title copy, no output anyOf. Raised by 50 B from 9_000 and 9_600 on purpose (issue 11): that
     # keyword, 29 B on list_external_lines (and on list_toolsets), is what lets OpenAI strict mode take a tool of
-    # no arguments, and the default set was 13 B under its budget before it.
-    "default": (9_050, 16_000),
+    # no arguments, and the default set was 13 B under its budget before it. Raised by 60 B more on purpose (issue
+    # 13): log_external_call's CALL_ID, which finishes a clicked call without registering it again.
+    "default": (9_110, 16_000),
     "all": (26_000, 45_000),
     # Dynamic toolsets start from the default set: list_toolsets and enable_toolset must stay cheap beside it.
-    "default --dynamic-toolsets": (9_650, 17_500),
+    "default --dynamic-toolsets": (9_710, 17_500),
 }
 
 
@@ -280,7 +281,8 @@ def test_composite_tools(tools: list[dict[str, Any]]) -> None:
         assert (annotations["readOnlyHint"], annotations["destructiveHint"], annotations["idempotentHint"]) == hints
 
     # log_external_call: the documented parameters of its four methods, typed as documented, under one name each
-    # (CALL_ID comes from its own register step); EXTERNAL_CALL_ID is its idempotency key, so required.
+    # (CALL_ID comes from its own register step, or from a click's OnExternalCallStart, which it then finishes
+    # without registering it again); EXTERNAL_CALL_ID is its idempotency key, so required.
     log_call = by_name["log_external_call"]
     methods = log_call["_meta"]["b24/methods"]
     assert methods[0] == log_call["_meta"]["b24/method"] == "telephony.externalCall.register"
@@ -288,8 +290,9 @@ def test_composite_tools(tools: list[dict[str, Any]]) -> None:
     documented = [param for method in methods[:4] for param in DOCS_BY_METHOD[method]["params"]]
     properties = log_call["inputSchema"]["properties"]
     assert (
-        set(properties) == {param["name"] for param in documented} - {"CALL_ID"} | EXTRA_ARGUMENTS["log_external_call"]
+        set(properties) == {param["name"] for param in documented} | EXTRA_ARGUMENTS["log_external_call"]
     )
+    assert properties["CALL_ID"]["type"] == "string" and "OnExternalCallStart" in properties["CALL_ID"]["description"]
     assert set(log_call["inputSchema"]["required"]) == {"PHONE_NUMBER", "TYPE", "EXTERNAL_CALL_ID"}
     for param in documented:
         if param["name"] != "CALL_ID":

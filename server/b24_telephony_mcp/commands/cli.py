@@ -22,6 +22,7 @@ from b24_telephony_mcp.commands.client_config import CLIENTS
 from b24_telephony_mcp.common.net import is_loopback_host, url_host
 from b24_telephony_mcp.common.redact import JsonFormatter, RedactingFormatter, register_secret
 from b24_telephony_mcp.config.settings import (
+    EVENTS_NAME,
     JOURNAL_NAME,
     PRECEDENCE,
     AppConfig,
@@ -46,6 +47,9 @@ from b24_telephony_mcp.tools import DEFAULT_TOOLSETS, TOOLSET_NAMES
 from b24_telephony_mcp.tools.schema_cache import SCHEMAS
 
 if TYPE_CHECKING:
+    from starlette.routing import Route
+
+    from b24_telephony_mcp.events.hub import EventHub
     from b24_telephony_mcp.sandbox import RunningSandbox
 
 DEFAULT_LOGIN_PORT = 8765
@@ -290,7 +294,17 @@ async def serve(args: argparse.Namespace, token: str | None) -> None:
                 announce=lambda url: sys.stderr.write(f"{PROG}: serving MCP over {args.transport} at {url}\n"),
                 ready=lambda: is_ready(client, state),
                 stateless=settings.stateless_http,
+                open_routes=event_routes(events, settings),
             )
+
+
+def event_routes(events: EventHub | None, settings: Settings) -> list[Route]:
+    """The online handler Bitrix24 posts bound events to, while the events may be offered."""
+    if events is None:
+        return []
+    from b24_telephony_mcp.serving.event_intake import event_intake
+
+    return [event_intake(events, settings.events.application_tokens)]
 
 
 def settings_for(args: argparse.Namespace, stack: ExitStack | AsyncExitStack) -> Settings:
@@ -355,7 +369,9 @@ def sandbox_settings(sandbox: RunningSandbox, token_dir: Path) -> Settings:
             token_url=sandbox.token_url,
         )
     )
-    return replace(settings, journal_file=token_dir / JOURNAL_NAME)
+    # The sandbox's installation hands its application token over, as ONAPPINSTALL would: its online posts pass.
+    events = replace(settings.events, application_tokens=(sandbox.config.application_token,))
+    return replace(settings, journal_file=token_dir / JOURNAL_NAME, events_file=token_dir / EVENTS_NAME, events=events)
 
 
 if __name__ == "__main__":

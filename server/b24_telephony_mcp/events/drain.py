@@ -94,10 +94,10 @@ class OfflineDrainer:
                 try:
                     # Longer than a round and a nap, so a live holder never loses it between two renewals.
                     if self._lease is not None and not await self._lease.hold(2 * self.idle + 30):
-                        self.status.state = "standby"
+                        self._now("standby")
                         await self._nap(self.idle)
                         continue
-                    self.status.state = "draining"
+                    self._now("draining")
                     if recover:
                         await self._recover()
                         recover = False
@@ -105,7 +105,8 @@ class OfflineDrainer:
                         continue  # a full page: more may be queued
                 except BitrixError as exc:
                     if exc.code in FATAL_CODES:
-                        self.status.state, self.status.error = "stopped", exc
+                        self.status.error = exc
+                        self._now("stopped")
                         log.warning("offline events are not drained: %s: %s", exc.code, exc.description)
                         return
                     log.info("offline events: %s: %s; trying again", exc.code, exc.description)
@@ -117,6 +118,12 @@ class OfflineDrainer:
             if self._lease is not None:
                 with anyio.CancelScope(shield=True):
                     await self._lease.release()
+
+    def _now(self, state: str) -> None:
+        if state != self.status.state:
+            # Which replica drains is told once per change, so an operator can see the lease move.
+            log.info("offline event queue: %s", "this process drains it" if state == "draining" else state)
+            self.status.state = state
 
     async def _nap(self, seconds: float) -> None:
         with anyio.move_on_after(seconds):

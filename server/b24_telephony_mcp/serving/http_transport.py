@@ -5,14 +5,16 @@ Imported only for those transports, so a stdio start does not pay for uvicorn.
 The HTTP transports sit behind one guard: a foreign `Host` (DNS rebinding) gets 421, a foreign
 `Origin` (a web page in the user's browser) gets 403, a missing or wrong bearer token gets 401.
 Only the probes `/healthz` (the process answers) and `/readyz` (it can serve: state store reachable, token
-pair present) pass without checks, for load balancers and orchestrators; they say nothing but ok or not.
+pair present) pass without checks, for load balancers and orchestrators; they say nothing but ok or not; and the
+open routes a caller adds, which check their posts themselves (Bitrix24's event posts, event_intake.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
@@ -281,11 +283,12 @@ async def serve_http(
     server_requests: bool = False,
     ready: Readiness | None = None,
     stateless: bool = False,
+    open_routes: Sequence[Route] = (),
 ) -> None:
     """Serve until cancelled; `announce` gets the URL once the socket listens. `server_requests`: some tool sends
     the client requests mid-call (elicitation), so streamable HTTP answers with SSE streams. `ready` answers
     `/readyz` (default: always ready). `stateless`: streamable HTTP keeps no session, so any replica behind a load
-    balancer can answer any request."""
+    balancer can answer any request. `open_routes` are served without the guard's checks: they make their own."""
     try:
         sock = listen_socket(host, port)
     except OSError as exc:
@@ -297,7 +300,7 @@ async def serve_http(
     make_app, path = APPS[transport]
     url = f"http://{url_host(host)}:{actual_port}{path}"
     app = make_app(server, AppOptions([metrics_route()], server_requests, stateless))
-    open_paths = probes(ready or _always_ready)
+    open_paths: dict[str, ASGIApp] = {**probes(ready or _always_ready), **{route.path: route for route in open_routes}}
     config = uvicorn.Config(
         guarded(app, token, host, actual_port, extra_hosts, open_paths),
         log_level="warning",
@@ -307,7 +310,21 @@ async def serve_http(
         lifespan="on",
     )
     announce(url)
-    await uvicorn.Server(config).serve(sockets=[sock])
+    await _Server(config).serve(sockets=[sock])
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, but a SIGTERM or SIGINT ends `serve` instead of killing the process once it returns
+    (uvicorn raises the signal again then), so the caller's clean-up runs: the event drainer lets go of its lease,
+    the journal and the stores close."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with super().capture_signals():
+            try:
+                yield
+            finally:
+                self._captured_signals.clear()
 
 
 async def _always_ready() -> bool:

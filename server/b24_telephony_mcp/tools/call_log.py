@@ -1,4 +1,5 @@
-"""`log_external_call`: register → finish → attach record → attach transcript, idempotent and resumable.
+"""`log_external_call`: register → finish → attach record → attach transcript, idempotent and resumable. A call
+the portal registered itself (click-to-call: OnExternalCallStart's CALL_ID) starts at finish.
 
 The steps go to the portal in one `batch` request, later steps taking CALL_ID from the register command through
 a `$result` reference; a recording whose content is uploaded (a local file, FILE_CONTENT) goes in a request of
@@ -77,6 +78,9 @@ class Step:
     """A digest of the arguments of this step as given, to recognise a repeat of the same call."""
     uploads: bool = False
     """Carries a file's content: sent in a request of its own, not inside a batch."""
+    given: dict[str, Any] | None = None
+    """The step's result, known without a request: the portal registered a clicked call itself (CALL_ID of
+    OnExternalCallStart), so only the steps after register are sent."""
 
     def rest(self, call_id: str | Ref | None) -> dict[str, Any]:
         return self.params if call_id is None else {"CALL_ID": call_id, **self.params}
@@ -122,6 +126,9 @@ async def plan(params: CallSteps, run: ToolRun, prefix: str) -> Planned:
         record = await ledger.load()
         entry = record.entry if record else {}
         done = dict(entry.get("steps", {}))
+        for step in steps:
+            if step.given is not None:
+                done.setdefault(step.name, {"state": DONE, "result": step.given, "args": step.fingerprint})
         _check_same_call(steps, done, params.EXTERNAL_CALL_ID)
         if entry.get("lease", 0) > time.time():
             raise BitrixError(

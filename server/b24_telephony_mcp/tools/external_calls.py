@@ -253,12 +253,14 @@ class _LogCallBase(RestParams):
             return {name: given[name] for name in names if name in given}
 
         register, finish = part(REGISTER_FIELDS), part(FINISH_FIELDS)
+        clicked = part(("CALL_ID",))  # the portal registered the call (click-to-call): its result is given
         steps = [
             Step(
                 "register",
                 SPECS["register_external_call"],
                 RegisterCallParams(**register).to_rest(),
-                fingerprint(register),
+                fingerprint({**register, **clicked}),
+                given=clicked or None,
             ),
             Step(
                 "finish", SPECS["finish_external_call"], _without_call_id(FinishCallParams, finish), fingerprint(finish)
@@ -295,6 +297,7 @@ LogCallParams = create_model(
         EXTERNAL_CALL_ID=(str, Field(description="Your PBX's call ID: a repeat never logs twice.")),
         SHOW=(int_choice(0, 1), Field(0, description="Default 0: the call is over.")),
     ),
+    CALL_ID=(str | None, Field(None, description="OnExternalCallStart's: not registered again.")),
     **_reused(FinishCallParams, *FINISH_ONLY_FIELDS),
     **_reused(
         AttachRecordParams,
