@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import subprocess
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
@@ -29,6 +30,7 @@ from support import (
     http_servers,
     http_session,
     ok,
+    server_command,
     stdio_session,
     webhook_env,
 )
@@ -371,3 +373,27 @@ async def test_replicas_share_the_events_and_one_drains_the_queue(
             page = await read(survivor, cursor=on_first["cursor"], wait_seconds=20)
             assert [event["data"]["CALL_ID"] for event in page["events"]] == [click["CALL_ID"]]
             assert "this process drains it" in standby.stderr
+
+
+# --- doctor ---
+
+
+async def test_doctor_reports_the_bindings_and_the_backlog(sandbox: RunningSandbox, tmp_path: Path) -> None:
+    async with events_session(sandbox, tmp_path) as client:
+        ok(await client.call_tool("add_external_line", {"NUMBER": "agent-line", "NAME": "Voice agent"}))
+        ok(await client.call_tool("watch_telephony_events", {"event": ["OnExternalCallStart", "OnVoximplantCallEnd"]}))
+    for _ in range(2):  # while no server drains the queue
+        sandbox.portal.click_to_call(OPERATOR, fresh_phone())
+
+    def doctor(env: dict[str, str]) -> dict[str, Any]:
+        env = {**env, "B24_TOOLSETS": "external_calls,events"}  # doctor checks what the server would offer
+        done = subprocess.run(server_command("doctor", "--json"), env=env, capture_output=True, text=True, timeout=60)
+        checks: dict[str, Any] = {check["name"]: check for check in json.loads(done.stdout)["checks"]}
+        return checks["events"]
+
+    events = doctor(events_env(sandbox, tmp_path))
+    assert events["status"] == "ok", events
+    assert "installation finished" in events["detail"]
+    assert "offline: OnExternalCallStart, OnVoximplantCallEnd" in events["detail"]
+    assert "2 waiting in the offline queue" in events["detail"]
+    assert doctor(webhook_env(sandbox))["status"] == "skip"

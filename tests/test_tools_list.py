@@ -289,9 +289,7 @@ def test_composite_tools(tools: list[dict[str, Any]]) -> None:
     assert set(methods) - set(DOCS_BY_METHOD) == {"batch"}
     documented = [param for method in methods[:4] for param in DOCS_BY_METHOD[method]["params"]]
     properties = log_call["inputSchema"]["properties"]
-    assert (
-        set(properties) == {param["name"] for param in documented} | EXTRA_ARGUMENTS["log_external_call"]
-    )
+    assert set(properties) == {param["name"] for param in documented} | EXTRA_ARGUMENTS["log_external_call"]
     assert properties["CALL_ID"]["type"] == "string" and "OnExternalCallStart" in properties["CALL_ID"]["description"]
     assert set(log_call["inputSchema"]["required"]) == {"PHONE_NUMBER", "TYPE", "EXTERNAL_CALL_ID"}
     for param in documented:

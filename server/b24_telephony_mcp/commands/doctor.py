@@ -30,7 +30,10 @@ from b24_telephony_mcp.commands.access import app_only_tools, missing_scopes, na
 from b24_telephony_mcp.common.redact import redact
 from b24_telephony_mcp.config.settings import AppConfig, ConfigError, Settings, profile_command
 from b24_telephony_mcp.config.wiring import build_client, open_state
+from b24_telephony_mcp.events.records import EVENT_NAMES
 from b24_telephony_mcp.tools import ToolSpec
+from b24_telephony_mcp.tools.catalogue import TOOLSET_TOOL_NAMES
+from b24_telephony_mcp.tools.events import ADMIN_HINT
 
 MAX_CLOCK_SKEW = 60.0
 """Seconds of difference between the portal's clock and this machine's before doctor warns."""
@@ -112,6 +115,8 @@ async def diagnose(settings: Settings, tools: Sequence[ToolSpec]) -> list[Check]
         checks.append(await scopes_check(client, settings, tools))
         if app is None:
             checks.append(auth_type_check(tools, origin))
+        if any(spec.name in TOOLSET_TOOL_NAMES["events"] for spec in tools):
+            checks.append(await events_check(client) if app else Check("events", "skip", "an application's only"))
         checks.append(rate_check(settings, info))
     finally:
         await client.aclose()
@@ -302,6 +307,29 @@ async def scopes_check(client: BitrixClient, settings: Settings, tools: Sequence
         f"granted {shown}; {len(gaps)} of {len(tools)} enabled tools need {', '.join(needed)}: {names_list(list(gaps))}"
     )
     return Check(name, "fail", detail, fix + " (or offer fewer tools with --toolsets/--tools)")
+
+
+async def events_check(client: BitrixClient) -> Check:
+    """The telephony events bound (event.get) and the offline queue's backlog (event.offline.list). The
+    installation is finished by now (the credentials check saw INSTALLED): the portal sends no event before."""
+    name = "events"
+    try:
+        bound = (await client.call("event.get", read_only=True)).result
+        queue = await client.call("event.offline.list", {"order": {"ID": "ASC"}}, read_only=True)
+    except BitrixError as exc:
+        return Check(name, "fail", f"{exc.code}: {exc.description}", exc.hint or ADMIN_HINT)
+    heard = {name.upper(): name for name in EVENT_NAMES}
+    ways: dict[str, list[str]] = {"offline": [], "online": []}
+    for row in bound if isinstance(bound, list) else []:
+        event = heard.get(str(row.get("event", "")).upper())
+        if event is not None:
+            ways["offline" if int(row.get("offline") or 0) else "online"].append(event)
+    backlog = queue.total if queue.total is not None else len(queue.result or [])
+    shown = "; ".join(f"{way}: {', '.join(events)}" for way, events in ways.items() if events)
+    detail = f"installation finished; bound {shown or 'none'}; {backlog} waiting in the offline queue"
+    if not shown:
+        return Check(name, "warn", detail, "bind them with the watch_telephony_events tool")
+    return Check(name, "ok", detail)
 
 
 def auth_type_check(tools: Sequence[ToolSpec], origin: str) -> Check:
