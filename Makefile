@@ -10,7 +10,7 @@ MCPB ?= npx --yes @anthropic-ai/mcpb@$(MCPB_VERSION)
 MCPB_STAGE ?= build/mcpb
 MCPB_BUNDLE ?= dist/b24-telephony-mcp.mcpb
 
-.PHONY: venv demo test lint format bench mcpb clean
+.PHONY: venv demo demo-events test lint format bench mcpb clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ venv: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) examples/demo_session.py
+
+# The other direction: the portal tells a voice agent that a manager clicked a number (events toolset).
+demo-events: $(STAMP)
+	$(PY) examples/click_to_call_agent.py
 
 test: $(STAMP) lint
 	$(PY) -m pytest
@@ -39,6 +43,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/statistics_seed.py
 	$(PY) benchmarks/batching.py
 	$(PY) benchmarks/analytics.py
+	$(PY) benchmarks/events.py
 
 # A uv bundle: the manifest beside the project's pyproject.toml and package source; the host installs the
 # dependencies with uv. Staged in its own directory so nothing else of the checkout goes in.
