@@ -266,6 +266,7 @@ def test_login_by_the_install_or_open_form_post(sandbox: RunningSandbox, tmp_pat
         query = {"DOMAIN": domain, "PROTOCOL": "0", "LANG": "en", "APP_SID": "abc"}
         form = {"AUTH_ID": pair.access_token, "AUTH_EXPIRES": "3600", "REFRESH_ID": pair.refresh_token}
         form |= {"member_id": sandbox.portal.member_id, "APPLICATION_SCOPE": "telephony,crm", "PLACEMENT": "DEFAULT"}
+        form |= {"APPLICATION_TOKEN": sandbox.config.application_token}
     else:
         query = {}
         form = {
@@ -276,6 +277,7 @@ def test_login_by_the_install_or_open_form_post(sandbox: RunningSandbox, tmp_pat
             "auth[domain]": domain,
             "auth[member_id]": sandbox.portal.member_id,
             "auth[scope]": "telephony crm",
+            "auth[application_token]": sandbox.config.application_token,
         }
     with ExitStack() as stack:
         run = start_login(login_env(sandbox, tmp_path), "--no-browser", "--portal", sandbox.base_url, stack=stack)
@@ -289,6 +291,11 @@ def test_login_by_the_install_or_open_form_post(sandbox: RunningSandbox, tmp_pat
     assert (saved["access_token"], saved["refresh_token"]) == (pair.access_token, pair.refresh_token)
     assert saved["scope"] == ["crm", "telephony"]
     assert saved["member_id"] == sandbox.portal.member_id
+    # The installation's application token: what the online event handler checks posts against from now on.
+    assert saved["application_token"] == sandbox.config.application_token
+    assert sandbox.config.application_token not in stderr
+    settings = load_settings({"XDG_CONFIG_HOME": str(tmp_path)})
+    assert settings.events.application_tokens == (sandbox.config.application_token,)
 
 
 REFUSALS: dict[str, str] = {

@@ -45,7 +45,7 @@ from b24_telephony_mcp.commands.access import missing_scopes, names_list, parse_
 from b24_telephony_mcp.common.net import listen_socket
 from b24_telephony_mcp.common.redact import redact, register_secret
 from b24_telephony_mcp.config.settings import ConfigError, LoginTarget, login_target, profile_command
-from b24_telephony_mcp.state.profiles import Profile, write_profile
+from b24_telephony_mcp.state.profiles import Profile, read_profile, write_profile
 from b24_telephony_mcp.tools import ALL_TOOLS
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,7 @@ _POSTED_FIELDS: dict[str, tuple[str, ...]] = {
     "domain": ("DOMAIN", "auth[domain]"),
     "member_id": ("member_id", "auth[member_id]"),
     "scope": ("APPLICATION_SCOPE", "auth[scope]"),
+    "application_token": ("APPLICATION_TOKEN", "auth[application_token]"),
 }
 
 Answer = Literal["redirect", "posted"]
@@ -89,6 +90,8 @@ class Grant:
     tokens: TokenPair = field(repr=False)
     member_id: str
     scopes: tuple[str, ...]
+    application_token: str = field(default="", repr=False)
+    """Only an installation's form carries it (the redirect of a sign-in does not)."""
 
 
 # --- the command ---
@@ -342,6 +345,7 @@ class LoginFlow:
             tokens=grant.tokens,
             scopes=grant.scopes,
             token_url=self.options.target.token_url,
+            application_token=grant.application_token or self.saved_application_token(),
         )
         await anyio.to_thread.run_sync(self.save, profile)
         return profile
@@ -399,7 +403,14 @@ class LoginFlow:
         tokens = TokenPair(fields["access_token"], fields["refresh_token"], time.time() + lifetime)
         register_secret(tokens.access_token)
         register_secret(tokens.refresh_token)
-        return Grant(tokens=tokens, member_id=fields["member_id"], scopes=parse_scopes(fields["scope"]))
+        if fields["application_token"]:
+            register_secret(fields["application_token"])
+        return Grant(
+            tokens=tokens,
+            member_id=fields["member_id"],
+            scopes=parse_scopes(fields["scope"]),
+            application_token=fields["application_token"],
+        )
 
     def check_domain(self, domain: str | None) -> None:
         if domain and domain.lower() != self.portal_host:
@@ -421,6 +432,19 @@ class LoginFlow:
         finally:
             await client.aclose()
         return info if isinstance(info, dict) else {}
+
+    def saved_application_token(self) -> str:
+        """A sign-in by redirect carries no application token: keep the one an earlier installation of the same
+        application gave."""
+        try:
+            saved = read_profile(self.options.target.store)
+        except (ValueError, OSError):
+            return ""
+        same = saved is not None and (saved.portal_url, saved.client_id) == (
+            self.options.portal_url,
+            self.options.client_id,
+        )
+        return saved.application_token if saved is not None and same else ""
 
     def save(self, profile: Profile) -> None:
         store = self.options.target.store

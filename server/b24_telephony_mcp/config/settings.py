@@ -85,6 +85,8 @@ class AppConfig:
     profile: str | None = None
     """The profile the settings came from, if any (its file is then `token_file` unless B24_TOKEN_FILE says
     otherwise)."""
+    application_token: str = field(default="", repr=False)
+    """The profile's: what the installation handed `login` (online event posts must carry it)."""
 
 
 @dataclass(frozen=True)
@@ -184,8 +186,10 @@ def load_settings(
     )
     selection.check()  # unknown names fail at start, not at the first tools/list
     redis_url = _redis_url(env)
+    connection = portal or resolve_portal(env, profile)
+    installed = (connection.application_token,) if isinstance(connection, AppConfig) else ()
     return Settings(
-        portal=portal or resolve_portal(env, profile),
+        portal=connection,
         files=files,
         rate=_number(env, "B24_RATE_LIMIT", DEFAULT_RATE),
         burst=int(_number(env, "B24_RATE_BURST", DEFAULT_BURST)),
@@ -201,7 +205,9 @@ def load_settings(
             retention_days=_number(env, "B24_EVENT_RETENTION_DAYS", RETENTION_DAYS),
             poll_idle=_number(env, "B24_EVENT_POLL_IDLE", IDLE_SECONDS),
             poll_waiting=_number(env, "B24_EVENT_POLL_WAITING", BUSY_SECONDS),
-            application_tokens=split_names(env.get("B24_APPLICATION_TOKEN", "")),
+            application_tokens=tuple(
+                token for token in (*split_names(env.get("B24_APPLICATION_TOKEN", "")), *installed) if token
+            ),
         ),
         cache_dir=cache_dir(env),
     )
@@ -370,6 +376,7 @@ def app_config(env: Mapping[str, str], profile: Profile | None, name: str, store
         token_file=token_file,
         token_url=token_url,
         profile=name if profile is not None else None,
+        application_token=profile.application_token if profile is not None else "",
     )
 
 

@@ -30,6 +30,8 @@ class Profile:
     tokens: TokenPair = field(repr=False)
     scopes: tuple[str, ...]
     token_url: str
+    application_token: str = field(default="", repr=False)
+    """What the installation handed over (APPLICATION_TOKEN): every online event post must carry it."""
 
 
 def check_profile_name(name: str) -> str:
@@ -68,12 +70,15 @@ def read_profile(store: TokenStore) -> Profile | None:
             tokens=TokenPair.from_record(record),
             scopes=tuple(str(item) for item in scope),
             token_url=str(record["oauth_token_url"]),
+            application_token=str(record.get("application_token") or ""),
         )
     except (KeyError, TypeError):
         raise ValueError(
             f"{store.path} is not a complete profile; run `b24-telephony-mcp login` again to rewrite it"
         ) from None
     register_secret(profile.client_secret)
+    if profile.application_token:
+        register_secret(profile.application_token)
     return profile
 
 
@@ -88,5 +93,6 @@ def write_profile(store: TokenStore, profile: Profile) -> None:
             "client_secret": profile.client_secret,
             "scope": list(profile.scopes),
             "oauth_token_url": profile.token_url,
+            "application_token": profile.application_token,
         },
     )
