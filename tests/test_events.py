@@ -397,3 +397,18 @@ async def test_doctor_reports_the_bindings_and_the_backlog(sandbox: RunningSandb
     assert "offline: OnExternalCallStart, OnVoximplantCallEnd" in events["detail"]
     assert "2 waiting in the offline queue" in events["detail"]
     assert doctor(webhook_env(sandbox))["status"] == "skip"
+
+
+async def test_a_callback_form_is_heard_and_filtered_by_event(sandbox: RunningSandbox, tmp_path: Path) -> None:
+    async with events_session(sandbox, tmp_path) as client:
+        ok(await client.call_tool("add_external_line", {"NUMBER": "agent-line", "NAME": "Voice agent"}))
+        ok(await client.call_tool("watch_telephony_events", {}))
+        sandbox.portal.click_to_call(OPERATOR, fresh_phone())
+        form = sandbox.portal.submit_callback_form(fresh_phone())
+        only = {"event": ["OnExternalCallBackStart"], "wait_seconds": 20}
+        [event] = (await read(client, **only))["events"]
+        assert event["event"] == "OnExternalCallBackStart"
+        assert event["data"]["PHONE_NUMBER"] == form["PHONE_NUMBER"]
+        assert event["data"]["CRM_ENTITY_ID"] == int(form["CRM_ENTITY_ID"])  # typed, though posted as text
+        names = {e["event"] for e in (await read(client))["events"]}
+        assert {"OnExternalCallStart", "OnExternalCallBackStart"} <= names
