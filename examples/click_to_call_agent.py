@@ -53,12 +53,7 @@ def server_for(sandbox: RunningSandbox, state: Path) -> StdioServerParameters:
     env = {
         **os.environ,
         "B24_LOG_LEVEL": "WARNING",
-        "B24_PORTAL_URL": sandbox.base_url,
-        "B24_CLIENT_ID": sandbox.config.client_id,
-        "B24_CLIENT_SECRET": sandbox.config.client_secret,
-        "B24_ACCESS_TOKEN": sandbox.access_token,
-        "B24_REFRESH_TOKEN": sandbox.refresh_token,
-        "B24_OAUTH_TOKEN_URL": sandbox.token_url,
+        **sandbox.app_variables(),
         "B24_TOKEN_FILE": str(state / "tokens.json"),
         "XDG_STATE_HOME": str(state),
         "B24_EVENT_POLL_WAITING": "0.5",  # how soon a waiting agent hears a click

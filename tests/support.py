@@ -50,14 +50,7 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 def app_variables(sandbox: RunningSandbox) -> dict[str, str]:
     """The application `sandbox` installed: portal, client, its first token pair and the OAuth server."""
-    return {
-        "B24_PORTAL_URL": sandbox.base_url,
-        "B24_CLIENT_ID": sandbox.config.client_id,
-        "B24_CLIENT_SECRET": sandbox.config.client_secret,
-        "B24_ACCESS_TOKEN": sandbox.access_token,
-        "B24_REFRESH_TOKEN": sandbox.refresh_token,
-        "B24_OAUTH_TOKEN_URL": sandbox.token_url,
-    }
+    return sandbox.app_variables()
 
 
 def app_env(sandbox: RunningSandbox, token_file: Path, **extra: str) -> dict[str, str]:

@@ -40,6 +40,18 @@ class RunningSandbox:
     _thread: threading.Thread | None = field(default=None, repr=False)
     _socket: socket.socket | None = field(default=None, repr=False)
 
+    def app_variables(self) -> dict[str, str]:
+        """The server's settings as the application this sandbox installed: portal, client, its first token pair
+        and the OAuth server (what a user would set after installing a local application)."""
+        return {
+            "B24_PORTAL_URL": self.base_url,
+            "B24_CLIENT_ID": self.config.client_id,
+            "B24_CLIENT_SECRET": self.config.client_secret,
+            "B24_ACCESS_TOKEN": self.access_token,
+            "B24_REFRESH_TOKEN": self.refresh_token,
+            "B24_OAUTH_TOKEN_URL": self.token_url,
+        }
+
     def stop(self) -> None:
         """Shut the server down and wait for its thread, then for the event POSTs queued; safe to call twice."""
         self._server.should_exit = True
