@@ -190,12 +190,13 @@ async def test_online_posts_are_kept_once_and_forgeries_refused(sandbox: Running
                 genuine = {**form, "auth[application_token]": sandbox.config.application_token}
                 first = await http.post(handler, data=genuine)
                 again = await http.post(handler, data=genuine)
-            assert (forged.status_code, missing.status_code) == (403, 403)
+                huge = await http.post(handler, data={**genuine, "data[TEXT]": "x" * 300_000})
+            assert (forged.status_code, missing.status_code, huge.status_code) == (403, 403, 413)
             assert (first.json(), again.json()) == ({"result": "stored"}, {"result": "duplicate"})
             later = (await read(client, cursor=event["cursor"]))["events"]
             assert [e["data"]["CALL_ID"] for e in later] == ["externalCall.forged"], "the forgeries kept nothing"
     log = server.stderr
-    assert log.count("refused an event post") == 2
+    assert log.count("refused an event post") == 3
     access_token = sandbox.portal.event_access_token(OPERATOR)
     assert access_token not in log
     stored = b"".join(path.read_bytes() for path in (tmp_path / "b24-telephony-mcp").glob("events.sqlite3*"))

@@ -28,9 +28,11 @@ MAX_POST_BYTES = 256 * 1024
 
 def event_intake(hub: EventHub, application_tokens: Collection[str]) -> Route:
     async def receive(request: Request) -> Response:
-        body = await request.body()
-        if len(body) > MAX_POST_BYTES:
-            return _refuse(request, Refusal(413, f"a post of {len(body)} bytes"))
+        body = b""
+        async for chunk in request.stream():  # read no further than a post of Bitrix24's can go
+            body += chunk
+            if len(body) > MAX_POST_BYTES:
+                return _refuse(request, Refusal(413, f"a post of more than {MAX_POST_BYTES} bytes"))
         try:
             form = php_form(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
             event = accept(form, application_tokens)
