@@ -54,6 +54,10 @@ class SandboxPortal(PortalState):
         self._access_tokens: dict[str, TokenPair] = {}
         self._refresh_tokens: dict[str, TokenPair] = {}
         self._auth_codes: dict[str, tuple[float, int]] = {}  # code -> (expires at, user id)
+        self.oauth_url = ""
+        """The OAuth server's address when portals share one (start_sandboxes); "" for this portal's own."""
+        self.oauth_peers: tuple[SandboxPortal, ...] = ()
+        """The other portals of that OAuth server, whose codes and refresh tokens its token endpoint exchanges."""
 
     # --- what people do (the control surface; see actions.py) ---
 
@@ -122,14 +126,24 @@ class SandboxPortal(PortalState):
             "domain": urlsplit(self.base_url).netloc,
             "member_id": self.member_id,
             "scope": self.config.scopes,
-            "server_domain": urlsplit(self.base_url).netloc,
+            "server_domain": urlsplit(self.oauth_url or self.base_url).netloc,
         }
         separator = "&" if "?" in self.config.handler_url else "?"
         return f"{self.config.handler_url}{separator}{urlencode(answer)}"
 
     def oauth_token(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """The /oauth/token/ endpoint: `authorization_code` (a code works once, within 30 s) and `refresh_token`
-        (single-use: using one revokes it and its access token)."""
+        (single-use: using one revokes it and its access token), answered by the portal that issued it."""
+        owner = next((peer for peer in self.oauth_peers if peer._issued(params)), self)
+        return owner._exchange(params)
+
+    def _issued(self, params: Mapping[str, Any]) -> bool:
+        with self.lock:
+            return php_str(params.get("code")) in self._auth_codes or (
+                php_str(params.get("refresh_token")) in self._refresh_tokens
+            )
+
+    def _exchange(self, params: Mapping[str, Any]) -> dict[str, Any]:
         grant = params.get("grant_type")
         if grant not in ("refresh_token", "authorization_code"):
             raise OAUTH_INVALID_REQUEST.exc()

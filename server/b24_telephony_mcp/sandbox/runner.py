@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import secrets
 import socket
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 
 import uvicorn
@@ -128,6 +129,55 @@ def start_sandbox(config: SandboxConfig | None = None, host: str = "127.0.0.1", 
             raise RuntimeError(f"sandbox portal failed to start on {running.base_url}")
         time.sleep(0.01)
     return running
+
+
+@dataclass
+class SandboxCloud:
+    """Portals started together, one marketplace application installed on each, one OAuth server for all (the
+    first portal's), as Bitrix24's cloud portals share oauth.bitrix.info."""
+
+    portals: list[RunningSandbox]
+
+    @property
+    def token_url(self) -> str:
+        return self.portals[0].token_url
+
+    def stop(self) -> None:
+        for portal in self.portals:
+            portal.stop()
+
+    def __enter__(self) -> SandboxCloud:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+MARKETPLACE_CLIENT_ID = "app.sandbox0000000000.00000001"
+
+
+def start_sandboxes(count: int = 2, config: SandboxConfig | None = None, host: str = "127.0.0.1") -> SandboxCloud:
+    """`count` portals (each its own users, lines, calls, statistics, member_id and application token) with one
+    marketplace application: the same client id and secret on each, any portal's codes and refresh tokens
+    exchanged at the first portal's token URL."""
+    base = config or SandboxConfig(client_id=MARKETPLACE_CLIENT_ID)
+    started: list[RunningSandbox] = []
+    try:
+        for _ in range(count):
+            own = replace(base, application_token=secrets.token_hex(16), webhook_code=secrets.token_hex(8))
+            started.append(start_sandbox(own, host))
+    except BaseException:
+        for running in started:
+            running.stop()
+        raise
+    first = started[0]
+    for running in started:
+        running.portal.oauth_url = first.base_url
+        running.portal.oauth_peers = tuple(other.portal for other in started if other is not running)
+        running.token_url = first.token_url
+    return SandboxCloud(started)
 
 
 def run_sandbox_forever(config: SandboxConfig | None = None, host: str = "127.0.0.1", port: int = 8024) -> None:
