@@ -16,8 +16,7 @@ Routes
     The signed-in user approves at once: 302 to the app's handler path (``SandboxConfig.handler_url``) with
     ``code`` (single-use, 30 s), ``state``, ``domain``, ``member_id``, ``scope``, ``server_domain``. An unknown
     client or an app that is not installed gets an HTML error page and no redirect, as on a real portal.
-    The user is the one this browser signed in as with ``/_sandbox/sign-in`` (user #1, the administrator,
-    otherwise). Portals started together (``start_sandboxes``) share one OAuth server, as the cloud's portals share
+    Portals started together (``start_sandboxes``) share one OAuth server, as the cloud's portals share
     oauth.bitrix.info: ``server_domain`` names the first portal, whose ``/oauth/token/`` exchanges any of their
     codes and refresh tokens.
 ``GET|POST /oauth/token/``
@@ -49,9 +48,6 @@ Test-control endpoints (test hooks, answered to loopback clients only; not part 
     The application's ``client_id``, ``client_secret``, ``handler_url`` and ``application_token`` (what every
     event's ``auth[application_token]`` carries); POST JSON ``{"handler_url": ...}``
     changes the handler path (``login --sandbox`` points it at its listener).
-``GET /_sandbox/sign-in?user_id=N``
-    This browser is now signed in to the portal as user N (a cookie): the user whose rights a sign-in through
-    ``/oauth/authorize/`` grants.
 ``POST /_sandbox/click``
     JSON ``{"phone": "+1 906 219 5047", "user_id": 1, "line_number": "...", "crm_entity_type": "CONTACT",
     "crm_entity_id": 651, "is_mobile": false, "call_list_id": 0}`` (only ``phone`` required): the user clicks the
@@ -100,9 +96,6 @@ from .records import UploadedFile
 logger = logging.getLogger(__name__)
 
 _AUTH_PARAMS = ("auth", "access_token")
-SIGNED_IN_COOKIE = "b24_sandbox_user"
-"""Who this browser is signed in to the portal as (set by /_sandbox/sign-in): the user /oauth/authorize/ approves
-for."""
 # The operating-limit window the time block reports (limits.md: 10 one-minute buckets).
 _OPERATING_WINDOW = 600
 
@@ -233,8 +226,6 @@ class SandboxHttp:
         try:
             params = await (_json_body_params(request) if api == 3 else _request_params(request))
             caller = self._authenticate(segments, _take_token(request, params))
-            with self.portal.lock:
-                self.portal.stats.users[caller.user_id] += 1
             result = self.portal.call(method, params, caller, api)
         except SandboxRestError as exc:
             return _error(exc, api) if fault is None else _fault_response(fault)
@@ -267,30 +258,13 @@ class SandboxHttp:
     async def oauth_authorize(self, request: Request) -> Response:
         self._learn_base_url(request)
         try:
-            location = self.portal.authorize(dict(request.query_params), self._signed_in(request))
+            location = self.portal.authorize(dict(request.query_params))
         except SandboxRestError as exc:
             page = f"<!doctype html><title>Authorization error</title><p>{html.escape(exc.description)}</p>"
             return HTMLResponse(page, status_code=exc.status)
         return RedirectResponse(location, status_code=302)
 
-    def _signed_in(self, request: Request) -> int:
-        """The portal user this browser is signed in as (`/_sandbox/sign-in`), else the administrator, #1."""
-        chosen = request.cookies.get(SIGNED_IN_COOKIE, "")
-        user = self.portal.users.get(int(chosen)) if chosen.isdigit() else None
-        return user.id if user is not None and user.active else 1
-
     # --- control endpoints ---
-
-    async def sign_in(self, request: Request) -> Response:
-        chosen = request.query_params.get("user_id", "")
-        user = self.portal.users.get(int(chosen)) if chosen.isdigit() else None
-        if user is None or not user.active:
-            return HTMLResponse("<!doctype html><title>Sign-in</title><p>No such active user.</p>", 404)
-        name = html.escape(f"{user.name} {user.last_name}".strip())
-        page = f"<!doctype html><title>Signed in</title><p>Signed in to this portal as {name} (#{user.id}).</p>"
-        response = HTMLResponse(page)
-        response.set_cookie(SIGNED_IN_COOKIE, str(user.id), httponly=True, samesite="lax")
-        return response
 
     async def app_settings(self, request: Request) -> Response:
         config = self.portal.config
@@ -425,7 +399,6 @@ def create_app(portal: SandboxPortal) -> Starlette:
         Route("/_sandbox/stats", _loopback_only(http.stats), methods=["GET"]),
         Route("/_sandbox/reset-stats", _loopback_only(http.reset_stats), methods=["POST"]),
         Route("/_sandbox/oauth-delay", _loopback_only(http.set_oauth_delay), methods=["POST"]),
-        Route("/_sandbox/sign-in", _loopback_only(http.sign_in), methods=["GET"]),
         Route("/_sandbox/click", _loopback_only(http.click), methods=["POST"]),
         Route("/_sandbox/callback-form", _loopback_only(http.callback_form), methods=["POST"]),
     ]

@@ -62,17 +62,13 @@ class Stats:
     """REST requests the leaky bucket refused (503 QUERY_LIMIT_EXCEEDED)."""
     token_requests: int = 0
     """Requests that reached the OAuth token endpoint, granted or not."""
-    users: Counter[int] = field(default_factory=Counter)
-    """REST requests per user whose token (or webhook) made them: whose rights each request ran with."""
 
     def as_dict(self) -> dict[str, Any]:
-        # "batched" and "users" only once there are some, so the stats of a portal never sent one read as before.
+        # "batched" only once a batch ran, so the stats of a portal never sent one read as before.
         batched = {"batched": dict(self.batched)} if self.batched else {}
-        users = {"users": {str(user): n for user, n in sorted(self.users.items())}} if self.users else {}
         return {
             "requests": dict(self.requests),
             **batched,
-            **users,
             "refreshes": self.refreshes,
             "limited": self.limited,
             "token_requests": self.token_requests,
