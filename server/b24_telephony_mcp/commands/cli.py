@@ -26,6 +26,7 @@ from b24_telephony_mcp.config.settings import (
     PRECEDENCE,
     AppConfig,
     ConfigError,
+    RemoteConfig,
     Selection,
     Settings,
     launch_env,
@@ -88,6 +89,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="also offer list_toolsets and enable_toolset, so more toolsets can be enabled on demand "
         "(env B24_DYNAMIC_TOOLSETS=1)",
+    )
+    parser.add_argument(
+        "--remote",
+        action="store_true",
+        default=None,
+        help="remote mode: MCP clients sign in with their Bitrix24 users through one application (env B24_REMOTE=1)",
+    )
+    parser.add_argument(
+        "--public-url", metavar="URL", help="remote mode: the address clients and Bitrix24 reach (env B24_PUBLIC_URL)"
     )
     commands = parser.add_subparsers(dest="command")
     sandbox = commands.add_parser("sandbox", help="run the sandbox Bitrix24 portal alone, as an HTTP server")
@@ -256,7 +266,9 @@ async def serve(args: argparse.Namespace, token: str | None) -> None:
     from b24_telephony_mcp.serving.server import build_server
 
     async with AsyncExitStack() as stack:
-        settings = settings_for(args, stack)
+        settings = settings_for(args, stack, remote=args.remote)
+        if isinstance(settings.portal, RemoteConfig):
+            raise ConfigError("remote mode (B24_REMOTE) is not served yet: unset B24_REMOTE.")
         SCHEMAS.locate(settings.cache_dir)
         offer = selection_from(args, settings.selection).offer()
         state = await open_state(settings)
@@ -293,10 +305,12 @@ async def serve(args: argparse.Namespace, token: str | None) -> None:
             )
 
 
-def settings_for(args: argparse.Namespace, stack: ExitStack | AsyncExitStack) -> Settings:
-    """The profile/environment settings, or an in-process sandbox's (kept running until `stack` closes)."""
+def settings_for(args: argparse.Namespace, stack: ExitStack | AsyncExitStack, remote: bool | None = False) -> Settings:
+    """The profile/environment settings, or an in-process sandbox's (kept running until `stack` closes). `remote`:
+    whether remote mode may be chosen (None: as B24_REMOTE says); the commands that check or configure one portal
+    never choose it."""
     if not args.sandbox:
-        return load_settings(profile=args.profile)
+        return load_settings(profile=args.profile, remote=remote, public_url=args.public_url)
     from b24_telephony_mcp.sandbox import start_sandbox
 
     sandbox = stack.enter_context(start_sandbox())
@@ -324,7 +338,7 @@ def run_config(args: argparse.Namespace) -> int:
     if args.sandbox:
         return config_command(args.client, Local([*installed_command(), "--sandbox"], launch_env(None)))
     try:
-        portal = load_settings(profile=args.profile).portal
+        portal = load_settings(profile=args.profile, remote=False).portal
     except ConfigError as exc:
         return fail(f"{exc} (`config` prints the snippet for a setup that works.)")
     profile = portal.profile if isinstance(portal, AppConfig) else None
