@@ -13,6 +13,7 @@ from contextlib import AsyncExitStack, ExitStack
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import anyio
 
@@ -29,6 +30,7 @@ from b24_telephony_mcp.config.settings import (
     RemoteConfig,
     Selection,
     Settings,
+    flag,
     launch_env,
     load_settings,
     split_names,
@@ -234,7 +236,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     token = None
-    if args.transport != "stdio":
+    try:
+        remote = args.remote if args.remote is not None else flag(os.environ, "B24_REMOTE")
+    except ConfigError as exc:
+        return fail(str(exc))
+    if args.transport != "stdio" and not remote:  # remote mode: each client signs in, no shared token
         token = os.environ.get("B24_MCP_AUTH_TOKEN") or None
         if token is None and not is_loopback_host(args.host):
             return fail(
@@ -268,7 +274,8 @@ async def serve(args: argparse.Namespace, token: str | None) -> None:
     async with AsyncExitStack() as stack:
         settings = settings_for(args, stack, remote=args.remote)
         if isinstance(settings.portal, RemoteConfig):
-            raise ConfigError("remote mode (B24_REMOTE) is not served yet: unset B24_REMOTE.")
+            await serve_remote(args, settings, stack)
+            return
         SCHEMAS.locate(settings.cache_dir)
         offer = selection_from(args, settings.selection).offer()
         state = await open_state(settings)
@@ -303,6 +310,49 @@ async def serve(args: argparse.Namespace, token: str | None) -> None:
                 ready=lambda: is_ready(client, state),
                 stateless=settings.stateless_http,
             )
+
+
+async def serve_remote(args: argparse.Namespace, settings: Settings, stack: AsyncExitStack) -> None:
+    """Remote mode: streamable HTTP where MCP clients sign in with their Bitrix24 users (issue 12, in progress)."""
+    from b24_telephony_mcp.remote.serve import open_remote
+    from b24_telephony_mcp.serving.http_transport import RemoteAuth, serve_http
+    from b24_telephony_mcp.serving.server import build_server
+
+    if args.transport != "http":
+        raise ConfigError("remote mode serves streamable HTTP only: add --transport http.")
+    config = settings.portal
+    assert isinstance(config, RemoteConfig)
+    SCHEMAS.locate(settings.cache_dir)
+    offer = selection_from(args, settings.selection).offer()
+    state = await open_state(settings)
+    if state is not None:
+        stack.push_async_callback(state.aclose)
+    journal = open_journal(settings, state)
+    stack.callback(journal.close)
+    described = "use the toolsets " + ", ".join(sorted(offer.enabled)) + (" (read-only)" if offer.read_only else "")
+    parts = await open_remote(settings, state, journal, described, stack)
+    server = build_server(parts.connections, offer, await shared_approvals(state))
+    public_host = urlsplit(config.public_url).netloc
+    await serve_http(
+        server,
+        "http",
+        args.host,
+        args.port,
+        None,
+        extra_hosts=[public_host, *os.environ.get("B24_MCP_ALLOWED_HOSTS", "").split(",")],
+        server_requests=any(spec.confirm is not None for spec in offer.possible()),
+        announce=lambda url: sys.stderr.write(
+            f"{PROG}: remote mode for {config.resource_url}; serving MCP over http at {url}\n"
+        ),
+        stateless=settings.stateless_http,
+        remote=RemoteAuth(
+            parts.provider,
+            config.public_url,
+            config.resource_url,
+            parts.routes,
+            parts.provider.metadata_extension(),
+        ),
+    )
 
 
 def settings_for(args: argparse.Namespace, stack: ExitStack | AsyncExitStack, remote: bool | None = False) -> Settings:

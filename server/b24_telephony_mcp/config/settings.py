@@ -221,13 +221,13 @@ def load_settings(
     )
     selection = Selection(
         toolsets=_names(env, "B24_TOOLSETS"),
-        read_only=_flag(env, "B24_READ_ONLY"),
+        read_only=flag(env, "B24_READ_ONLY"),
         tools=_names(env, "B24_TOOLS"),
-        dynamic=_flag(env, "B24_DYNAMIC_TOOLSETS"),
+        dynamic=flag(env, "B24_DYNAMIC_TOOLSETS"),
     )
     selection.check()  # unknown names fail at start, not at the first tools/list
     redis_url = _redis_url(env)
-    if portal is None and (remote if remote is not None else _flag(env, "B24_REMOTE")):
+    if portal is None and (remote if remote is not None else flag(env, "B24_REMOTE")):
         portal = remote_from_env(env, public_url, redis=redis_url is not None)
         sandbox = False
     else:
@@ -238,11 +238,11 @@ def load_settings(
         rate=_number(env, "B24_RATE_LIMIT", DEFAULT_RATE),
         burst=int(_number(env, "B24_RATE_BURST", DEFAULT_BURST)),
         selection=selection,
-        reveal_sip_passwords=_flag(env, "B24_REVEAL_SIP_PASSWORDS"),
-        confirm_calls=_flag(env, "B24_CONFIRM_CALLS") if env.get("B24_CONFIRM_CALLS", "").strip() else True,
+        reveal_sip_passwords=flag(env, "B24_REVEAL_SIP_PASSWORDS"),
+        confirm_calls=flag(env, "B24_CONFIRM_CALLS") if env.get("B24_CONFIRM_CALLS", "").strip() else True,
         sandbox=sandbox,
         redis_url=redis_url,
-        stateless_http=_flag(env, "B24_MCP_STATELESS") if env.get("B24_MCP_STATELESS") else redis_url is not None,
+        stateless_http=flag(env, "B24_MCP_STATELESS") if env.get("B24_MCP_STATELESS") else redis_url is not None,
         journal_file=state_dir(env) / JOURNAL_NAME,
         events_file=state_dir(env) / EVENTS_NAME,
         events=EventSettings(
@@ -275,7 +275,8 @@ def _names(env: Mapping[str, str], name: str) -> tuple[str, ...] | None:
     return split_names(raw) if raw else None
 
 
-def _flag(env: Mapping[str, str], name: str) -> bool:
+def flag(env: Mapping[str, str], name: str) -> bool:
+    """A 1/0 variable (true/false, yes/no, on/off); ConfigError for anything else."""
     raw = env.get(name, "").strip().lower()
     if raw in ("", "0", "false", "no", "off"):
         return False
