@@ -7,11 +7,16 @@ the consent page and presses its buttons, as a person's browser would (no JavaSc
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
+import json
 import os
 import re
-from collections.abc import AsyncIterator, Iterator
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urljoin, urlsplit
@@ -511,3 +516,80 @@ async def test_remote_mode_on_redis_signs_in_statelessly(redis_remote: Remote) -
     finally:
         await browser.aclose()
     assert not (redis_remote.state_dir / "b24-telephony-mcp" / "remote" / "token-key").exists()
+
+
+@contextmanager
+def metadata_document(make: Callable[[str], dict[str, Any]]) -> Iterator[str]:
+    """A client ID metadata document on a loopback HTTP server: its URL (the document is `make(url)`)."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/oauth/client.json"
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps(make(url)).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return None
+
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield url
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def authorize_query(client_id: str, challenge: str, **extra: str) -> str:
+    query = {
+        "client_id": client_id,
+        "redirect_uri": CLIENT_REDIRECT,
+        "response_type": "code",
+        "code_challenge": challenge,
+        "code_challenge_method": "S256",
+        **extra,
+    }
+    return str(httpx2.QueryParams(query))
+
+
+async def test_a_client_id_metadata_document_signs_in_without_registration(remote: Remote) -> None:
+    async with httpx2.AsyncClient() as http:
+        metadata = (await http.get(f"{remote.public}/.well-known/oauth-authorization-server")).json()
+    assert metadata["client_id_metadata_document_supported"] is True
+    document = {
+        "client_name": "Document Client",
+        "redirect_uris": [CLIENT_REDIRECT],
+        "token_endpoint_auth_method": "none",
+    }
+    verifier = "v" * 50
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).decode().rstrip("=")
+    browser = Browser()
+    try:
+        with metadata_document(lambda url: {"client_id": url, **document}) as client_id:
+            page = await browser.go(f"{remote.public}/authorize?{authorize_query(client_id, challenge)}")
+            assert isinstance(page, httpx2.Response) and "Document Client" in page.text
+            answer = await browser.submit(page, "allow")
+            assert isinstance(answer, str)
+            code = parse_qs(urlsplit(answer).query)["code"][0]
+            tokens = await token_request(
+                browser.http,
+                remote,
+                grant_type="authorization_code",
+                client_id=client_id,
+                code=code,
+                redirect_uri=CLIENT_REDIRECT,
+                code_verifier=verifier,
+            )
+            assert tokens.status_code == 200, tokens.text
+        # A document that does not name itself is no client: an error answer, never a redirect.
+        with metadata_document(lambda url: {"client_id": "https://other.example/c.json", **document}) as client_id:
+            refused = await browser.http.get(f"{remote.public}/authorize?{authorize_query(client_id, challenge)}")
+            assert refused.status_code == 400 and "location" not in refused.headers
+    finally:
+        await browser.aclose()

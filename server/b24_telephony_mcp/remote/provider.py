@@ -9,6 +9,7 @@ revocation endpoints, the bearer middleware); this module decides what is stored
 - an access token is bound to this server's MCP endpoint (RFC 8707) whatever the client asked, and a request
   naming another resource is refused;
 - a replayed authorization code, or a refresh token used twice, revokes the grant it belongs to;
+- a `client_id` that is an https URL is a client ID metadata document, fetched when it is used (never stored);
 - a token's `subject` is its grant, which `RemoteConnections` turns into the user's connection.
 """
 
@@ -20,6 +21,7 @@ import time
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
+import httpx2
 from mcp.server.auth.provider import (
     AccessToken,
     AuthorizationCode,
@@ -42,6 +44,7 @@ CALLBACK_PATH = "/bitrix24/callback"
 REQUEST_TTL = 600.0
 """Seconds between the client's authorization request and the user's answer on the sign-in page and the portal."""
 CODE_TTL = 300.0
+MAX_METADATA_BYTES = 16 * 1024
 REFUSED_SCHEMES = frozenset({"javascript", "data", "file", "vbscript", "blob", "about", "ftp", "ws", "wss"})
 
 
@@ -81,13 +84,17 @@ def redirect_uri_refusal(uri: str) -> str | None:
 class BitrixAuthProvider:
     """`OAuthAuthorizationServerProvider` of remote mode: MCP clients sign in here, with a Bitrix24 user."""
 
-    def __init__(self, config: RemoteConfig, store: RemoteStore) -> None:
+    def __init__(self, config: RemoteConfig, store: RemoteStore, http: httpx2.AsyncClient) -> None:
         self.config = config
         self.store = store
+        self.http = http
+        """For client ID metadata documents."""
 
     # --- clients ---
 
     async def get_client(self, client_id: str) -> OAuthClientInformationFull | None:
+        if "://" in client_id:
+            return await self._metadata_document(client_id)
         record = await self.store.client(client_id)
         return OAuthClientInformationFull.model_validate(record) if record is not None else None
 
@@ -101,6 +108,62 @@ class BitrixAuthProvider:
         info = client_info.model_dump(mode="json", exclude_none=True)
         await self.store.save_client(client_info.client_id or "", info)
         log.info("registered MCP client %r", client_info.client_name or client_info.client_id)
+
+    # --- client ID metadata documents (CIMD): a client_id that is the https URL of its own metadata ---
+
+    async def _metadata_document(self, client_id: str) -> OAuthClientInformationFull | None:
+        """The client a metadata document describes, fetched from its URL (no redirects, small, quick), when it
+        names itself and only redirect URIs registration would accept; None otherwise."""
+        if not self._may_fetch(client_id):
+            return None
+        try:
+            response = await self.http.get(client_id, headers={"Accept": "application/json"}, timeout=5.0)
+        except httpx2.HTTPError:
+            log.warning("could not fetch a client metadata document")
+            return None
+        if response.status_code != 200 or len(response.content) > MAX_METADATA_BYTES:
+            return None
+        try:
+            document = response.json()
+        except ValueError:
+            return None
+        if not isinstance(document, dict) or document.get("client_id") != client_id:
+            return None
+        uris = document.get("redirect_uris")
+        if not isinstance(uris, list) or not uris or any(redirect_uri_refusal(str(uri)) for uri in uris):
+            return None
+        if document.get("token_endpoint_auth_method", "none") != "none":
+            return None  # a document holds no secret: only public clients
+        try:
+            return OAuthClientInformationFull.model_validate(
+                {
+                    "client_id": client_id,
+                    "client_name": document.get("client_name"),
+                    "redirect_uris": uris,
+                    "grant_types": ["authorization_code", "refresh_token"],
+                    "response_types": ["code"],
+                    "token_endpoint_auth_method": "none",
+                    "scope": document.get("scope"),
+                }
+            )
+        except ValueError:
+            return None
+
+    def _may_fetch(self, client_id: str) -> bool:
+        """https with a path; plain http only to loopback while the server itself is served on loopback (tests)."""
+        parts = urlsplit(client_id)
+        if parts.path in ("", "/") or parts.query or parts.fragment or not parts.hostname:
+            return False
+        testing = is_loopback(urlsplit(self.config.public_url).hostname)
+        if parts.scheme == "http":
+            return testing and is_loopback(parts.hostname)
+        if parts.scheme != "https":
+            return False
+        try:  # an address of this network is not a client's public document (the server must not be a proxy)
+            address = ipaddress.ip_address(parts.hostname.strip("[]"))
+        except ValueError:
+            return parts.hostname.lower() != "localhost" or testing
+        return testing or address.is_global
 
     # --- authorization: the request waits for the user on the sign-in page ---
 
@@ -227,5 +290,9 @@ class BitrixAuthProvider:
             await self.store.revoke_grant(token.subject)
 
     def metadata_extension(self) -> dict[str, Any]:
-        """What the SDK's authorization-server metadata lacks: public clients (`none`, which Claude looks for)."""
-        return {"token_endpoint_auth_methods_supported": ["client_secret_post", "client_secret_basic", "none"]}
+        """What the SDK's authorization-server metadata lacks: public clients (`none`) and client ID metadata
+        documents, both of which Claude looks for before it uses a document as its client_id."""
+        return {
+            "token_endpoint_auth_methods_supported": ["client_secret_post", "client_secret_basic", "none"],
+            "client_id_metadata_document_supported": True,
+        }

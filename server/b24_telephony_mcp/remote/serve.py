@@ -45,5 +45,5 @@ async def open_remote(
     stack.push_async_callback(http.aclose)
     bucket = (lambda url: state.bucket(url, settings.rate, settings.burst)) if state is not None else None
     connections = RemoteConnections(settings, config, store, journal, http, bucket)
-    provider = BitrixAuthProvider(config, store)
+    provider = BitrixAuthProvider(config, store, http)
     return RemoteParts(config, store, provider, connections, SignIn(config, store, http, offer).routes())
