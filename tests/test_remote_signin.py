@@ -31,7 +31,7 @@ from pydantic import AnyUrl
 
 from b24_telephony_mcp.sandbox import RunningSandbox, SandboxConfig, start_sandbox
 from redis_server import RedisServer, free_port
-from support import FAST_LIMITS, HttpServer, clean_env, http_server, ok
+from support import FAST_LIMITS, HttpServer, clean_env, error_of, http_server, ok
 
 pytestmark = pytest.mark.anyio
 
@@ -593,3 +593,30 @@ async def test_a_client_id_metadata_document_signs_in_without_registration(remot
             assert refused.status_code == 400 and "location" not in refused.headers
     finally:
         await browser.aclose()
+
+
+async def test_a_refused_bitrix24_refresh_revokes_the_grant(remote: Remote) -> None:
+    storage, browser = MemoryStorage(), Browser()
+    try:
+        async for client in signed_in_session(remote, storage, browser):
+            assert ok(await client.call_tool("list_external_lines", {})) == []
+            # The portal forgets every refresh token (a user deactivated, the application reinstalled), and the
+            # access token expires: the next call's refresh is refused for good.
+            portal = remote.sandbox.portal
+            portal.expire_all_tokens()
+            with portal.lock:
+                portal._refresh_tokens.clear()
+            failed = await client.call_tool("list_external_lines", {})
+            assert failed.is_error
+            assert error_of(failed)["code"] == "NOT_SIGNED_IN"
+            assert storage.tokens is not None
+            access = storage.tokens.access_token
+    finally:
+        await browser.aclose()
+    async with httpx2.AsyncClient(timeout=10) as http:
+        after = await http.post(
+            remote.mcp_url,
+            json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+            headers={"Authorization": f"Bearer {access}", "Accept": "application/json"},
+        )
+    assert after.status_code == 401 and "resource_metadata" in after.headers["www-authenticate"]

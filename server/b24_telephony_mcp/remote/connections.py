@@ -9,6 +9,7 @@ is the HTTP pool, the journal, and one rate bucket per portal.
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
@@ -23,12 +24,43 @@ from b24_telephony_mcp.state.journal import CallJournal
 from b24_telephony_mcp.tools.base import ToolContext
 from b24_telephony_mcp.tools.connection import Connection
 
+log = logging.getLogger(__name__)
+
 NOT_SIGNED_IN = "NOT_SIGNED_IN"
 
 
 def user_key(member_id: str, user_id: int) -> str:
     """Whose journal entries and cached portal values these are: one Bitrix24 user of one portal."""
     return hashlib.sha256(f"remote|{member_id}|{user_id}".encode()).hexdigest()[:32]
+
+
+REFUSED_REFRESH = frozenset({"invalid_grant"})
+"""What Bitrix24's token endpoint answers for a refresh token that is dead for good: the user was deactivated, the
+application reinstalled, or the token expired unused."""
+
+
+class GrantAuth(OAuthAuth):
+    """A signed-in user's pair: when Bitrix24 refuses its refresh token for good, the grant is revoked (every
+    token of it dies, so the client's next request gets 401 and it signs in again)."""
+
+    grant_id = ""
+    store: RemoteStore | None = None
+
+    async def refresh(self, http: httpx2.AsyncClient, used_credential: str, *, renew: bool = True) -> bool:
+        try:
+            return await super().refresh(http, used_credential, renew=renew)
+        except BitrixError as exc:
+            if exc.code not in REFUSED_REFRESH or self.store is None:
+                raise
+            await self.store.revoke_grant(self.grant_id)
+            log.warning("Bitrix24 refused a user's refresh token: the sign-in was revoked")
+            raise BitrixError(
+                NOT_SIGNED_IN,
+                "Bitrix24 refused this sign-in's tokens (the user may be deactivated or the application reinstalled); "
+                "the sign-in was revoked",
+                401,
+                hint="Sign in again from your assistant.",
+            ) from None
 
 
 class RemoteConnections:
@@ -73,7 +105,7 @@ class RemoteConnections:
         parts = urlsplit(portal.client_endpoint)
         portal_url = f"{parts.scheme}://{parts.netloc}"
         try:
-            auth = await OAuthAuth.open(
+            auth = await GrantAuth.open(
                 portal_url,
                 self.config.client_id,
                 self.config.client_secret,
@@ -85,6 +117,7 @@ class RemoteConnections:
             raise BitrixError(
                 NOT_SIGNED_IN, "this sign-in has no usable Bitrix24 tokens", 401, hint="Sign in again."
             ) from None
+        auth.grant_id, auth.store = grant.grant_id, self.store
         await self.store.touch_grant(grant.grant_id)
         key = user_key(grant.member_id, grant.user_id)
         client = BitrixClient(
