@@ -12,6 +12,7 @@ import html
 import json
 import os
 import re
+import subprocess
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
@@ -31,7 +32,7 @@ from pydantic import AnyUrl
 
 from b24_telephony_mcp.sandbox import RunningSandbox, SandboxConfig, start_sandbox
 from redis_server import RedisServer, free_port
-from support import FAST_LIMITS, HttpServer, clean_env, error_of, http_server, ok
+from support import FAST_LIMITS, HttpServer, clean_env, error_of, http_server, ok, server_command
 
 pytestmark = pytest.mark.anyio
 
@@ -44,6 +45,7 @@ class Remote:
     sandbox: RunningSandbox
     public: str
     state_dir: Path
+    env: dict[str, str]
 
     @property
     def mcp_url(self) -> str:
@@ -65,7 +67,7 @@ def remote(tmp_path: Path) -> Iterator[Remote]:
             XDG_STATE_HOME=str(tmp_path / "state"),
         )
         with http_server(env, "http", "--remote", "--public-url", public, "--port", str(port)) as server:
-            yield Remote(server, sandbox, public, tmp_path / "state")
+            yield Remote(server, sandbox, public, tmp_path / "state", env)
 
 
 class MemoryStorage(TokenStorage):
@@ -505,7 +507,7 @@ def redis_remote(tmp_path: Path, redis_server: RedisServer) -> Iterator[Remote]:
             B24_TOKEN_KEY=base64.b64encode(os.urandom(32)).decode(),
         )
         with http_server(env, "http", "--remote", "--public-url", public, "--port", str(port)) as server:
-            yield Remote(server, sandbox, public, tmp_path / "state")
+            yield Remote(server, sandbox, public, tmp_path / "state", env)
 
 
 async def test_remote_mode_on_redis_signs_in_statelessly(redis_remote: Remote) -> None:
@@ -620,3 +622,41 @@ async def test_a_refused_bitrix24_refresh_revokes_the_grant(remote: Remote) -> N
             headers={"Authorization": f"Bearer {access}", "Accept": "application/json"},
         )
     assert after.status_code == 401 and "resource_metadata" in after.headers["www-authenticate"]
+
+
+def grants(remote: Remote, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        server_command("--public-url", remote.public, "grants", *args),
+        env=remote.env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+async def test_grants_list_and_revoke(remote: Remote) -> None:
+    browser = Browser()
+    try:
+        tokens = await signed_in_tokens(remote, browser)
+    finally:
+        await browser.aclose()
+    listed = grants(remote, "list")
+    assert listed.returncode == 0, listed.stderr
+    host = urlsplit(remote.sandbox.base_url).netloc
+    row = next(line for line in listed.stdout.splitlines() if host in line)
+    assert "1 " in row and "180 days" in listed.stdout
+    for secret in (tokens["access_token"], tokens["refresh_token"], remote.sandbox.config.client_secret):
+        assert secret not in listed.stdout + listed.stderr
+    assert grants(remote, "list", "--portal", "other.bitrix24.com").stdout.startswith("No grants.")
+    assert grants(remote, "revoke", "--user", "1").returncode == 2  # --user needs --portal
+    revoked = grants(remote, "revoke", row.split()[0])
+    assert revoked.returncode == 0 and revoked.stdout.strip() == "Revoked 1 grant.", revoked.stderr
+    async with httpx2.AsyncClient(timeout=10) as http:
+        after = await http.post(
+            remote.mcp_url,
+            json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+            headers={"Authorization": f"Bearer {tokens['access_token']}", "Accept": "application/json"},
+        )
+    assert after.status_code == 401
+    assert grants(remote, "list").stdout.startswith("No grants.")

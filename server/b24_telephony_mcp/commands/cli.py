@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import anyio
 
 from b24_telephony_mcp import PROG, __version__
-from b24_telephony_mcp.bitrix import TokenPair
+from b24_telephony_mcp.bitrix import BitrixError, TokenPair
 from b24_telephony_mcp.commands.client_config import CLIENTS
 from b24_telephony_mcp.common.net import is_loopback_host, url_host
 from b24_telephony_mcp.common.redact import JsonFormatter, RedactingFormatter, register_secret
@@ -152,6 +152,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     store.add_argument("--file", type=Path, help="the token file or profile (default: the server's token file)")
     store.add_argument("--force", action="store_true", help="overwrite even a pair that looks newer")
     store.add_argument("--profile", metavar="NAME", default=argparse.SUPPRESS, help=PROFILE_HELP)
+    grants = commands.add_parser("grants", help="remote mode: list or revoke the sign-ins (never shows a token)")
+    grants.add_argument("action", choices=("list", "revoke"))
+    grants.add_argument("grant", nargs="?", metavar="ID", help="revoke: the grant (its id, or enough of it)")
+    grants.add_argument("--portal", metavar="DOMAIN", help="only this portal's grants (yourcompany.bitrix24.com)")
+    grants.add_argument("--user", type=int, metavar="N", help="with --portal: only this user's grants")
     return parser.parse_args(argv)
 
 
@@ -233,6 +238,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stdout.write(anyio.run(run_store_command, args.action, args.file, args.force, args.profile) + "\n")
         except ConfigError as exc:
             return fail(str(exc))
+        return 0
+
+    if args.command == "grants":
+        from b24_telephony_mcp.commands.grants import run_grants_command
+
+        try:
+            sys.stdout.write(
+                anyio.run(run_grants_command, args.action, args.grant, args.portal, args.user, args.public_url) + "\n"
+            )
+        except ConfigError as exc:
+            return fail(str(exc))
+        except BitrixError as exc:  # the store failed mid-way (Redis went away)
+            return fail(f"{exc.description}.")
         return 0
 
     token = None
