@@ -660,3 +660,48 @@ async def test_grants_list_and_revoke(remote: Remote) -> None:
         )
     assert after.status_code == 401
     assert grants(remote, "list").stdout.startswith("No grants.")
+
+
+def install_form(remote: Remote, event: str, application_token: str, **auth: str) -> dict[str, str]:
+    host = urlsplit(remote.sandbox.base_url).netloc
+    fields = {
+        "event": event,
+        "ts": "1696527000",
+        "data[LANGUAGE_ID]": "en",
+        "auth[domain]": host,
+        "auth[member_id]": remote.sandbox.portal.member_id,
+        "auth[client_endpoint]": f"{remote.sandbox.base_url}/rest/",
+        "auth[server_endpoint]": f"{remote.sandbox.base_url}/rest/",
+        "auth[application_token]": application_token,
+    }
+    fields.update({f"auth[{name}]": value for name, value in auth.items()})
+    return fields
+
+
+async def test_install_and_uninstall(remote: Remote) -> None:
+    browser = Browser()
+    try:
+        tokens = await signed_in_tokens(remote, browser)
+    finally:
+        await browser.aclose()
+    install = f"{remote.public}/bitrix24/install"
+    listing = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+    bearer = {"Authorization": f"Bearer {tokens['access_token']}", "Accept": "application/json"}
+    async with httpx2.AsyncClient(timeout=10) as http:
+        # A forged install (a token that does not work on the portal) is not believed.
+        forged = await http.post(install, data=install_form(remote, "ONAPPINSTALL", "forged", access_token="nope"))
+        assert forged.status_code == 403
+        sent = install_form(remote, "ONAPPINSTALL", "the-app-token", access_token=remote.sandbox.access_token)
+        installed = await http.post(install, data=sent)
+        assert installed.status_code == 200, installed.text
+        # The forger cannot uninstall with its own token, nor anyone without one: nothing changes.
+        for wrong in ("forged", ""):
+            refused = await http.post(install, data=install_form(remote, "ONAPPUNINSTALL", wrong))
+            assert refused.status_code == 403
+        # Still signed in (past the bearer check; the MCP session itself is another matter: 400 without one).
+        assert (await http.post(remote.mcp_url, json=listing, headers=bearer)).status_code != 401
+        assert "refused" in remote.server.stderr and "the-app-token" not in remote.server.stderr
+        removed = await http.post(install, data=install_form(remote, "ONAPPUNINSTALL", "the-app-token"))
+        assert removed.status_code == 200
+        assert (await http.post(remote.mcp_url, json=listing, headers=bearer)).status_code == 401
+    assert grants(remote, "list").stdout.startswith("No grants.")

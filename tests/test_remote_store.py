@@ -478,3 +478,18 @@ async def test_open_store_redis_uses_the_configured_key(redis_server: RedisServe
         assert not (config.store_dir / KEY_FILE_NAME).exists()  # no key file with Redis
     finally:
         await state.aclose()
+
+
+async def test_a_portal_at_a_new_address_forgets_its_installation_token(backend: tuple[str, Path]) -> None:
+    store = make_store(backend, TokenCipher((key(),)))
+    try:
+        await store.install(PORTAL, "app-token-1")
+        await store.save_portal(PORTAL)  # the same address: kept
+        await store.add_grant(grant("g1"))
+        moved = Portal("m1", "new.bitrix24.com", "https://new.bitrix24.com/rest/", PORTAL.token_url)
+        await store.save_portal(moved)
+        assert await store.portal("m1") == moved
+        assert not await store.uninstall("m1", "app-token-1")
+        assert await store.grant("g1") is not None
+    finally:
+        await close(store)

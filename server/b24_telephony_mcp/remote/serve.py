@@ -1,5 +1,6 @@
-"""Remote mode's parts, built from the settings: the store (embedded or Redis), the provider, the sign-in routes and
-the connections the server resolves per request. The commands call `open_remote`; serving mounts what it returns."""
+"""Remote mode's parts, built from the settings: the store (embedded or Redis), the provider, the sign-in and
+installation routes, and the connections the server resolves per request. The commands call `open_remote`; serving
+mounts what it returns."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import httpx2
 from b24_telephony_mcp.bitrix.client import http_pool
 from b24_telephony_mcp.config.settings import RemoteConfig, Settings
 from b24_telephony_mcp.remote.connections import RemoteConnections
+from b24_telephony_mcp.remote.install import Installation
 from b24_telephony_mcp.remote.provider import BitrixAuthProvider
 from b24_telephony_mcp.remote.signin import SignIn
 from b24_telephony_mcp.remote.store import RemoteStore, open_store
@@ -46,4 +48,5 @@ async def open_remote(
     bucket = (lambda url: state.bucket(url, settings.rate, settings.burst)) if state is not None else None
     connections = RemoteConnections(settings, config, store, journal, http, bucket)
     provider = BitrixAuthProvider(config, store, http)
-    return RemoteParts(config, store, provider, connections, SignIn(config, store, http, offer).routes())
+    routes = [*SignIn(config, store, http, offer).routes(), *Installation(config, store, http).routes()]
+    return RemoteParts(config, store, provider, connections, routes)

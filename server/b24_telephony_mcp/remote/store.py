@@ -327,7 +327,10 @@ class SqliteRemoteStore:
         db.execute(
             "INSERT INTO portals (member_id, domain, client_endpoint, token_url) VALUES (?, ?, ?, ?) "
             "ON CONFLICT (member_id) DO UPDATE SET domain = excluded.domain, "
-            "client_endpoint = excluded.client_endpoint, token_url = excluded.token_url",
+            "client_endpoint = excluded.client_endpoint, token_url = excluded.token_url, "
+            # An installation's token belongs to the address it was verified at.
+            "application_token_hash = CASE WHEN portals.domain = excluded.domain "
+            "THEN portals.application_token_hash END",
             (portal.member_id, portal.domain, portal.client_endpoint, portal.token_url),
         )
 
@@ -571,6 +574,13 @@ if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
 end
 return 0
 """
+# KEYS[1]: a portal's hash. An installation's token belongs to the address it was verified at: a new domain drops it.
+_SAVE_PORTAL = """
+local domain = redis.call('HGET', KEYS[1], 'domain')
+if domain and domain ~= ARGV[1] then redis.call('HDEL', KEYS[1], 'application_token_hash') end
+redis.call('HSET', KEYS[1], 'domain', ARGV[1], 'client_endpoint', ARGV[2], 'token_url', ARGV[3])
+return 1
+"""
 # KEYS[1]: a code or token hash; its `used` goes 0 -> 1 once (and, for a refresh token, kind must be 'refresh').
 _SPEND = """
 if redis.call('HGET', KEYS[1], 'used') ~= '0' then return 0 end
@@ -594,6 +604,7 @@ class RedisRemoteStore:
         self._save_sealed_pair = self._redis.register_script(_SAVE_SEALED_PAIR)
         self._replace_field = self._redis.register_script(_REPLACE_FIELD)
         self._spend = self._redis.register_script(_SPEND)
+        self._save_portal = self._redis.register_script(_SAVE_PORTAL)
 
     def _key(self, *parts: str) -> str:
         return self._state.key("remote", *parts)
@@ -652,9 +663,9 @@ class RedisRemoteStore:
     # --- portals ---
 
     async def save_portal(self, portal: Portal) -> None:
-        mapping = {"domain": portal.domain, "client_endpoint": portal.client_endpoint, "token_url": portal.token_url}
+        key = self._key("portal", portal.member_id)
         async with self._state.failures("saving a portal"):
-            await self._redis.hset(self._key("portal", portal.member_id), mapping=mapping)
+            await self._save_portal(keys=[key], args=[portal.domain, portal.client_endpoint, portal.token_url])
 
     async def portal(self, member_id: str) -> Portal | None:
         async with self._state.failures("reading a portal"):
