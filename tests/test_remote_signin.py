@@ -15,7 +15,7 @@ import re
 import subprocess
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -166,6 +166,7 @@ def oauth_client(
     )
 
 
+@asynccontextmanager
 async def signed_in_session(remote: Remote, storage: MemoryStorage, browser: Browser) -> AsyncIterator[Client]:
     auth = oauth_client(remote, browser, storage)
     async with (
@@ -178,7 +179,7 @@ async def signed_in_session(remote: Remote, storage: MemoryStorage, browser: Bro
 async def test_sign_in_with_the_sdk_client_and_call_a_tool(remote: Remote) -> None:
     storage, browser = MemoryStorage(), Browser()
     try:
-        async for client in signed_in_session(remote, storage, browser):
+        async with signed_in_session(remote, storage, browser) as client:
             tools = await client.list_tools()
             assert "list_external_lines" in {tool.name for tool in tools.tools}
             result = await client.call_tool("list_external_lines", {})
@@ -477,7 +478,7 @@ async def test_a_session_refuses_another_grants_token(remote: Remote) -> None:
 async def test_an_expired_bitrix24_token_is_refreshed_into_the_store(remote: Remote) -> None:
     storage, browser = MemoryStorage(), Browser()
     try:
-        async for client in signed_in_session(remote, storage, browser):
+        async with signed_in_session(remote, storage, browser) as client:
             assert ok(await client.call_tool("list_external_lines", {})) == []
             async with httpx2.AsyncClient() as http:
                 await http.post(f"{remote.sandbox.base_url}/_sandbox/expire-tokens")
@@ -513,7 +514,7 @@ def redis_remote(tmp_path: Path, redis_server: RedisServer) -> Iterator[Remote]:
 async def test_remote_mode_on_redis_signs_in_statelessly(redis_remote: Remote) -> None:
     storage, browser = MemoryStorage(), Browser()
     try:
-        async for client in signed_in_session(redis_remote, storage, browser):
+        async with signed_in_session(redis_remote, storage, browser) as client:
             assert ok(await client.call_tool("list_external_lines", {})) == []
     finally:
         await browser.aclose()
@@ -600,7 +601,7 @@ async def test_a_client_id_metadata_document_signs_in_without_registration(remot
 async def test_a_refused_bitrix24_refresh_revokes_the_grant(remote: Remote) -> None:
     storage, browser = MemoryStorage(), Browser()
     try:
-        async for client in signed_in_session(remote, storage, browser):
+        async with signed_in_session(remote, storage, browser) as client:
             assert ok(await client.call_tool("list_external_lines", {})) == []
             # The portal forgets every refresh token (a user deactivated, the application reinstalled), and the
             # access token expires: the next call's refresh is refused for good.
@@ -705,3 +706,28 @@ async def test_install_and_uninstall(remote: Remote) -> None:
         assert removed.status_code == 200
         assert (await http.post(remote.mcp_url, json=listing, headers=bearer)).status_code == 401
     assert grants(remote, "list").stdout.startswith("No grants.")
+
+
+async def test_two_users_of_one_portal_each_call_with_their_own_rights(remote: Remote) -> None:
+    """Two people sign in from their own browsers (the portal knows them as users 1 and 2); each one's calls run
+    with that user's token, whichever client, and a sign-in by one never lends the other anything."""
+    callers = remote.sandbox.portal.stats.callers
+    browsers = [Browser(), Browser()]
+    try:
+        await browsers[1].http.get(f"{remote.sandbox.base_url}/_sandbox/sign-in-as", params={"user_id": "2"})
+        async with (
+            signed_in_session(remote, MemoryStorage(), browsers[0]) as first,
+            signed_in_session(remote, MemoryStorage(), browsers[1]) as second,
+        ):
+            before = callers.copy()
+            assert ok(await second.call_tool("list_external_lines", {})) == []
+            assert callers - before == {2: 1}
+            before = callers.copy()
+            assert ok(await first.call_tool("list_external_lines", {})) == []
+            assert ok(await first.call_tool("list_external_lines", {})) == []
+            assert callers - before == {1: 2}
+    finally:
+        for browser in browsers:
+            await browser.aclose()
+    listed = grants(remote, "list").stdout
+    assert "1 Admin Sandbox" in listed and "2 Olivia Operator" in listed
