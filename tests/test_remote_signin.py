@@ -731,3 +731,10 @@ async def test_two_users_of_one_portal_each_call_with_their_own_rights(remote: R
             await browser.aclose()
     listed = grants(remote, "list").stdout
     assert "1 Admin Sandbox" in listed and "2 Olivia Operator" in listed
+
+
+async def test_registration_is_rate_limited_per_address(remote: Remote) -> None:
+    async with httpx2.AsyncClient(timeout=10) as http:
+        answers = [(await register(http, remote, "http://127.0.0.1:5555/cb")).status_code for _ in range(12)]
+    assert answers[:10] == [201] * 10
+    assert answers[10:] == [429, 429]

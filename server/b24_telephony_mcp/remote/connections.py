@@ -119,6 +119,8 @@ class RemoteConnections:
             ) from None
         auth.grant_id, auth.store = grant.grant_id, self.store
         await self.store.touch_grant(grant.grant_id)
+        # Who each call (or completion) runs as: the portal, the user and the client, never a token.
+        log.info("serving portal %s, user %s, client %r", portal.domain, grant.user_id, grant.client_name)
         key = user_key(grant.member_id, grant.user_id)
         client = BitrixClient(
             auth, rate=self.settings.rate, burst=self.settings.burst, bucket=self.bucket(portal_url), http=self.http

@@ -375,6 +375,10 @@ async def serve_http(
     # /metrics sits behind the static bearer token; remote mode has none (each client signs in), so serves none yet.
     routes = [metrics_route()] if remote is None else []
     app = make_app(server, AppOptions(routes, server_requests, stateless, remote))
+    if remote is not None:
+        from b24_telephony_mcp.serving.address_limits import PerAddressLimit
+
+        app = PerAddressLimit(app)  # /register and /token, which anyone may call, per client address
     open_paths = probes(ready or _always_ready)
     cors_paths = OAUTH_CORS_PATHS if remote is not None else ()
     config = uvicorn.Config(
