@@ -13,6 +13,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -738,3 +739,99 @@ async def test_registration_is_rate_limited_per_address(remote: Remote) -> None:
         answers = [(await register(http, remote, "http://127.0.0.1:5555/cb")).status_code for _ in range(12)]
     assert answers[:10] == [201] * 10
     assert answers[10:] == [429, 429]
+
+
+@dataclass
+class SandboxRemote:
+    server: HttpServer
+    portals: list[str]
+
+    @property
+    def public(self) -> str:
+        return self.server.url.removesuffix("/mcp")
+
+
+@pytest.fixture
+def sandbox_remote(tmp_path: Path) -> Iterator[SandboxRemote]:
+    """`--sandbox --remote`: the server's own two sandbox portals, one marketplace application on both."""
+    env = clean_env(**FAST_LIMITS, XDG_STATE_HOME=str(tmp_path / "state"))
+    with http_server(env, "http", "--sandbox", "--remote") as server:
+        portals = re.findall(r"sandbox portal \d: (\S+)", server.stderr)
+        assert len(portals) == 2, server.stderr
+        yield SandboxRemote(server, portals)
+
+
+async def portal_calls(portal: str) -> int:
+    async with httpx2.AsyncClient() as http:
+        stats = (await http.get(f"{portal}/_sandbox/stats")).json()
+    return int(stats["requests"].get("telephony.externalline.get", 0)) + int(
+        stats["requests"].get("telephony.externalline.add", 0)
+    )
+
+
+async def test_sandbox_remote_serves_two_portals_apart(sandbox_remote: SandboxRemote) -> None:
+    """Each portal's users sign in by typing its address; each grant's calls reach its own portal only, and one
+    portal's lines are not the other's."""
+    remote = Remote(sandbox_remote.server, None, sandbox_remote.public, Path(), {})  # type: ignore[arg-type]
+    browsers = [Browser(), Browser()]
+    typed = [urlsplit(portal).netloc for portal in sandbox_remote.portals]
+
+    def typing(index: int) -> OAuthClientProvider:
+        provider = oauth_client(remote, browsers[index], MemoryStorage())
+        original = browsers[index].submit
+
+        async def submit(page: httpx2.Response, action: str, **fields: str) -> httpx2.Response | str:
+            assert '<label for="portal">' in page.text and 'id="portal" name="portal"' in page.text
+            return await original(page, action, portal=typed[index], **fields)
+
+        browsers[index].submit = submit  # type: ignore[method-assign]
+        return provider
+
+    try:
+        async with (
+            httpx2.AsyncClient(auth=typing(0), timeout=30) as first_http,
+            httpx2.AsyncClient(auth=typing(1), timeout=30) as second_http,
+            Client(streamable_http_client(remote.mcp_url, http_client=first_http), mode="legacy") as first,
+            Client(streamable_http_client(remote.mcp_url, http_client=second_http), mode="legacy") as second,
+        ):
+            before = [await portal_calls(portal) for portal in sandbox_remote.portals]
+            added = await first.call_tool("add_external_line", {"NUMBER": "74951234567", "NAME": "First's line"})
+            assert not added.is_error, added
+            assert [await portal_calls(portal) for portal in sandbox_remote.portals] == [before[0] + 1, before[1]]
+            assert ok(await second.call_tool("list_external_lines", {})) == []
+            assert [await portal_calls(portal) for portal in sandbox_remote.portals] == [before[0] + 1, before[1] + 1]
+            lines = ok(await first.call_tool("list_external_lines", {}))
+            assert [line["NUMBER"] for line in lines] == ["74951234567"]
+    finally:
+        for browser in browsers:
+            await browser.aclose()
+
+
+async def test_sandbox_remote_refuses_a_portal_it_does_not_serve(sandbox_remote: SandboxRemote) -> None:
+    browser = Browser()
+    try:
+        client = (
+            await register(
+                browser.http, Remote(sandbox_remote.server, None, sandbox_remote.public, Path(), {}), CLIENT_REDIRECT
+            )
+        ).json()  # type: ignore[arg-type]
+        page = await browser.go(f"{sandbox_remote.public}/authorize?{authorize_query(client['client_id'], 'c' * 43)}")
+        assert isinstance(page, httpx2.Response)
+        for typed in ("evil.example.com", "127.0.0.1:1", "javascript:alert(1)"):
+            again = await browser.go(
+                f"{sandbox_remote.public}/authorize?{authorize_query(client['client_id'], 'c' * 43)}"
+            )
+            assert isinstance(again, httpx2.Response)
+            answer = await browser.submit(again, "allow", portal=typed)
+            assert isinstance(answer, httpx2.Response) and "Not a Bitrix24 address" in answer.text, typed
+    finally:
+        await browser.aclose()
+
+
+def test_the_remote_example_runs() -> None:
+    example = Path(__file__).resolve().parents[1] / "examples" / "remote_session.py"
+    process = subprocess.run(
+        [sys.executable, str(example)], env=clean_env(), capture_output=True, text=True, timeout=120
+    )
+    assert process.returncode == 0, process.stdout + process.stderr
+    assert "signed in:" in process.stdout and "74951234567" in process.stdout

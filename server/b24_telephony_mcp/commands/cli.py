@@ -20,7 +20,7 @@ import anyio
 from b24_telephony_mcp import PROG, __version__
 from b24_telephony_mcp.bitrix import BitrixError, TokenPair
 from b24_telephony_mcp.commands.client_config import CLIENTS
-from b24_telephony_mcp.common.net import is_loopback_host, url_host
+from b24_telephony_mcp.common.net import is_loopback_host, listen_socket, url_host
 from b24_telephony_mcp.common.redact import JsonFormatter, RedactingFormatter, register_secret
 from b24_telephony_mcp.config.settings import (
     JOURNAL_NAME,
@@ -30,6 +30,7 @@ from b24_telephony_mcp.config.settings import (
     RemoteConfig,
     Selection,
     Settings,
+    check_public_url,
     flag,
     launch_env,
     load_settings,
@@ -379,11 +380,59 @@ def settings_for(args: argparse.Namespace, stack: ExitStack | AsyncExitStack, re
     never choose it."""
     if not args.sandbox:
         return load_settings(profile=args.profile, remote=remote, public_url=args.public_url)
+    if remote if remote is not None else flag(os.environ, "B24_REMOTE"):
+        return remote_sandbox_settings(args, stack)
     from b24_telephony_mcp.sandbox import start_sandbox
 
     sandbox = stack.enter_context(start_sandbox())
     token_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="b24-sandbox-"))
     return sandbox_settings(sandbox, Path(token_dir))
+
+
+SANDBOX_MARKETPLACE_APP = "app.sandbox0000000000.00000001"
+
+
+def remote_sandbox_settings(args: argparse.Namespace, stack: ExitStack | AsyncExitStack) -> Settings:
+    """`--sandbox --remote`: two sandbox portals with one marketplace application installed on both, remote mode in
+    front of them, and its store, key and journal in a throwaway directory (the portals forget everything when they
+    stop, so must they). The public URL must be known before listening, so a free port is chosen here."""
+    from b24_telephony_mcp.sandbox import SandboxConfig, start_sandbox
+
+    if not args.port:
+        probe = listen_socket(args.host, 0)
+        args.port = probe.getsockname()[1]
+        probe.close()
+    public = (args.public_url or f"http://{url_host(args.host)}:{args.port}").rstrip("/")
+    check_public_url(public)
+    secret = secrets.token_urlsafe(24)
+    register_secret(secret)
+    portals = [
+        stack.enter_context(
+            start_sandbox(
+                SandboxConfig(
+                    client_id=SANDBOX_MARKETPLACE_APP, client_secret=secret, handler_url=f"{public}/bitrix24/callback"
+                )
+            )
+        )
+        for _ in range(2)
+    ]
+    directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="b24-sandbox-remote-")))
+    config = RemoteConfig(
+        public_url=public,
+        client_id=SANDBOX_MARKETPLACE_APP,
+        client_secret=secret,
+        portal_url=None,
+        token_endpoints={urlsplit(portal.token_url).netloc: portal.token_url for portal in portals},
+        portal_hosts=tuple(urlsplit(portal.base_url).netloc for portal in portals),
+        token_keys=(os.urandom(32),),
+        store_dir=directory / "remote",
+    )
+    for number, portal in enumerate(portals, start=1):
+        sys.stderr.write(
+            f"{PROG}: sandbox portal {number}: {portal.base_url} (type {urlsplit(portal.base_url).netloc} on the "
+            "sign-in page; its users 1 and 2 sign in, see /_sandbox/sign-in-as)\n"
+        )
+    return replace(load_settings(portal=config), journal_file=directory / JOURNAL_NAME)
 
 
 def run_doctor(args: argparse.Namespace) -> int:

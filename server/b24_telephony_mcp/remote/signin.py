@@ -108,6 +108,8 @@ def normalize_portal(typed: str, config: RemoteConfig) -> PortalAddress | None:
     if not host or "@" in host or parts.scheme not in ("http", "https"):
         return None
     configured = host in config.portal_hosts
+    if configured and is_loopback(parts.hostname) and "://" not in typed:
+        parts = urlsplit(f"http://{host}")  # a local portal (the sandbox's) typed without its scheme
     if parts.scheme == "http" and not (configured and is_loopback(parts.hostname)):
         return None
     if not configured and not _BITRIX24_HOST.match(host):
