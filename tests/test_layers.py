@@ -22,6 +22,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("__main__",),
     ("commands",),
     ("serving",),
+    ("remote",),
     ("config",),
     ("prompts",),
     ("tools",),

@@ -70,6 +70,15 @@ class RetryPolicy:
     backoff_cap: float = 8.0
 
 
+def http_pool(timeout: httpx2.Timeout) -> httpx2.AsyncClient:
+    """The HTTP client REST requests go through: our User-Agent, JSON, no redirects followed."""
+    return httpx2.AsyncClient(
+        timeout=timeout,
+        headers={"User-Agent": f"b24-telephony-mcp/{__version__}", "Accept": "application/json"},
+        follow_redirects=False,  # a followed redirect would turn the POST into a GET and drop the body
+    )
+
+
 class BitrixClient:
     def __init__(
         self,
@@ -81,13 +90,17 @@ class BitrixClient:
         connect_timeout: float = 5.0,
         retry: RetryPolicy | None = None,
         bucket: RequestBucket | None = None,
+        http: httpx2.AsyncClient | None = None,
     ) -> None:
-        """`bucket` paces the requests (a shared one for replicas); by default a `LeakyBucket(rate, burst)`."""
+        """`bucket` paces the requests (a shared one for replicas); by default a `LeakyBucket(rate, burst)`. `http`:
+        a connection pool shared with other clients (remote mode makes a client per request), which `aclose` leaves
+        open; by default the client makes its own on first use."""
         self.auth = auth
         self.retry = retry or RetryPolicy()
         self._bucket = bucket or LeakyBucket(rate, burst)
         self._timeout = httpx2.Timeout(timeout, connect=connect_timeout)
-        self._pool: httpx2.AsyncClient | None = None
+        self._pool: httpx2.AsyncClient | None = http
+        self._owns_pool = http is None
         self._blocked_until: dict[str, float] = {}
         """Methods the portal blocked with OPERATION_TIME_LIMIT, until their reset time: refused here meanwhile."""
 
@@ -96,15 +109,11 @@ class BitrixClient:
         # Created on first use: building it (TLS context, CA bundle) costs ~35 ms that a client waiting for
         # the first tools/list should not pay.
         if self._pool is None:
-            self._pool = httpx2.AsyncClient(
-                timeout=self._timeout,
-                headers={"User-Agent": f"b24-telephony-mcp/{__version__}", "Accept": "application/json"},
-                follow_redirects=False,  # a followed redirect would turn the POST into a GET and drop the body
-            )
+            self._pool = http_pool(self._timeout)
         return self._pool
 
     async def aclose(self) -> None:
-        if self._pool is not None:
+        if self._pool is not None and self._owns_pool:
             await self._pool.aclose()
 
     async def call(

@@ -13,13 +13,14 @@ from contextlib import AsyncExitStack, ExitStack
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import anyio
 
 from b24_telephony_mcp import PROG, __version__
-from b24_telephony_mcp.bitrix import TokenPair
+from b24_telephony_mcp.bitrix import BitrixError, TokenPair
 from b24_telephony_mcp.commands.client_config import CLIENTS
-from b24_telephony_mcp.common.net import is_loopback_host, url_host
+from b24_telephony_mcp.common.net import is_loopback_host, listen_socket, url_host
 from b24_telephony_mcp.common.redact import JsonFormatter, RedactingFormatter, register_secret
 from b24_telephony_mcp.config.settings import (
     EVENTS_NAME,
@@ -27,8 +28,11 @@ from b24_telephony_mcp.config.settings import (
     PRECEDENCE,
     AppConfig,
     ConfigError,
+    RemoteConfig,
     Selection,
     Settings,
+    check_public_url,
+    flag,
     launch_env,
     load_settings,
     split_names,
@@ -93,6 +97,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="also offer list_toolsets and enable_toolset, so more toolsets can be enabled on demand "
         "(env B24_DYNAMIC_TOOLSETS=1)",
     )
+    parser.add_argument(
+        "--remote",
+        action="store_true",
+        default=None,
+        help="remote mode: MCP clients sign in with their Bitrix24 users through one application (env B24_REMOTE=1)",
+    )
+    parser.add_argument(
+        "--public-url", metavar="URL", help="remote mode: the address clients and Bitrix24 reach (env B24_PUBLIC_URL)"
+    )
     commands = parser.add_subparsers(dest="command")
     sandbox = commands.add_parser("sandbox", help="run the sandbox Bitrix24 portal alone, as an HTTP server")
     sandbox.add_argument("--host", default="127.0.0.1")
@@ -144,6 +157,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     store.add_argument("--file", type=Path, help="the token file or profile (default: the server's token file)")
     store.add_argument("--force", action="store_true", help="overwrite even a pair that looks newer")
     store.add_argument("--profile", metavar="NAME", default=argparse.SUPPRESS, help=PROFILE_HELP)
+    grants = commands.add_parser("grants", help="remote mode: list or revoke the sign-ins (never shows a token)")
+    grants.add_argument("action", choices=("list", "revoke"))
+    grants.add_argument("grant", nargs="?", metavar="ID", help="revoke: the grant (its id, or enough of it)")
+    grants.add_argument("--portal", metavar="DOMAIN", help="only this portal's grants (yourcompany.bitrix24.com)")
+    grants.add_argument("--user", type=int, metavar="N", help="with --portal: only this user's grants")
     return parser.parse_args(argv)
 
 
@@ -227,8 +245,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             return fail(str(exc))
         return 0
 
+    if args.command == "grants":
+        from b24_telephony_mcp.commands.grants import run_grants_command
+
+        try:
+            sys.stdout.write(
+                anyio.run(run_grants_command, args.action, args.grant, args.portal, args.user, args.public_url) + "\n"
+            )
+        except ConfigError as exc:
+            return fail(str(exc))
+        except BitrixError as exc:  # the store failed mid-way (Redis went away)
+            return fail(f"{exc.description}.")
+        return 0
+
     token = None
-    if args.transport != "stdio":
+    try:
+        remote = args.remote if args.remote is not None else flag(os.environ, "B24_REMOTE")
+    except ConfigError as exc:
+        return fail(str(exc))
+    if args.transport != "stdio" and not remote:  # remote mode: each client signs in, no shared token
         token = os.environ.get("B24_MCP_AUTH_TOKEN") or None
         if token is None and not is_loopback_host(args.host):
             return fail(
@@ -260,7 +295,10 @@ async def serve(args: argparse.Namespace, token: str | None) -> None:
     from b24_telephony_mcp.serving.server import build_server
 
     async with AsyncExitStack() as stack:
-        settings = settings_for(args, stack)
+        settings = settings_for(args, stack, remote=args.remote)
+        if isinstance(settings.portal, RemoteConfig):
+            await serve_remote(args, settings, stack)
+            return
         SCHEMAS.locate(settings.cache_dir)
         offer = selection_from(args, settings.selection).offer()
         state = await open_state(settings)
@@ -307,15 +345,104 @@ def event_routes(events: EventHub | None, settings: Settings) -> list[Route]:
     return [event_intake(events, settings.events.application_tokens)]
 
 
-def settings_for(args: argparse.Namespace, stack: ExitStack | AsyncExitStack) -> Settings:
-    """The profile/environment settings, or an in-process sandbox's (kept running until `stack` closes)."""
+async def serve_remote(args: argparse.Namespace, settings: Settings, stack: AsyncExitStack) -> None:
+    """Remote mode: streamable HTTP where MCP clients sign in with their Bitrix24 users (issue 12, in progress)."""
+    from b24_telephony_mcp.remote.serve import open_remote
+    from b24_telephony_mcp.serving.http_transport import RemoteAuth, serve_http
+    from b24_telephony_mcp.serving.server import build_server
+
+    if args.transport != "http":
+        raise ConfigError("remote mode serves streamable HTTP only: add --transport http.")
+    config = settings.portal
+    assert isinstance(config, RemoteConfig)
+    SCHEMAS.locate(settings.cache_dir)
+    offer = selection_from(args, settings.selection).offer()
+    state = await open_state(settings)
+    if state is not None:
+        stack.push_async_callback(state.aclose)
+    journal = open_journal(settings, state)
+    stack.callback(journal.close)
+    described = "use the toolsets " + ", ".join(sorted(offer.enabled)) + (" (read-only)" if offer.read_only else "")
+    parts = await open_remote(settings, state, journal, described, stack)
+    server = build_server(parts.connections, offer, await shared_approvals(state))
+    public_host = urlsplit(config.public_url).netloc
+    await serve_http(
+        server,
+        "http",
+        args.host,
+        args.port,
+        None,
+        extra_hosts=[public_host, *os.environ.get("B24_MCP_ALLOWED_HOSTS", "").split(",")],
+        server_requests=any(spec.confirm is not None for spec in offer.possible()),
+        announce=lambda url: sys.stderr.write(
+            f"{PROG}: remote mode for {config.resource_url}; serving MCP over http at {url}\n"
+        ),
+        stateless=settings.stateless_http,
+        remote=RemoteAuth(
+            parts.provider,
+            config.public_url,
+            config.resource_url,
+            parts.routes,
+            parts.provider.metadata_extension(),
+        ),
+    )
+
+
+def settings_for(args: argparse.Namespace, stack: ExitStack | AsyncExitStack, remote: bool | None = False) -> Settings:
+    """The profile/environment settings, or an in-process sandbox's (kept running until `stack` closes). `remote`:
+    whether remote mode may be chosen (None: as B24_REMOTE says); the commands that check or configure one portal
+    never choose it."""
     if not args.sandbox:
-        return load_settings(profile=args.profile)
+        return load_settings(profile=args.profile, remote=remote, public_url=args.public_url)
+    if remote if remote is not None else flag(os.environ, "B24_REMOTE"):
+        return remote_sandbox_settings(args, stack)
     from b24_telephony_mcp.sandbox import start_sandbox
 
     sandbox = stack.enter_context(start_sandbox())
     token_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="b24-sandbox-"))
     return sandbox_settings(sandbox, Path(token_dir))
+
+
+def remote_sandbox_settings(args: argparse.Namespace, stack: ExitStack | AsyncExitStack) -> Settings:
+    """`--sandbox --remote`: two sandbox portals with one marketplace application installed on both, remote mode in
+    front of them, and its store, key and journal in a throwaway directory (the portals forget everything when they
+    stop, so must they). The public URL must be known before listening, so a free port is chosen here."""
+    from b24_telephony_mcp.sandbox import MARKETPLACE_CLIENT_ID, SandboxConfig, start_sandboxes
+
+    if not args.port:
+        probe = listen_socket(args.host, 0)
+        args.port = probe.getsockname()[1]
+        probe.close()
+    public = (args.public_url or f"http://{url_host(args.host)}:{args.port}").rstrip("/")
+    check_public_url(public)
+    secret = secrets.token_urlsafe(24)
+    register_secret(secret)
+    cloud = stack.enter_context(
+        start_sandboxes(
+            2,
+            SandboxConfig(
+                client_id=MARKETPLACE_CLIENT_ID, client_secret=secret, handler_url=f"{public}/bitrix24/callback"
+            ),
+        )
+    )
+    portals = cloud.portals
+    directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="b24-sandbox-remote-")))
+    config = RemoteConfig(
+        public_url=public,
+        client_id=MARKETPLACE_CLIENT_ID,
+        client_secret=secret,
+        portal_url=None,
+        token_endpoints={urlsplit(cloud.token_url).netloc: cloud.token_url},  # one OAuth server, as oauth.bitrix.info
+        portal_hosts=tuple(urlsplit(portal.base_url).netloc for portal in portals),
+        token_keys=(os.urandom(32),),
+        store_dir=directory / "remote",
+    )
+    for number, portal in enumerate(portals, start=1):
+        sys.stderr.write(
+            f"{PROG}: sandbox portal {number}: {portal.base_url} (type {urlsplit(portal.base_url).netloc} on the "
+            "sign-in page; its users 1 and 2 sign in, see /_sandbox/sign-in-as)\n"
+        )
+    return replace(load_settings(portal=config), journal_file=directory / JOURNAL_NAME)
 
 
 def run_doctor(args: argparse.Namespace) -> int:
@@ -338,7 +465,7 @@ def run_config(args: argparse.Namespace) -> int:
     if args.sandbox:
         return config_command(args.client, Local([*installed_command(), "--sandbox"], launch_env(None)))
     try:
-        portal = load_settings(profile=args.profile).portal
+        portal = load_settings(profile=args.profile, remote=False).portal
     except ConfigError as exc:
         return fail(f"{exc} (`config` prints the snippet for a setup that works.)")
     profile = portal.profile if isinstance(portal, AppConfig) else None

@@ -24,7 +24,7 @@ from b24_telephony_mcp.config.wiring import open_state
 
 async def run_store_command(action: str, file: Path | None, force: bool, profile: str | None = None) -> str:
     """Do `import` or `export`; the one line to tell the user. ConfigError for anything that stops it."""
-    settings = load_settings(profile=profile)
+    settings = load_settings(profile=profile, remote=False)
     portal = settings.portal
     if not isinstance(portal, AppConfig):
         raise ConfigError(

@@ -5,6 +5,8 @@ here (`wiring` builds the client and the stores from these settings)."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import os
 from collections.abc import Mapping
@@ -32,6 +34,13 @@ from b24_telephony_mcp.tools.files import DEFAULT_MAX_MB, MIB, FilePolicy
 from b24_telephony_mcp.tools.offer import ToolOffer
 
 DEFAULT_TOKEN_URL = "https://oauth.bitrix.info/oauth/token/"
+
+BITRIX24_OAUTH_SERVERS = ("oauth.bitrix.info", "oauth.bitrix24.tech")
+"""The Bitrix24 OAuth servers a sign-in's `server_domain` may name (oauth.bitrix24.tech: the Russian cloud)."""
+DEFAULT_ACCESS_TOKEN_TTL = 24 * 3600
+"""Lifetime of the MCP access tokens remote mode issues: longer than Bitrix24's hour, since some clients never
+refresh."""
+TOKEN_KEY_BYTES = 32
 
 SANDBOX_PORTAL_URL = "http://127.0.0.1:8024"
 """Where `b24-telephony-mcp sandbox` listens by default, and so where `login --sandbox` looks."""
@@ -90,6 +99,35 @@ class AppConfig:
 
 
 @dataclass(frozen=True)
+class RemoteConfig:
+    """Remote mode (`--remote`): MCP clients sign in, each with a Bitrix24 user of a portal, through one
+    application. A marketplace application serves any portal; a local application (`portal_url`) only its own."""
+
+    public_url: str
+    """What clients and Bitrix24 see (behind a TLS proxy), without a trailing slash."""
+    client_id: str
+    client_secret: str = field(repr=False)
+    portal_url: str | None
+    """A local application's portal: the only one that may sign in (the page then asks for no portal)."""
+    token_endpoints: Mapping[str, str]
+    """`server_domain` of a sign-in's answer -> the token endpoint used for it: the only URLs the client secret is
+    ever sent to."""
+    portal_hosts: tuple[str, ...] = ()
+    """Portal hosts accepted besides `*.bitrix24.*` (the configured portal; the sandbox's portals)."""
+    token_keys: tuple[bytes, ...] = field(default=(), repr=False)
+    """B24_TOKEN_KEY: the first encrypts the stored Bitrix24 pairs, all decrypt. Empty: the embedded store's key
+    file (generated once)."""
+    access_token_ttl: int = DEFAULT_ACCESS_TOKEN_TTL
+    store_dir: Path = field(default_factory=lambda: state_dir(os.environ) / "remote")
+    """Where the embedded store (no Redis) and its key file live."""
+
+    @property
+    def resource_url(self) -> str:
+        """The MCP endpoint, which access tokens are bound to (RFC 8707)."""
+        return f"{self.public_url}/mcp"
+
+
+@dataclass(frozen=True)
 class Selection:
     """Which tools the server offers (`--toolsets`, `--read-only`, `--tools`, `--dynamic-toolsets`)."""
 
@@ -132,7 +170,7 @@ class EventSettings:
 
 @dataclass(frozen=True)
 class Settings:
-    portal: WebhookConfig | AppConfig
+    portal: WebhookConfig | AppConfig | RemoteConfig
     files: FilePolicy = field(default_factory=FilePolicy)
     rate: float = DEFAULT_RATE
     burst: int = DEFAULT_BURST
@@ -154,6 +192,8 @@ class Settings:
         """How the server is connected: sandbox, profile, app variables or webhook."""
         if self.sandbox:
             return "sandbox"
+        if isinstance(self.portal, RemoteConfig):
+            return "remote"
         if isinstance(self.portal, WebhookConfig):
             return "webhook"
         return "profile" if self.portal.profile else "app variables"
@@ -167,11 +207,14 @@ class Settings:
 
 def load_settings(
     env: Mapping[str, str] = os.environ,
-    portal: WebhookConfig | AppConfig | None = None,
+    portal: WebhookConfig | AppConfig | RemoteConfig | None = None,
     profile: str | None = None,
+    remote: bool | None = None,
+    public_url: str | None = None,
 ) -> Settings:
     """All settings from `env` and the profile (`profile` is the --profile flag); `portal` replaces the
-    credentials with the sandbox's own."""
+    credentials with the sandbox's own. `remote` and `public_url` are the --remote and --public-url flags (None:
+    B24_REMOTE and B24_PUBLIC_URL)."""
     files = FilePolicy(
         allowed_dirs=tuple(
             Path(part).expanduser().resolve() for part in env.get("B24_FILES_DIR", "").split(os.pathsep) if part
@@ -180,13 +223,19 @@ def load_settings(
     )
     selection = Selection(
         toolsets=_names(env, "B24_TOOLSETS"),
-        read_only=_flag(env, "B24_READ_ONLY"),
+        read_only=flag(env, "B24_READ_ONLY"),
         tools=_names(env, "B24_TOOLS"),
-        dynamic=_flag(env, "B24_DYNAMIC_TOOLSETS"),
+        dynamic=flag(env, "B24_DYNAMIC_TOOLSETS"),
     )
     selection.check()  # unknown names fail at start, not at the first tools/list
     redis_url = _redis_url(env)
-    connection = portal or resolve_portal(env, profile)
+    connection: WebhookConfig | AppConfig | RemoteConfig
+    if portal is None and (remote if remote is not None else flag(env, "B24_REMOTE")):
+        connection = remote_from_env(env, public_url, redis=redis_url is not None)
+        sandbox = False
+    else:
+        connection = portal or resolve_portal(env, profile)
+        sandbox = portal is not None
     installed = (connection.application_token,) if isinstance(connection, AppConfig) else ()
     return Settings(
         portal=connection,
@@ -194,11 +243,11 @@ def load_settings(
         rate=_number(env, "B24_RATE_LIMIT", DEFAULT_RATE),
         burst=int(_number(env, "B24_RATE_BURST", DEFAULT_BURST)),
         selection=selection,
-        reveal_sip_passwords=_flag(env, "B24_REVEAL_SIP_PASSWORDS"),
-        confirm_calls=_flag(env, "B24_CONFIRM_CALLS") if env.get("B24_CONFIRM_CALLS", "").strip() else True,
-        sandbox=portal is not None,
+        reveal_sip_passwords=flag(env, "B24_REVEAL_SIP_PASSWORDS"),
+        confirm_calls=flag(env, "B24_CONFIRM_CALLS") if env.get("B24_CONFIRM_CALLS", "").strip() else True,
+        sandbox=sandbox,
         redis_url=redis_url,
-        stateless_http=_flag(env, "B24_MCP_STATELESS") if env.get("B24_MCP_STATELESS") else redis_url is not None,
+        stateless_http=flag(env, "B24_MCP_STATELESS") if env.get("B24_MCP_STATELESS") else redis_url is not None,
         journal_file=state_dir(env) / JOURNAL_NAME,
         events_file=state_dir(env) / EVENTS_NAME,
         events=EventSettings(
@@ -233,7 +282,8 @@ def _names(env: Mapping[str, str], name: str) -> tuple[str, ...] | None:
     return split_names(raw) if raw else None
 
 
-def _flag(env: Mapping[str, str], name: str) -> bool:
+def flag(env: Mapping[str, str], name: str) -> bool:
+    """A 1/0 variable (true/false, yes/no, on/off); ConfigError for anything else."""
     raw = env.get(name, "").strip().lower()
     if raw in ("", "0", "false", "no", "off"):
         return False
@@ -380,10 +430,99 @@ def app_config(env: Mapping[str, str], profile: Profile | None, name: str, store
     )
 
 
+def remote_from_env(env: Mapping[str, str], public_url: str | None, *, redis: bool) -> RemoteConfig:
+    """Remote mode's settings: the public URL, the application (marketplace, or local with B24_PORTAL_URL), the
+    token endpoints, the key of the stored pairs (required with Redis) and the access tokens' lifetime."""
+    url = (public_url or env.get("B24_PUBLIC_URL", "")).strip().rstrip("/")
+    if not url:
+        raise ConfigError(
+            "Remote mode needs the server's public URL: --public-url https://mcp.example.com (or B24_PUBLIC_URL), "
+            "the address clients and Bitrix24 reach it at."
+        )
+    check_public_url(url)
+    missing = [var for var in ("B24_CLIENT_ID", "B24_CLIENT_SECRET") if not env.get(var, "").strip()]
+    if missing:
+        raise ConfigError(
+            f"Remote mode needs {' and '.join(missing)}: those of a marketplace application (any portal may sign "
+            "in), or of a local application together with B24_PORTAL_URL (only that portal may sign in)."
+        )
+    if env.get("B24_WEBHOOK_URL", "").strip():
+        raise ConfigError("B24_WEBHOOK_URL cannot serve remote mode: each user signs in with the application.")
+    portal_url = env.get("B24_PORTAL_URL", "").strip().rstrip("/") or None
+    if portal_url is not None:
+        check_url("B24_PORTAL_URL", portal_url)
+    token_url = env.get("B24_OAUTH_TOKEN_URL", "").strip() or DEFAULT_TOKEN_URL
+    check_url("B24_OAUTH_TOKEN_URL", token_url)
+    endpoints = {server: f"https://{server}/oauth/token/" for server in BITRIX24_OAUTH_SERVERS}
+    endpoints[urlsplit(token_url).netloc] = token_url
+    keys = token_keys(env.get("B24_TOKEN_KEY", ""))
+    if redis and not keys:
+        raise ConfigError(
+            "Remote mode with B24_REDIS_URL needs B24_TOKEN_KEY, the key the Bitrix24 token pairs are encrypted "
+            'under in Redis (32 random bytes, base64: `python -c "import os,base64;'
+            'print(base64.b64encode(os.urandom(32)).decode())"`), the same on every replica.'
+        )
+    return RemoteConfig(
+        public_url=url,
+        client_id=env["B24_CLIENT_ID"].strip(),
+        client_secret=env["B24_CLIENT_SECRET"].strip(),
+        portal_url=portal_url,
+        token_endpoints=endpoints,
+        portal_hosts=(urlsplit(portal_url).netloc.lower(),) if portal_url else (),
+        token_keys=keys,
+        access_token_ttl=int(_number(env, "B24_MCP_ACCESS_TOKEN_TTL", DEFAULT_ACCESS_TOKEN_TTL)),
+        store_dir=state_dir(env) / "remote",
+    )
+
+
+def check_public_url(url: str) -> None:
+    """https://, or http:// for a loopback host; no query or fragment (it is the OAuth issuer)."""
+    parts = urlsplit(url)
+    if parts.query or parts.fragment or not parts.hostname:
+        raise ConfigError("The public URL must be a plain https://host[:port][/path], without a query or fragment.")
+    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
+        raise ConfigError(
+            "The public URL uses plain http:// for a non-local host: sign-ins and tokens would cross the network "
+            "unencrypted. Use https:// (a TLS proxy in front of the server); http:// is accepted only for loopback."
+        )
+    if parts.scheme not in ("http", "https"):
+        raise ConfigError("The public URL must start with https://.")
+
+
+def token_keys(raw: str) -> tuple[bytes, ...]:
+    """B24_TOKEN_KEY: base64 keys of 32 bytes, comma-separated (the first encrypts, all decrypt). The message names
+    a bad key by its position, never by its value."""
+    keys = []
+    for position, part in enumerate(split_names(raw), start=1):
+        try:
+            key = base64.b64decode(part, validate=True)
+        except (binascii.Error, ValueError):
+            key = b""
+        if len(key) != TOKEN_KEY_BYTES:
+            raise ConfigError(
+                f"B24_TOKEN_KEY: key {position} is not {TOKEN_KEY_BYTES} bytes in base64 (generate one with "
+                '`python -c "import os,base64;print(base64.b64encode(os.urandom(32)).decode())"`).'
+            )
+        keys.append(key)
+    return tuple(keys)
+
+
 CREDENTIAL_VARIABLES = frozenset(
     {"B24_WEBHOOK_URL", *_APP_VARS, "B24_ACCESS_TOKEN", "B24_REFRESH_TOKEN", "B24_TOKEN_FILE", "B24_OAUTH_TOKEN_URL"}
 )
-_NOT_FOR_CLIENTS = frozenset({"B24_PROFILE", "B24_CONFIG_DIR", "B24_MCP_AUTH_TOKEN", "B24_MCP_ALLOWED_HOSTS"})
+_NOT_FOR_CLIENTS = frozenset(
+    {
+        "B24_PROFILE",
+        "B24_CONFIG_DIR",
+        "B24_MCP_AUTH_TOKEN",
+        "B24_MCP_ALLOWED_HOSTS",
+        # A remote server's own: a client started with them would try to be one, and the key is a secret.
+        "B24_REMOTE",
+        "B24_PUBLIC_URL",
+        "B24_TOKEN_KEY",
+        "B24_MCP_ACCESS_TOKEN_TTL",
+    }
+)
 
 
 def launch_env(portal: WebhookConfig | AppConfig | None, env: Mapping[str, str] = os.environ) -> dict[str, str]:

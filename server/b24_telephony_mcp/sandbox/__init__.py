@@ -10,9 +10,17 @@ from .calls import Caller
 from .config import SandboxConfig
 from .errors import SandboxRestError
 from .portal import SandboxPortal
-from .runner import RunningSandbox, SandboxCloud, run_sandbox_forever, start_sandbox, start_sandboxes
+from .runner import (
+    MARKETPLACE_CLIENT_ID,
+    RunningSandbox,
+    SandboxCloud,
+    run_sandbox_forever,
+    start_sandbox,
+    start_sandboxes,
+)
 
 __all__ = [
+    "MARKETPLACE_CLIENT_ID",
     "Caller",
     "RunningSandbox",
     "SandboxCloud",

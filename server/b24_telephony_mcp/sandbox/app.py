@@ -13,8 +13,9 @@ Routes
     ``{"error": {"code", "message", "validation"?}}``. Only REST 3.0 methods are found here, and only REST 2
     methods under ``/rest/`` (else 404 ``ERROR_METHOD_NOT_FOUND``).
 ``GET /oauth/authorize/?client_id=...&state=...``
-    The signed-in user approves at once: 302 to the app's handler path (``SandboxConfig.handler_url``) with
-    ``code`` (single-use, 30 s), ``state``, ``domain``, ``member_id``, ``scope``, ``server_domain``. An unknown
+    The signed-in user (user 1, or the one ``/_sandbox/sign-in-as`` chose for this browser) approves at once: 302
+    to the app's handler path (``SandboxConfig.handler_url``) with ``code`` (single-use, 30 s), ``state``,
+    ``domain``, ``member_id``, ``scope``, ``server_domain``. An unknown
     client or an app that is not installed gets an HTML error page and no redirect, as on a real portal.
     Portals started together (``start_sandboxes``) share one OAuth server, as the cloud's portals share
     oauth.bitrix.info: ``server_domain`` names the first portal, whose ``/oauth/token/`` exchanges any of their
@@ -57,6 +58,8 @@ Test-control endpoints (test hooks, answered to loopback clients only; not part 
 ``POST /_sandbox/callback-form``
     JSON ``{"phone": ..., "text": ..., "voice": ..., "line_number": ...}`` (only ``phone`` required): a site
     visitor orders a callback; fires OnExternalCallBackStart and answers ``{"result": <the event's data>}``.
+``GET /_sandbox/sign-in-as?user_id=N``
+    This browser (a cookie) is signed in to the portal as user N: its next ``/oauth/authorize/`` approves for them.
 ``POST /_sandbox/oauth-delay``
     JSON ``{"seconds": 2.0}``: the token endpoint holds each request that long before it reads the grant; a client
     that hangs up meanwhile (a process killed mid-refresh) has spent nothing. ``0`` ends the delay.
@@ -96,6 +99,8 @@ from .records import UploadedFile
 logger = logging.getLogger(__name__)
 
 _AUTH_PARAMS = ("auth", "access_token")
+SIGNED_IN_COOKIE = "sandbox_user"
+"""Which portal user the browser is signed in as (`/_sandbox/sign-in-as`); user 1 without it."""
 # The operating-limit window the time block reports (limits.md: 10 one-minute buckets).
 _OPERATING_WINDOW = 600
 
@@ -226,6 +231,9 @@ class SandboxHttp:
         try:
             params = await (_json_body_params(request) if api == 3 else _request_params(request))
             caller = self._authenticate(segments, _take_token(request, params))
+            if caller.auth_type == "oauth":
+                with self.portal.lock:
+                    self.portal.stats.callers[caller.user_id] += 1
             result = self.portal.call(method, params, caller, api)
         except SandboxRestError as exc:
             return _error(exc, api) if fault is None else _fault_response(fault)
@@ -257,8 +265,9 @@ class SandboxHttp:
 
     async def oauth_authorize(self, request: Request) -> Response:
         self._learn_base_url(request)
+        signed_in = request.cookies.get(SIGNED_IN_COOKIE, "")
         try:
-            location = self.portal.authorize(dict(request.query_params))
+            location = self.portal.authorize(dict(request.query_params), int(signed_in) if signed_in.isdigit() else 1)
         except SandboxRestError as exc:
             page = f"<!doctype html><title>Authorization error</title><p>{html.escape(exc.description)}</p>"
             return HTMLResponse(page, status_code=exc.status)
@@ -346,6 +355,15 @@ class SandboxHttp:
         self.portal.reset_stats()
         return JSONResponse({"result": True})
 
+    async def sign_in_as(self, request: Request) -> Response:
+        """The browser is signed in to the portal as this user: /oauth/authorize/ approves for them."""
+        user_id = request.query_params.get("user_id", "")
+        if not user_id.isdigit() or int(user_id) not in self.portal.users:
+            return JSONResponse({"error": "user_id must be one of the portal's users"}, status_code=400)
+        response = Response(status_code=204)
+        response.set_cookie(SIGNED_IN_COOKIE, user_id, httponly=True, samesite="lax")
+        return response
+
     async def set_oauth_delay(self, request: Request) -> Response:
         try:
             seconds = float(json.loads(await request.body() or b"{}")["seconds"])
@@ -399,6 +417,7 @@ def create_app(portal: SandboxPortal) -> Starlette:
         Route("/_sandbox/stats", _loopback_only(http.stats), methods=["GET"]),
         Route("/_sandbox/reset-stats", _loopback_only(http.reset_stats), methods=["POST"]),
         Route("/_sandbox/oauth-delay", _loopback_only(http.set_oauth_delay), methods=["POST"]),
+        Route("/_sandbox/sign-in-as", _loopback_only(http.sign_in_as), methods=["GET"]),
         Route("/_sandbox/click", _loopback_only(http.click), methods=["POST"]),
         Route("/_sandbox/callback-form", _loopback_only(http.callback_form), methods=["POST"]),
     ]

@@ -62,6 +62,9 @@ class Stats:
     """REST requests the leaky bucket refused (503 QUERY_LIMIT_EXCEEDED)."""
     token_requests: int = 0
     """Requests that reached the OAuth token endpoint, granted or not."""
+    callers: Counter[int] = field(default_factory=Counter)
+    """REST requests an application's token made, per the user it was issued to (which user's rights a call ran
+    with); in-process only, not in `/_sandbox/stats`."""
 
     def as_dict(self) -> dict[str, Any]:
         # "batched" only once a batch ran, so the stats of a portal never sent one read as before.

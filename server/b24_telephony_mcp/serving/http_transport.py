@@ -22,6 +22,9 @@ from typing import Any
 import anyio
 import uvicorn
 from mcp.server import Server
+from mcp.server.auth.provider import OAuthAuthorizationServerProvider, ProviderTokenVerifier
+from mcp.server.auth.routes import build_metadata, cors_middleware
+from mcp.server.auth.settings import AuthSettings, ClientRegistrationOptions, RevocationOptions
 from mcp.server.sse import SseServerTransport
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
@@ -44,13 +47,16 @@ READY_TIMEOUT = 3.0
 
 @dataclass(frozen=True)
 class HttpGuard:
-    """ASGI middleware: Host, then Origin, then the bearer token; `open_paths` are answered without checks."""
+    """ASGI middleware: Host, then Origin, then the bearer token; `open_paths` are answered without checks. With no
+    `token` (remote mode) the app checks each request's own token; `cors_paths` (the OAuth endpoints, which browser
+    clients call cross-origin) skip the Origin check."""
 
     app: ASGIApp
-    token: str
+    token: str | None
     allowed_hosts: frozenset[str]
     allowed_origins: frozenset[str]
     open_paths: Mapping[str, ASGIApp] = field(default_factory=dict)
+    cors_paths: frozenset[str] = frozenset()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -64,9 +70,13 @@ class HttpGuard:
         refusal: tuple[int, str, dict[str, str]] | None = None
         if headers.get("host", "").lower() not in self.allowed_hosts:
             refusal = (421, "Host not allowed", {})
-        elif "origin" in headers and headers["origin"].lower() not in self.allowed_origins:
+        elif (
+            "origin" in headers
+            and headers["origin"].lower() not in self.allowed_origins
+            and scope["path"] not in self.cors_paths
+        ):
             refusal = (403, "Origin not allowed", {})
-        elif not _bearer_matches(headers.get("authorization", ""), self.token):
+        elif self.token is not None and not _bearer_matches(headers.get("authorization", ""), self.token):
             refusal = (401, "Missing or wrong bearer token", {"WWW-Authenticate": 'Bearer realm="b24-telephony-mcp"'})
         if refusal is None:
             await self.app(scope, receive, send)
@@ -83,11 +93,12 @@ def _bearer_matches(header: str, token: str) -> bool:
 
 def guarded(
     app: ASGIApp,
-    token: str,
+    token: str | None,
     host: str,
     port: int,
     extra_hosts: Iterable[str] = (),
     open_paths: Mapping[str, ASGIApp] | None = None,
+    cors_paths: Iterable[str] = (),
 ) -> HttpGuard:
     """Allow the loopback names and the bound host on this port, plus `extra_hosts`: exact `Host` values
     (e.g. `mcp.example.com` behind a TLS proxy) the user vouched for with B24_MCP_ALLOWED_HOSTS."""
@@ -97,7 +108,7 @@ def guarded(
     hosts = {f"{name}:{port}" for name in names} | ({name for name in names} if port == 80 else set())
     hosts |= {extra.strip().lower() for extra in extra_hosts if extra.strip()}
     origins = {f"{scheme}://{hostport}" for scheme in ("http", "https") for hostport in hosts}
-    return HttpGuard(app, token, frozenset(hosts), frozenset(origins), open_paths or {})
+    return HttpGuard(app, token, frozenset(hosts), frozenset(origins), open_paths or {}, frozenset(cors_paths))
 
 
 def probes(ready: Readiness) -> dict[str, ASGIApp]:
@@ -139,6 +150,60 @@ class AppOptions:
     """Some tool sends the client requests mid-call (elicitation)."""
     stateless: bool = False
     """Streamable HTTP keeps no session: any replica answers any request."""
+    remote: RemoteAuth | None = None
+    """Remote mode: MCP clients sign in (OAuth 2.1) and each request carries its own access token."""
+
+
+@dataclass(frozen=True)
+class RemoteAuth:
+    """What remote mode adds to streamable HTTP: the SDK's authorization server over our provider, its routes and
+    metadata (extended), the bearer middleware in front of `/mcp`, and the Bitrix24 sign-in routes."""
+
+    provider: OAuthAuthorizationServerProvider[Any, Any, Any]
+    public_url: str
+    resource_url: str
+    routes: list[Route]
+    metadata_extension: Mapping[str, Any]
+
+    def settings(self) -> AuthSettings:
+        return AuthSettings(
+            issuer_url=self.public_url,  # type: ignore[arg-type]  # a str, kept without a trailing slash
+            resource_server_url=self.resource_url,  # type: ignore[arg-type]
+            validate_token_resource=True,  # tokens for another audience are refused (RFC 8707)
+            client_registration_options=ClientRegistrationOptions(enabled=True),
+            revocation_options=RevocationOptions(enabled=True),
+        )
+
+    def sdk_options(self) -> dict[str, Any]:
+        return {
+            "auth": self.settings(),
+            "auth_server_provider": self.provider,
+            "token_verifier": ProviderTokenVerifier(self.provider),
+        }
+
+    def extend_metadata(self, app: Starlette) -> None:
+        """Serve the SDK's authorization-server metadata with our additions (public clients: `none`)."""
+        settings = self.settings()
+        assert settings.client_registration_options is not None and settings.revocation_options is not None
+        metadata = build_metadata(
+            settings.issuer_url, None, settings.client_registration_options, settings.revocation_options
+        ).model_dump(mode="json", exclude_none=True)
+        metadata.update(self.metadata_extension)
+
+        async def serve_metadata(request: Request) -> Response:
+            return Response(
+                json.dumps(metadata), 200, {"Cache-Control": "public, max-age=3600"}, media_type="application/json"
+            )
+
+        for index, route in enumerate(app.router.routes):
+            if isinstance(route, Route) and route.path == METADATA_PATH:
+                app.router.routes[index] = Route(
+                    METADATA_PATH, cors_middleware(serve_metadata, ["GET", "OPTIONS"]), methods=["GET", "OPTIONS"]
+                )
+
+
+METADATA_PATH = "/.well-known/oauth-authorization-server"
+OAUTH_CORS_PATHS = (METADATA_PATH, "/.well-known/oauth-protected-resource/mcp", "/token", "/register", "/revoke")
 
 
 def streamable_http_app(server: Server[Any], options: AppOptions) -> ASGIApp:
@@ -146,22 +211,32 @@ def streamable_http_app(server: Server[Any], options: AppOptions) -> ASGIApp:
     # from the server in the middle of a call (asking the user to confirm one, protocol 2025-11-25) can only ride
     # such a stream, so `server_requests` brings it back for every request; progress notifications need it only
     # for the request that asked for them (a progressToken), so such a request is answered with a stream alone.
+    remote = options.remote
+    auth = remote.sdk_options() if remote is not None else {}
+    routes = [*options.routes, *(remote.routes if remote is not None else ())]
     if options.server_requests:
-        return server.streamable_http_app(
+        sdk_app = server.streamable_http_app(
             streamable_http_path="/mcp",
             json_response=False,
             stateless_http=options.stateless,
             transport_security=_SDK_CHECKS_OFF,
-            custom_starlette_routes=options.routes,
+            custom_starlette_routes=routes,
+            **auth,
         )
-    app = server.streamable_http_app(
+        if remote is not None:
+            remote.extend_metadata(sdk_app)
+        return sdk_app
+    sdk_app = server.streamable_http_app(
         streamable_http_path="/mcp",
         json_response=_JsonUnlessStreamed(),  # type: ignore[arg-type]  # a bool the SDK reads per request
         stateless_http=options.stateless,
         transport_security=_SDK_CHECKS_OFF,
-        custom_starlette_routes=options.routes,
+        custom_starlette_routes=routes,
+        **auth,
     )
-    return StreamWhenProgress(app)
+    if remote is not None:
+        remote.extend_metadata(sdk_app)
+    return StreamWhenProgress(sdk_app)
 
 
 _STREAM_THIS_REQUEST: ContextVar[bool] = ContextVar("stream_this_request", default=True)
@@ -277,18 +352,20 @@ async def serve_http(
     transport: str,
     host: str,
     port: int,
-    token: str,
+    token: str | None,
     announce: Callable[[str], None],
     extra_hosts: Iterable[str] = (),
     server_requests: bool = False,
     ready: Readiness | None = None,
     stateless: bool = False,
     open_routes: Sequence[Route] = (),
+    remote: RemoteAuth | None = None,
 ) -> None:
     """Serve until cancelled; `announce` gets the URL once the socket listens. `server_requests`: some tool sends
     the client requests mid-call (elicitation), so streamable HTTP answers with SSE streams. `ready` answers
     `/readyz` (default: always ready). `stateless`: streamable HTTP keeps no session, so any replica behind a load
-    balancer can answer any request. `open_routes` are served without the guard's checks: they make their own."""
+    balancer can answer any request. `open_routes` are served without the guard's checks: they make their own.
+    `remote`: MCP clients sign in, and the token is theirs (`token` is None)."""
     try:
         sock = listen_socket(host, port)
     except OSError as exc:
@@ -299,10 +376,17 @@ async def serve_http(
     actual_port = sock.getsockname()[1]
     make_app, path = APPS[transport]
     url = f"http://{url_host(host)}:{actual_port}{path}"
-    app = make_app(server, AppOptions([metrics_route()], server_requests, stateless))
+    # /metrics sits behind the static bearer token; remote mode has none (each client signs in), so serves none yet.
+    routes = [metrics_route()] if remote is None else []
+    app = make_app(server, AppOptions(routes, server_requests, stateless, remote))
+    if remote is not None:
+        from b24_telephony_mcp.serving.address_limits import PerAddressLimit
+
+        app = PerAddressLimit(app)  # /register and /token, which anyone may call, per client address
     open_paths: dict[str, ASGIApp] = {**probes(ready or _always_ready), **{route.path: route for route in open_routes}}
+    cors_paths = OAUTH_CORS_PATHS if remote is not None else ()
     config = uvicorn.Config(
-        guarded(app, token, host, actual_port, extra_hosts, open_paths),
+        guarded(app, token, host, actual_port, extra_hosts, open_paths, cors_paths),
         log_level="warning",
         access_log=False,
         # No handlers of uvicorn's own: its records reach the root handler, whose formatter redacts.

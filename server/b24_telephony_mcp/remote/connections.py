@@ -1,0 +1,135 @@
+"""The seam of `tools/connection.py` in remote mode: the request's MCP access token -> its grant -> that Bitrix24
+user's connection (their pair, their portal's rate bucket, their journal entries).
+
+Nothing is kept per grant between requests: each request reads its grant and opens its pair from the store (the
+pair's refresh runs the one `OAuthAuth` sequence through `GrantPairStore`, single-flight per user); what is shared
+is the HTTP pool, the journal, and one rate bucket per portal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+import httpx2
+from mcp.server.auth.middleware.auth_context import get_access_token
+
+from b24_telephony_mcp.bitrix import BitrixClient, BitrixError, OAuthAuth
+from b24_telephony_mcp.bitrix.limits import LeakyBucket, RequestBucket
+from b24_telephony_mcp.config.settings import RemoteConfig, Settings
+from b24_telephony_mcp.remote.store import GrantPairStore, RemoteStore
+from b24_telephony_mcp.state.journal import CallJournal
+from b24_telephony_mcp.tools.base import ToolContext
+from b24_telephony_mcp.tools.connection import Connection
+
+log = logging.getLogger(__name__)
+
+NOT_SIGNED_IN = "NOT_SIGNED_IN"
+
+
+def user_key(member_id: str, user_id: int) -> str:
+    """Whose journal entries and cached portal values these are: one Bitrix24 user of one portal."""
+    return hashlib.sha256(f"remote|{member_id}|{user_id}".encode()).hexdigest()[:32]
+
+
+REFUSED_REFRESH = frozenset({"invalid_grant"})
+"""What Bitrix24's token endpoint answers for a refresh token that is dead for good: the user was deactivated, the
+application reinstalled, or the token expired unused."""
+
+
+class GrantAuth(OAuthAuth):
+    """A signed-in user's pair: when Bitrix24 refuses its refresh token for good, the grant is revoked (every
+    token of it dies, so the client's next request gets 401 and it signs in again)."""
+
+    grant_id = ""
+    store: RemoteStore | None = None
+
+    async def refresh(self, http: httpx2.AsyncClient, used_credential: str, *, renew: bool = True) -> bool:
+        try:
+            return await super().refresh(http, used_credential, renew=renew)
+        except BitrixError as exc:
+            if exc.code not in REFUSED_REFRESH or self.store is None:
+                raise
+            await self.store.revoke_grant(self.grant_id)
+            log.warning("Bitrix24 refused a user's refresh token: the sign-in was revoked")
+            raise BitrixError(
+                NOT_SIGNED_IN,
+                "Bitrix24 refused this sign-in's tokens (the user may be deactivated or the application reinstalled); "
+                "the sign-in was revoked",
+                401,
+                hint="Sign in again from your assistant.",
+            ) from None
+
+
+class RemoteConnections:
+    """`Connections` resolving each request's connection from its access token."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        config: RemoteConfig,
+        store: RemoteStore,
+        journal: CallJournal,
+        http: httpx2.AsyncClient,
+        bucket: Callable[[str], RequestBucket] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.config = config
+        self.store = store
+        self.journal = journal
+        self.http = http
+        self._bucket = bucket
+        self._buckets: dict[str, LeakyBucket] = {}
+        """One bucket per portal (all its users share its limit); without Redis, this process's own."""
+
+    @property
+    def events(self) -> None:
+        return None  # no one portal's events to serve as the resource
+
+    def bucket(self, portal_url: str) -> RequestBucket:
+        if self._bucket is not None:
+            return self._bucket(portal_url)
+        host = urlsplit(portal_url).netloc
+        if host not in self._buckets:
+            self._buckets[host] = LeakyBucket(self.settings.rate, self.settings.burst)
+        return self._buckets[host]
+
+    async def current(self) -> Connection:
+        token = get_access_token()
+        grant = await self.store.grant(token.subject) if token is not None and token.subject else None
+        portal = await self.store.portal(grant.member_id) if grant is not None else None
+        if grant is None or portal is None:
+            raise BitrixError(NOT_SIGNED_IN, "this sign-in was revoked", 401, hint="Sign in again from your assistant.")
+        parts = urlsplit(portal.client_endpoint)
+        portal_url = f"{parts.scheme}://{parts.netloc}"
+        try:
+            auth = await GrantAuth.open(
+                portal_url,
+                self.config.client_id,
+                self.config.client_secret,
+                portal.token_url,
+                GrantPairStore(self.store, grant.member_id, grant.user_id),
+                None,
+            )
+        except ValueError:  # no pair (revoked meanwhile), or one no configured key opens
+            raise BitrixError(
+                NOT_SIGNED_IN, "this sign-in has no usable Bitrix24 tokens", 401, hint="Sign in again."
+            ) from None
+        auth.grant_id, auth.store = grant.grant_id, self.store
+        await self.store.touch_grant(grant.grant_id)
+        # Who each call (or completion) runs as: the portal, the user and the client, never a token.
+        log.info("serving portal %s, user %s, client %r", portal.domain, grant.user_id, grant.client_name)
+        key = user_key(grant.member_id, grant.user_id)
+        client = BitrixClient(
+            auth, rate=self.settings.rate, burst=self.settings.burst, bucket=self.bucket(portal_url), http=self.http
+        )
+        context = ToolContext(
+            self.settings.files,
+            reveal_sip_passwords=self.settings.reveal_sip_passwords,
+            confirm_calls=self.settings.confirm_calls,
+            journal=self.journal,
+            application=key,
+        )
+        return Connection(client, context, key=key)
