@@ -3,7 +3,8 @@
 Imported only for those transports, so a stdio start does not pay for uvicorn.
 
 The HTTP transports sit behind one guard: a foreign `Host` (DNS rebinding) gets 421, a foreign
-`Origin` (a web page in the user's browser) gets 403, a missing or wrong bearer token gets 401.
+`Origin` (a web page in the user's browser) gets 403, a missing or wrong bearer token gets 401, selection
+headers (X-MCP-Toolsets, X-MCP-Readonly) naming what the server does not serve get 400.
 Only the probes `/healthz` (the process answers) and `/readyz` (it can serve: state store reachable, token
 pair present) pass without checks, for load balancers and orchestrators; they say nothing but ok or not; and the
 open routes a caller adds, which check their posts themselves (Bitrix24's event posts, event_intake.py).
@@ -36,6 +37,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from b24_telephony_mcp.common import metrics
 from b24_telephony_mcp.common.net import is_loopback_host, listen_socket, url_host
 from b24_telephony_mcp.config.settings import ConfigError
+from b24_telephony_mcp.serving.narrowing import Narrowings, SelectionHeaderError, narrowing
+from b24_telephony_mcp.serving.server import TelephonyServer
 
 # The guard below does the Host/Origin checks for every route, so the SDK's copy is switched off.
 _SDK_CHECKS_OFF = TransportSecuritySettings(enable_dns_rebinding_protection=False)
@@ -57,6 +60,8 @@ class HttpGuard:
     allowed_origins: frozenset[str]
     open_paths: Mapping[str, ASGIApp] = field(default_factory=dict)
     cors_paths: frozenset[str] = frozenset()
+    narrowings: Narrowings | None = None
+    """The server's: a request's selection headers it cannot honour are a 400 (narrowing.py)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -78,6 +83,11 @@ class HttpGuard:
             refusal = (403, "Origin not allowed", {})
         elif self.token is not None and not _bearer_matches(headers.get("authorization", ""), self.token):
             refusal = (401, "Missing or wrong bearer token", {"WWW-Authenticate": 'Bearer realm="b24-telephony-mcp"'})
+        elif self.narrowings is not None:
+            try:
+                narrowing(headers, self.narrowings.servable())
+            except SelectionHeaderError as exc:
+                refusal = (400, str(exc), {})
         if refusal is None:
             await self.app(scope, receive, send)
             return
@@ -99,6 +109,7 @@ def guarded(
     extra_hosts: Iterable[str] = (),
     open_paths: Mapping[str, ASGIApp] | None = None,
     cors_paths: Iterable[str] = (),
+    narrowings: Narrowings | None = None,
 ) -> HttpGuard:
     """Allow the loopback names and the bound host on this port, plus `extra_hosts`: exact `Host` values
     (e.g. `mcp.example.com` behind a TLS proxy) the user vouched for with B24_MCP_ALLOWED_HOSTS."""
@@ -108,7 +119,9 @@ def guarded(
     hosts = {f"{name}:{port}" for name in names} | ({name for name in names} if port == 80 else set())
     hosts |= {extra.strip().lower() for extra in extra_hosts if extra.strip()}
     origins = {f"{scheme}://{hostport}" for scheme in ("http", "https") for hostport in hosts}
-    return HttpGuard(app, token, frozenset(hosts), frozenset(origins), open_paths or {}, frozenset(cors_paths))
+    return HttpGuard(
+        app, token, frozenset(hosts), frozenset(origins), open_paths or {}, frozenset(cors_paths), narrowings
+    )
 
 
 def probes(ready: Readiness) -> dict[str, ASGIApp]:
@@ -348,7 +361,7 @@ APPS: dict[str, tuple[Callable[[Server[Any], AppOptions], ASGIApp], str]] = {
 
 
 async def serve_http(
-    server: Server[Any],
+    server: TelephonyServer,
     transport: str,
     host: str,
     port: int,
@@ -386,7 +399,7 @@ async def serve_http(
     open_paths: dict[str, ASGIApp] = {**probes(ready or _always_ready), **{route.path: route for route in open_routes}}
     cors_paths = OAUTH_CORS_PATHS if remote is not None else ()
     config = uvicorn.Config(
-        guarded(app, token, host, actual_port, extra_hosts, open_paths, cors_paths),
+        guarded(app, token, host, actual_port, extra_hosts, open_paths, cors_paths, server.narrowings),
         log_level="warning",
         access_log=False,
         # No handlers of uvicorn's own: its records reach the root handler, whose formatter redacts.

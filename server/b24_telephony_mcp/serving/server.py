@@ -50,6 +50,7 @@ from b24_telephony_mcp.prompts.completions import Completer
 from b24_telephony_mcp.serving.client_log import ClientLog
 from b24_telephony_mcp.serving.confirmation import Confirmations, Confirmer, SharedApprovals, confirm_before_run
 from b24_telephony_mcp.serving.event_resource import EVENTS_URI, EventResource
+from b24_telephony_mcp.serving.narrowing import Narrowings
 from b24_telephony_mcp.serving.prompts import Prompts
 from b24_telephony_mcp.serving.views import Views
 from b24_telephony_mcp.tools import ToolSpec, select_tools
@@ -189,6 +190,9 @@ class TelephonyServer(Server[Any]):
     """The SDK's low-level server, advertising `listChanged` for tools, prompts and resources (handshake protocol)
     when the offer can change; under 2026-07-28 the SDK derives them from the `subscriptions/listen` handler."""
 
+    narrowings: Narrowings
+    """What each HTTP request is offered (its selection headers); the HTTP transports check those headers."""
+
     def __init__(self, *args: Any, offer_can_change: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.offer_can_change = offer_can_change
@@ -238,7 +242,9 @@ def build_server(
             hub.activate()  # the events are offered: drain the portal's offline queue from now on
 
     activate_events()
-    listing = (-1, ListToolsResult(tools=[]))
+    # The headers of an HTTP request may narrow what it is offered (narrowing.py); over stdio it is the offer.
+    narrowings = Narrowings(offer)
+    listings: dict[int, tuple[ToolOffer, int, ListToolsResult]] = {}
     # Asking the user before tools that declare `confirm` (confirmation.py); replicas share what that needs.
     confirmations = Confirmations(approvals)
     prompts = Prompts(offer, Completer(connections))
@@ -253,21 +259,31 @@ def build_server(
     # As last announced; read again only when the offer changed, not on every call.
     announced_lists = lists_beside_tools() if changes is not None else {}
 
-    async def list_tools(ctx: ServerRequestContext[Any], _params: PaginatedRequestParams | None) -> ListToolsResult:
-        nonlocal listing
-        if listing[0] != offer.version:  # built once per change of the offer
-            listing = (offer.version, ListToolsResult(tools=[mcp_tool(spec, offer) for spec in offer.values()]))
+    def listing_of(offered: ToolOffer) -> ListToolsResult:
+        """tools/list of `offered` (the server's offer or a connection's narrowing of it), built once per change."""
+        built = listings.get(id(offered))
+        if built is None or built[0] is not offered or built[1] != offered.version:
+            built = (
+                offered,
+                offered.version,
+                ListToolsResult(tools=[mcp_tool(spec, offered) for spec in offered.values()]),
+            )
+            listings[id(offered)] = built
             SCHEMAS.save()  # the schemas just made, for the next start
-        return views.tools(ctx, listing[1])
+        return built[2]
+
+    async def list_tools(ctx: ServerRequestContext[Any], _params: PaginatedRequestParams | None) -> ListToolsResult:
+        return views.tools(ctx, listing_of(narrowings.offer_for(ctx.request)))
 
     async def call_tool(
         ctx: ServerRequestContext[Any], params: CallToolRequestParams
     ) -> CallToolResult | InputRequiredResult:
         nonlocal announced_lists
-        spec = offer.get(params.name)
+        offered = narrowings.offer_for(ctx.request)
+        spec = offered.get(params.name)
         if spec is None:
             return error_result(
-                BitrixError(UNKNOWN_TOOL, f"no tool named {params.name!r}; available: {', '.join(offer)}")
+                BitrixError(UNKNOWN_TOOL, f"no tool named {params.name!r}; available: {', '.join(offered)}")
             )
         try:
             connection = await connections.current()
@@ -277,7 +293,7 @@ def build_server(
         version = offer.version
         with client_log.collecting() as records:
             # report_progress is a no-op unless the client sent a progressToken.
-            run = ToolRun(connection.client, connection.context, offer, ctx.session.report_progress)
+            run = ToolRun(connection.client, connection.context, offered, ctx.session.report_progress)
             result = await run_tool(spec, params.arguments or {}, run, confirmations.confirmer(ctx, params))
         await client_log.send(ctx, records)
         if offer.version != version and changes is not None:
@@ -303,6 +319,7 @@ def build_server(
         on_subscriptions_listen=ListenHandler(changes) if changes is not None else None,
         offer_can_change=offer.dynamic,
     )
+    server.narrowings = narrowings
     confirmations.protect(server)  # a 2026-07-28 confirmation counts only for a question this process asked
     views.advertise(server)
     if event_resource is not None:

@@ -53,8 +53,9 @@ class Views:
         self._offer = offer
         self._apps = Apps()
         self._pages: dict[str, TextResource] = {}
-        self._listing: tuple[ListToolsResult, ListToolsResult] | None = None
-        """(the listing without views, the same with them): rebuilt when the offer's listing is."""
+        self._listings: dict[int, tuple[ListToolsResult, ListToolsResult]] = {}
+        """(a listing without views, the same with them) by the listing's id: the offer's and each narrowing's,
+        rebuilt when that listing is."""
 
     def advertise(self, server: Server[Any]) -> None:
         """The extension in the server's capabilities, and the resources handlers (so the resources capability)."""
@@ -69,11 +70,13 @@ class Views:
         """`listing` (the offer's tools/list) as `ctx`'s client should see it: with `_meta.ui` if it negotiated."""
         if not client_supports_apps(ctx):
             return listing
-        if self._listing is None or self._listing[0] is not listing:
+        built = self._listings.get(id(listing))
+        if built is None or built[0] is not listing:
             views = {spec.name: spec.view for spec in self._offer.values() if spec.view is not None}
             tools = [with_view(tool, views[tool.name]) if tool.name in views else tool for tool in listing.tools]
-            self._listing = (listing, listing.model_copy(update={"tools": tools}))
-        return self._listing[1]
+            built = (listing, listing.model_copy(update={"tools": tools}))
+            self._listings[id(listing)] = built
+        return built[1]
 
     async def list_resources(
         self, ctx: ServerRequestContext[Any], _params: PaginatedRequestParams | None

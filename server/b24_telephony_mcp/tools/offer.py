@@ -12,7 +12,7 @@ import re
 from collections.abc import Collection, Iterable, Iterator
 
 from b24_telephony_mcp.tools.base import OfferedTools, Toolset, ToolSpec
-from b24_telephony_mcp.tools.batch import RUN_BATCH
+from b24_telephony_mcp.tools.batch import RUN_BATCH, RUN_BATCH_READ_ONLY
 from b24_telephony_mcp.tools.catalogue import (
     TOOL_NAMES,
     TOOLSET_OF_TOOL,
@@ -97,6 +97,33 @@ class ToolOffer(OfferedTools):
     def may_offer(self, toolset: str) -> bool:
         """Whether a tool of `toolset` is offered or may come to be (enable_toolset); imports no toolset's module."""
         return self.dynamic or any(name in self._specs for name in TOOLSET_TOOL_NAMES[toolset])
+
+    def servable_toolsets(self) -> tuple[str, ...]:
+        """The toolsets a connection may ask for (X-MCP-Toolsets): those switched on, or with dynamic toolsets all."""
+        return tuple(name for name in TOOLSET_TOOL_NAMES if self.dynamic or name in self.enabled)
+
+    def narrowed(self, toolsets: Collection[str] | None, read_only: bool) -> ToolOffer:
+        """What one connection is offered within this offer: only `toolsets` (None: those switched on), and with
+        `read_only` only the tools that change nothing (run_batch in its read-only form). A fixed set: the
+        connection chose its toolsets, so no enable_toolset; built again whenever this offer changes."""
+        read_only = read_only or self.read_only
+        chosen = set(self.enabled if toolsets is None else toolsets)
+        specs = [
+            spec
+            for spec in (
+                *self.values(),
+                *(
+                    spec
+                    for name in chosen - self.enabled
+                    if self.dynamic
+                    for spec in self.offerable(load_toolset(name))
+                ),
+            )
+            if TOOLSET_OF_TOOL.get(spec.name) in chosen and (spec.effect.read_only or not read_only)
+        ]
+        if RUN_BATCH.name in self._specs:
+            specs.append(RUN_BATCH_READ_ONLY if read_only else self._specs[RUN_BATCH.name])
+        return ToolOffer(specs, read_only=read_only, enabled=chosen, allowlist=self.allowlist)
 
     def offerable(self, toolset: Toolset) -> tuple[ToolSpec, ...]:
         """The tools of `toolset` this server may offer (read-only mode applied)."""
