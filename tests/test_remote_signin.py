@@ -38,6 +38,7 @@ from support import FAST_LIMITS, HttpServer, clean_env, error_of, http_server, o
 pytestmark = pytest.mark.anyio
 
 CLIENT_REDIRECT = "http://127.0.0.1:33418/callback"
+METRICS_TOKEN = "metrics-" + "m" * 32
 
 
 @dataclass
@@ -66,6 +67,7 @@ def remote(tmp_path: Path) -> Iterator[Remote]:
             B24_PORTAL_URL=sandbox.base_url,
             B24_OAUTH_TOKEN_URL=sandbox.token_url,
             XDG_STATE_HOME=str(tmp_path / "state"),
+            B24_MCP_AUTH_TOKEN=METRICS_TOKEN,  # remote mode: it guards /metrics only
         )
         with http_server(env, "http", "--remote", "--public-url", public, "--port", str(port)) as server:
             yield Remote(server, sandbox, public, tmp_path / "state", env)
@@ -835,3 +837,32 @@ def test_the_remote_example_runs() -> None:
     )
     assert process.returncode == 0, process.stdout + process.stderr
     assert "signed in:" in process.stdout and "74951234567" in process.stdout
+
+
+async def test_metrics_count_sign_ins_and_refusals_behind_their_own_token(remote: Remote) -> None:
+    browsers = [Browser(), Browser(), Browser()]
+    try:
+        _, allowed = await manual_sign_in(remote, browsers[0])
+        assert isinstance(allowed, str) and allowed.startswith(CLIENT_REDIRECT)
+        await manual_sign_in(remote, browsers[1], action="deny")
+        forged = await browsers[2].http.post(f"{remote.public}/bitrix24/signin", data={"request": "x", "csrf": "y"})
+        assert forged.status_code == 403
+        async with httpx2.AsyncClient(timeout=10) as http:
+            assert (await http.get(f"{remote.public}/metrics")).status_code == 401
+            wrong = await http.get(f"{remote.public}/metrics", headers={"Authorization": "Bearer nope"})
+            assert wrong.status_code == 401
+            answer = await http.get(f"{remote.public}/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+        assert answer.status_code == 200
+        text = answer.text
+        for line in (
+            "b24mcp_grants_total 1.0",
+            'b24mcp_signins_total{result="signed_in"} 1.0',
+            'b24mcp_signins_total{result="denied"} 1.0',
+            'b24mcp_signins_total{result="refused"} 1.0',
+            'b24mcp_refusals_total{reason="forged_form"} 1.0',
+        ):
+            assert line in text.splitlines(), line
+        assert METRICS_TOKEN not in remote.server.stderr
+    finally:
+        for browser in browsers:
+            await browser.aclose()

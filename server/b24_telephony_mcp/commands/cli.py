@@ -366,6 +366,9 @@ async def serve_remote(args: argparse.Namespace, settings: Settings, stack: Asyn
     parts = await open_remote(settings, state, journal, described, stack)
     server = build_server(parts.connections, offer, await shared_approvals(state))
     public_host = urlsplit(config.public_url).netloc
+    metrics_token = os.environ.get("B24_MCP_AUTH_TOKEN") or None  # remote mode: it guards /metrics, nothing else
+    if metrics_token is not None:
+        register_secret(metrics_token)
     await serve_http(
         server,
         "http",
@@ -378,6 +381,7 @@ async def serve_remote(args: argparse.Namespace, settings: Settings, stack: Asyn
             f"{PROG}: remote mode for {config.resource_url}; serving MCP over http at {url}\n"
         ),
         stateless=settings.stateless_http,
+        metrics_token=metrics_token,
         remote=RemoteAuth(
             parts.provider,
             config.public_url,

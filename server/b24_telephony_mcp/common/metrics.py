@@ -75,6 +75,21 @@ class _Prometheus:
             registry=registry,
         )
 
+        self.grants = Counter(f"{PREFIX}_grants", "Remote mode: grants made by a completed sign-in", registry=registry)
+        self.signins = Counter(
+            f"{PREFIX}_signins",
+            "Remote mode: sign-ins by how they ended "
+            "(signed_in, denied, expired, not_bitrix24, portal_refused, failed, refused)",
+            ["result"],
+            registry=registry,
+        )
+        self.refusals = Counter(
+            f"{PREFIX}_refusals",
+            "Remote mode: posts and sign-in steps refused as not genuine, by reason",
+            ["reason"],
+            registry=registry,
+        )
+
     def tool_call(self, tool: str, error_code: str | None) -> None:
         self.tool_calls.labels(tool).inc()
         if error_code is not None:
@@ -94,6 +109,19 @@ class _Prometheus:
     def limit_retry(self, method: str) -> None:
         self.limit_retries.labels(method).inc()
 
+    def sign_in(self, result: str) -> None:
+        self.signins.labels(result).inc()
+        if result == "signed_in":
+            self.grants.inc()
+
+    def refusal(self, reason: str) -> None:
+        self.refusals.labels(reason).inc()
+        if reason in SIGN_IN_REFUSALS:
+            self.signins.labels("refused").inc()
+
+
+SIGN_IN_REFUSALS = frozenset({"forged_form", "foreign_browser", "other_portal", "untrusted_oauth_server"})
+"""Refusal reasons that end a sign-in (the others are posts to the installation handler)."""
 
 _recorder: Any = _Off()
 
@@ -132,3 +160,14 @@ def limiter_wait(seconds: float) -> None:
 
 def limit_retry(method: str) -> None:
     _recorder.limit_retry(method)
+
+
+def sign_in(result: str) -> None:
+    """A remote-mode sign-in ended: `result` from a small fixed set (see the counter's help)."""
+    _recorder.sign_in(result)
+
+
+def refusal(reason: str) -> None:
+    """Something was refused as not genuine: `reason` is one of SIGN_IN_REFUSALS, install_uninstall or
+    install_unverified."""
+    _recorder.refusal(reason)

@@ -24,6 +24,7 @@ from starlette.routing import Route
 
 from b24_telephony_mcp.bitrix import BitrixClient, BitrixError
 from b24_telephony_mcp.bitrix.auth import AccessTokenAuth
+from b24_telephony_mcp.common import metrics
 from b24_telephony_mcp.config.settings import RemoteConfig
 from b24_telephony_mcp.events.online import php_form
 from b24_telephony_mcp.remote.signin import normalize_portal
@@ -58,11 +59,13 @@ class Installation:
                 log.info("application uninstalled from portal %s: its grants and tokens are deleted", member_id)
                 return _answer(200, "uninstalled")
             log.warning("an uninstall post for portal %r was refused: missing or wrong application_token", member_id)
+            metrics.refusal("install_uninstall")
             return _answer(403, "refused")
         if event != "ONAPPINSTALL":
             return _answer(400, "not an installation event")
         portal = await self._verified(auth, member_id, application_token)
         if portal is None:
+            metrics.refusal("install_unverified")
             return _answer(403, "refused")
         await self.store.install(portal, application_token)
         log.info("application installed on portal %s (%s)", portal.domain, member_id)

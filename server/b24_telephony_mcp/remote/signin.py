@@ -37,6 +37,7 @@ from starlette.routing import Route
 
 from b24_telephony_mcp.bitrix import BitrixClient, BitrixError
 from b24_telephony_mcp.bitrix.auth import AccessTokenAuth, request_tokens
+from b24_telephony_mcp.common import metrics
 from b24_telephony_mcp.config.settings import RemoteConfig
 from b24_telephony_mcp.remote.crypto import new_token, token_hash
 from b24_telephony_mcp.remote.provider import CALLBACK_PATH, CODE_TTL, REQUEST_TTL, SIGNIN_PATH, is_loopback
@@ -203,6 +204,7 @@ class SignIn:
         request_id, csrf = str(form.get("request", "")), str(form.get("csrf", ""))
         cookie = request.cookies.get(CSRF_COOKIE, "")
         if not csrf or not hmac.compare_digest(csrf.encode(), cookie.encode()):
+            metrics.refusal("forged_form")
             return problem(
                 "This sign-in could not be checked",
                 "The form did not come from this browser's sign-in page (or its cookie was blocked).",
@@ -211,6 +213,7 @@ class SignIn:
             )
         record = await self.store.take_signin(request_id)
         if record is None or record.get("kind") != "request":
+            metrics.sign_in("expired")
             return problem(
                 "This sign-in has expired",
                 "The sign-in request is unknown, already answered, or more than ten minutes old.",
@@ -218,6 +221,7 @@ class SignIn:
             )
         if form.get("action") != "allow":
             log.info("sign-in denied by the user for client %r", record["client_name"])
+            metrics.sign_in("denied")
             return problem(
                 "Access denied",
                 f"You did not allow {record['client_name']} to use Bitrix24 telephony. Nothing was stored.",
@@ -230,6 +234,7 @@ class SignIn:
         else:
             portal = normalize_portal(str(form.get("portal", "")), self.config)
         if portal is None:
+            metrics.sign_in("not_bitrix24")
             return problem(
                 "Not a Bitrix24 address",
                 "The address you typed is not a Bitrix24 portal (such as yourcompany.bitrix24.com).",
@@ -252,6 +257,7 @@ class SignIn:
         state = query.get("state", "")
         record = await self.store.take_signin(state) if state else None
         if record is None or record.get("kind") != "signin":
+            metrics.sign_in("expired")
             return problem(
                 "This sign-in has expired",
                 "Bitrix24 answered a sign-in that is unknown, already used, or more than ten minutes old.",
@@ -260,6 +266,7 @@ class SignIn:
         browser = request.cookies.get(STATE_COOKIE, "")
         if not browser or not hmac.compare_digest(token_hash(browser), record["browser"]):
             log.warning("sign-in callback refused: its state belongs to another browser")
+            metrics.refusal("foreign_browser")
             return problem(
                 "This sign-in belongs to another browser",
                 "Bitrix24's answer does not match a sign-in started in this browser.",
@@ -267,6 +274,7 @@ class SignIn:
                 403,
             )
         if query.get("error"):
+            metrics.sign_in("portal_refused")
             return problem(
                 "Bitrix24 did not sign you in",
                 "The portal refused the sign-in (the application may not be installed, or access was denied).",
@@ -274,6 +282,7 @@ class SignIn:
             )
         if query.get("domain", "").lower() != record["host"]:
             log.warning("sign-in callback refused: another portal answered than the one named")
+            metrics.refusal("other_portal")
             return problem(
                 "Another portal answered",
                 f"You chose {record['host']}, but the answer came from another portal.",
@@ -283,6 +292,7 @@ class SignIn:
         token_url = self.config.token_endpoints.get(query.get("server_domain", "").lower())
         if token_url is None:
             log.warning("sign-in callback refused: server_domain is not an allowed OAuth server")
+            metrics.refusal("untrusted_oauth_server")
             return problem(
                 "Unknown Bitrix24 OAuth server",
                 "The portal named an OAuth server this server does not trust.",
@@ -293,6 +303,7 @@ class SignIn:
             grant = await self._complete(record, query.get("code", ""), token_url)
         except BitrixError as exc:
             log.warning("sign-in to %s failed: %s", record["host"], exc.code)
+            metrics.sign_in("failed")
             return problem(
                 "Bitrix24 did not sign you in",
                 _failure_text(exc),
@@ -315,6 +326,7 @@ class SignIn:
             time.time() + CODE_TTL,
         )
         log.info("signed in: portal %s, user %s, client %r", record["host"], grant.user_id, grant.client_name)
+        metrics.sign_in("signed_in")
         target = construct_redirect_uri(record["redirect_uri"], code=code, state=record.get("state"))
         response = RedirectResponse(target, 302, {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})
         response.delete_cookie(STATE_COOKIE, path="/bitrix24/")

@@ -146,10 +146,13 @@ def _status(code: int, status: str) -> Response:
     return Response(json.dumps({"status": status}), code, {"Cache-Control": "no-store"}, media_type="application/json")
 
 
-def metrics_route() -> Route:
+def metrics_route(token: str | None = None) -> Route:
+    """`/metrics`; with `token` it answers only that bearer token (remote mode, whose guard checks none)."""
     registry = metrics.enable()
 
     async def serve_metrics(request: Request) -> Response:
+        if token is not None and not _bearer_matches(request.headers.get("authorization", ""), token):
+            return Response(json.dumps({"error": "Missing or wrong bearer token"}), 401, media_type="application/json")
         return Response(metrics.render(registry), media_type=metrics.CONTENT_TYPE)
 
     return Route("/metrics", serve_metrics, methods=["GET"])
@@ -373,12 +376,13 @@ async def serve_http(
     stateless: bool = False,
     open_routes: Sequence[Route] = (),
     remote: RemoteAuth | None = None,
+    metrics_token: str | None = None,
 ) -> None:
     """Serve until cancelled; `announce` gets the URL once the socket listens. `server_requests`: some tool sends
     the client requests mid-call (elicitation), so streamable HTTP answers with SSE streams. `ready` answers
     `/readyz` (default: always ready). `stateless`: streamable HTTP keeps no session, so any replica behind a load
     balancer can answer any request. `open_routes` are served without the guard's checks: they make their own.
-    `remote`: MCP clients sign in, and the token is theirs (`token` is None)."""
+    `remote`: MCP clients sign in, and the token is theirs (`token` is None); `metrics_token` then guards /metrics."""
     try:
         sock = listen_socket(host, port)
     except OSError as exc:
@@ -389,8 +393,9 @@ async def serve_http(
     actual_port = sock.getsockname()[1]
     make_app, path = APPS[transport]
     url = f"http://{url_host(host)}:{actual_port}{path}"
-    # /metrics sits behind the static bearer token; remote mode has none (each client signs in), so serves none yet.
-    routes = [metrics_route()] if remote is None else []
+    # /metrics sits behind the static bearer token; remote mode has none (each client signs in), so it serves
+    # /metrics only with a token of its own.
+    routes = [metrics_route()] if remote is None else [metrics_route(metrics_token)] if metrics_token else []
     app = make_app(server, AppOptions(routes, server_requests, stateless, remote))
     if remote is not None:
         from b24_telephony_mcp.serving.address_limits import PerAddressLimit
