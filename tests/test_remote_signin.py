@@ -54,8 +54,9 @@ class Remote:
         return f"{self.public}/mcp"
 
 
-@pytest.fixture
-def remote(tmp_path: Path) -> Iterator[Remote]:
+@contextmanager
+def remote_server(tmp_path: Path, **extra_env: str) -> Iterator[Remote]:
+    """Remote mode for a local application on a fresh sandbox portal, at a public URL known before it listens."""
     port = free_port()
     public = f"http://127.0.0.1:{port}"
     config = SandboxConfig(rate_limit=1000.0, rate_burst=10000, handler_url=f"{public}/bitrix24/callback")
@@ -67,10 +68,16 @@ def remote(tmp_path: Path) -> Iterator[Remote]:
             B24_PORTAL_URL=sandbox.base_url,
             B24_OAUTH_TOKEN_URL=sandbox.token_url,
             XDG_STATE_HOME=str(tmp_path / "state"),
-            B24_MCP_AUTH_TOKEN=METRICS_TOKEN,  # remote mode: it guards /metrics only
+            **extra_env,
         )
         with http_server(env, "http", "--remote", "--public-url", public, "--port", str(port)) as server:
             yield Remote(server, sandbox, public, tmp_path / "state", env)
+
+
+@pytest.fixture
+def remote(tmp_path: Path) -> Iterator[Remote]:
+    with remote_server(tmp_path, B24_MCP_AUTH_TOKEN=METRICS_TOKEN) as started:  # remote mode: it guards /metrics only
+        yield started
 
 
 class MemoryStorage(TokenStorage):
@@ -496,22 +503,9 @@ async def test_an_expired_bitrix24_token_is_refreshed_into_the_store(remote: Rem
 
 @pytest.fixture
 def redis_remote(tmp_path: Path, redis_server: RedisServer) -> Iterator[Remote]:
-    port = free_port()
-    public = f"http://127.0.0.1:{port}"
-    config = SandboxConfig(rate_limit=1000.0, rate_burst=10000, handler_url=f"{public}/bitrix24/callback")
-    with start_sandbox(config) as sandbox:
-        env = clean_env(
-            **FAST_LIMITS,
-            B24_CLIENT_ID=sandbox.config.client_id,
-            B24_CLIENT_SECRET=sandbox.config.client_secret,
-            B24_PORTAL_URL=sandbox.base_url,
-            B24_OAUTH_TOKEN_URL=sandbox.token_url,
-            XDG_STATE_HOME=str(tmp_path / "state"),
-            B24_REDIS_URL=redis_server.url,
-            B24_TOKEN_KEY=base64.b64encode(os.urandom(32)).decode(),
-        )
-        with http_server(env, "http", "--remote", "--public-url", public, "--port", str(port)) as server:
-            yield Remote(server, sandbox, public, tmp_path / "state", env)
+    key = base64.b64encode(os.urandom(32)).decode()
+    with remote_server(tmp_path, B24_REDIS_URL=redis_server.url, B24_TOKEN_KEY=key) as started:
+        yield started
 
 
 async def test_remote_mode_on_redis_signs_in_statelessly(redis_remote: Remote) -> None:
