@@ -16,13 +16,14 @@ import subprocess
 import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urljoin, urlsplit
 
+import anyio
 import httpx2
 import pytest
 from mcp import Client
@@ -33,7 +34,7 @@ from pydantic import AnyUrl
 
 from b24_telephony_mcp.sandbox import RunningSandbox, SandboxConfig, start_sandbox
 from redis_server import RedisServer, free_port
-from support import FAST_LIMITS, HttpServer, clean_env, error_of, http_server, ok, server_command
+from support import FAST_LIMITS, HttpServer, clean_env, error_of, http_server, http_session, ok, server_command
 
 pytestmark = pytest.mark.anyio
 
@@ -506,6 +507,46 @@ def redis_remote(tmp_path: Path, redis_server: RedisServer) -> Iterator[Remote]:
     key = base64.b64encode(os.urandom(32)).decode()
     with remote_server(tmp_path, B24_REDIS_URL=redis_server.url, B24_TOKEN_KEY=key) as started:
         yield started
+
+
+async def test_one_refresh_for_the_expired_user_across_two_replicas(redis_remote: Remote) -> None:
+    """20 calls across 2 replicas on Redis as the portal expires one user's token: exactly one Bitrix24 refresh
+    (that user's), every call answered, each with its own user's rights."""
+    portal = redis_remote.sandbox.portal
+    browsers = [Browser(), Browser()]
+    storages = [MemoryStorage(), MemoryStorage()]
+    try:
+        await browsers[1].http.get(f"{redis_remote.sandbox.base_url}/_sandbox/sign-in-as", params={"user_id": "2"})
+        for browser, storage in zip(browsers, storages, strict=True):
+            async with signed_in_session(redis_remote, storage, browser) as client:
+                assert ok(await client.call_tool("list_external_lines", {})) == []
+        tokens = [storage.tokens.access_token for storage in storages if storage.tokens is not None]
+        assert len(tokens) == 2
+        args = ("--remote", "--public-url", redis_remote.public)
+        with http_server(redis_remote.env, "http", *args) as second:
+            urls = [redis_remote.mcp_url, second.url]
+            async with AsyncExitStack() as stack:
+                sessions = [
+                    await stack.enter_async_context(http_session(url, token)) for url in urls for token in tokens
+                ]  # (replica 1, user 1), (replica 1, user 2), (replica 2, user 1), (replica 2, user 2)
+                async with httpx2.AsyncClient() as http:
+                    expired = await http.post(f"{redis_remote.sandbox.base_url}/_sandbox/expire-tokens?user_id=1")
+                assert expired.json()["expired"] >= 1  # user 1's only
+                before_refreshes, before_callers = portal.stats.refreshes, portal.stats.callers.copy()
+                results: list[Any] = []
+
+                async def call(client: Client) -> None:
+                    results.append(ok(await client.call_tool("list_external_lines", {})))
+
+                async with anyio.create_task_group() as group:
+                    for index in range(20):
+                        group.start_soon(call, sessions[index % 4])
+                assert results == [[]] * 20
+                assert portal.stats.refreshes - before_refreshes == 1
+                assert portal.stats.callers - before_callers == {1: 10, 2: 10}
+    finally:
+        for browser in browsers:
+            await browser.aclose()
 
 
 async def test_remote_mode_on_redis_signs_in_statelessly(redis_remote: Remote) -> None:

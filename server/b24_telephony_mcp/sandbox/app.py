@@ -36,8 +36,8 @@ Test-control endpoints (test hooks, answered to loopback clients only; not part 
     hears); ``headers`` such as ``{"Location": ...}`` with status 302 stage a portal that moved. Inside a ``batch``,
     a command of a method named here (not ``*``) fails with the body's ``{error, error_description}`` in
     ``result_error`` (``INTERNAL_SERVER_ERROR`` for another body). ``DELETE`` drops queued faults.
-``POST /_sandbox/expire-tokens``
-    Every access token issued so far is now expired (refresh tokens stay usable).
+``POST /_sandbox/expire-tokens[?user_id=N]``
+    Every access token issued so far (only user N's, if given) is now expired (refresh tokens stay usable).
 ``GET /_sandbox/stats``
     ``{"requests": {"<lower-cased method>": n}, "batched": {"<lower-cased method>": n}, "refreshes": n,
     "limited": n, "token_requests": n}``: HTTP requests per method (a ``batch`` is one), the commands run inside
@@ -345,7 +345,10 @@ class SandboxHttp:
         return JSONResponse({"result": True})
 
     async def expire_tokens(self, request: Request) -> Response:
-        return JSONResponse({"result": True, "expired": self.portal.expire_all_tokens()})
+        user_id = request.query_params.get("user_id")
+        return JSONResponse(
+            {"result": True, "expired": self.portal.expire_all_tokens(int(user_id) if user_id else None)}
+        )
 
     async def stats(self, request: Request) -> Response:
         with self.portal.lock:

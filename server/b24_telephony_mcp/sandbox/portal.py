@@ -100,15 +100,16 @@ class SandboxPortal(PortalState):
             raise INVALID_CREDENTIALS.exc()
         return Caller("webhook", self.config.webhook_user_id)
 
-    def expire_all_tokens(self) -> int:
-        """Make every issued access token expired; returns how many there were."""
+    def expire_all_tokens(self, user_id: int | None = None) -> int:
+        """Make every issued access token expired (only `user_id`'s, if given); returns how many that was."""
         with self.lock:
             past = self.clock() - 1
-            for token, pair in self._access_tokens.items():
+            chosen = {token: pair for token, pair in self._access_tokens.items() if user_id in (None, pair.user_id)}
+            for token, pair in chosen.items():
                 expired = TokenPair(pair.access_token, pair.refresh_token, past, pair.user_id)
                 self._access_tokens[token] = expired
                 self._refresh_tokens[pair.refresh_token] = expired
-            return len(self._access_tokens)
+            return len(chosen)
 
     def authorize(self, params: Mapping[str, Any], user_id: int = 1) -> str:
         """/oauth/authorize/: the user (already signed in, approving at once) is sent back to the app's handler
