@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/statistics_seed.py
 	$(PY) benchmarks/batching.py
 	$(PY) benchmarks/analytics.py
+	$(PY) benchmarks/remote.py
 	$(PY) benchmarks/events.py
 
 # A uv bundle: the manifest beside the project's pyproject.toml and package source; the host installs the

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
@@ -33,6 +34,10 @@ def user_key(member_id: str, user_id: int) -> str:
     """Whose journal entries and cached portal values these are: one Bitrix24 user of one portal."""
     return hashlib.sha256(f"remote|{member_id}|{user_id}".encode()).hexdigest()[:32]
 
+
+TOUCH_EVERY = 60.0
+"""Seconds between writes of a grant's last use: `grants list` shows it to the minute, and a write per call would
+cost every call a database write."""
 
 REFUSED_REFRESH = frozenset({"invalid_grant"})
 """What Bitrix24's token endpoint answers for a refresh token that is dead for good: the user was deactivated, the
@@ -118,7 +123,8 @@ class RemoteConnections:
                 NOT_SIGNED_IN, "this sign-in has no usable Bitrix24 tokens", 401, hint="Sign in again."
             ) from None
         auth.grant_id, auth.store = grant.grant_id, self.store
-        await self.store.touch_grant(grant.grant_id)
+        if grant.last_used is None or time.time() - grant.last_used >= TOUCH_EVERY:
+            await self.store.touch_grant(grant.grant_id)
         # Who each call (or completion) runs as: the portal, the user and the client, never a token.
         log.info("serving portal %s, user %s, client %r", portal.domain, grant.user_id, grant.client_name)
         key = user_key(grant.member_id, grant.user_id)
