@@ -5,6 +5,10 @@ through the static-bearer HTTP server, both against one sandbox portal, both on 
     .venv/bin/python benchmarks/remote.py            (part of make bench)
 
 Calls alternate in blocks between the two servers so a noisy neighbour slows both alike; medians; goal <= 1.10x.
+
+Then at scale, on Redis: one signed-in user's per-call latency with 1 grant stored and with 10,000 more grants on
+5,000 portals (goal: flat, <= 1.05x), the server's memory before and after those calls (nothing is kept per grant
+between requests), and Redis bytes per grant (its used_memory grown, over the grants added).
 """
 
 from __future__ import annotations
@@ -23,8 +27,12 @@ from mcp import Client
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))  # the servers, the sign-in and the clients the tests use
 
+from b24_telephony_mcp.bitrix import TokenPair  # noqa: E402
+from b24_telephony_mcp.bitrix.redis_state import RedisState  # noqa: E402
+from b24_telephony_mcp.remote.crypto import TokenCipher  # noqa: E402
+from b24_telephony_mcp.remote.store import Grant, Portal, RedisRemoteStore  # noqa: E402
 from b24_telephony_mcp.sandbox import SandboxConfig, start_sandbox  # noqa: E402
-from redis_server import free_port  # noqa: E402
+from redis_server import RedisServer, free_port  # noqa: E402
 from support import FAST_LIMITS, app_env, clean_env, http_server, http_session  # noqa: E402
 from test_remote_signin import Browser, MemoryStorage, Remote, signed_in_session  # noqa: E402
 
@@ -33,6 +41,9 @@ BLOCK = 25
 WARMUP = 20
 TOOL = "list_external_lines"
 GOAL = 1.10
+GRANTS = 10_000
+PORTALS = 5_000
+SCALE_GOAL = 1.05
 QUIET = {"B24_LOG_LEVEL": "WARNING"}  # both servers alike: the cost measured is the work, not the log lines
 
 
@@ -86,12 +97,108 @@ async def measure() -> tuple[float, float]:
                     return statistics.median(fixed), statistics.median(signed)
 
 
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+async def fill(redis_url: str, key: bytes) -> None:
+    """GRANTS grants (two users per portal) on PORTALS portals, each user with a sealed pair, as sign-ins leave."""
+    state = RedisState(redis_url)
+    store = RedisRemoteStore(state, TokenCipher((key,)))
+    try:
+        for number in range(GRANTS):
+            portal = number % PORTALS
+            member_id, user_id = f"bench{portal:05d}", 1 + number // PORTALS
+            if user_id == 1:
+                domain = f"p{portal:05d}.bitrix24.com"
+                await store.save_portal(
+                    Portal(member_id, domain, f"https://{domain}/rest/", "https://oauth.bitrix.info/oauth/token/")
+                )
+            pair = TokenPair(secrets.token_hex(16), secrets.token_hex(16), time.time() + 3600)
+            await store.save_pair(member_id, user_id, pair, None)
+            grant = Grant(
+                f"g{number:05d}" + secrets.token_hex(8),
+                "client",
+                "Bench",
+                member_id,
+                user_id,
+                "User",
+                None,
+                False,
+                time.time(),
+            )
+            await store.add_grant(grant)
+    finally:
+        await state.aclose()
+
+
+async def used_memory(state: RedisState) -> int:
+    info = await state.redis.info("memory")
+    return int(info["used_memory"])
+
+
+async def measure_scale() -> tuple[float, float, int, int, float]:
+    """(s/call with 1 grant, s/call with GRANTS more, server RSS KiB before, after, Redis bytes per grant)."""
+    import base64
+    import os
+
+    with tempfile.TemporaryDirectory(prefix="b24-bench-scale-") as scratch:
+        directory = Path(scratch)
+        key = os.urandom(32)
+        with RedisServer(directory / "redis") as redis:
+            port = free_port()
+            public = f"http://127.0.0.1:{port}"
+            config = SandboxConfig(rate_limit=1e6, rate_burst=10**6, handler_url=f"{public}/bitrix24/callback")
+            with start_sandbox(config) as sandbox:
+                env = clean_env(
+                    **FAST_LIMITS,
+                    B24_CLIENT_ID=sandbox.config.client_id,
+                    B24_CLIENT_SECRET=sandbox.config.client_secret,
+                    B24_PORTAL_URL=sandbox.base_url,
+                    B24_OAUTH_TOKEN_URL=sandbox.token_url,
+                    XDG_STATE_HOME=str(directory / "state"),
+                    B24_REDIS_URL=redis.url,
+                    B24_TOKEN_KEY=base64.b64encode(key).decode(),
+                    **QUIET,
+                )
+                args = ("--remote", "--public-url", public, "--port", str(port))
+                with http_server(env, "http", *args) as served:
+                    remote = Remote(served, sandbox, public, directory / "state", env)
+                    storage, browser = MemoryStorage(), Browser()
+                    async with signed_in_session(remote, storage, browser) as signing_in:
+                        await signing_in.call_tool(TOOL, {})
+                    await browser.aclose()
+                    assert storage.tokens is not None
+                    probe = RedisState(redis.url)
+                    async with http_session(remote.mcp_url, storage.tokens.access_token) as client:
+                        for _ in range(WARMUP):
+                            await client.call_tool(TOOL, {})
+                        alone = statistics.median([await block(client) for _ in range(ROUNDS)])
+                        rss_before = rss_kib(served.process.pid)
+                        memory_before = await used_memory(probe)
+                        await fill(redis.url, key)
+                        per_grant = (await used_memory(probe) - memory_before) / GRANTS
+                        crowded = statistics.median([await block(client) for _ in range(ROUNDS)])
+                        rss_after = rss_kib(served.process.pid)
+                    await probe.aclose()
+                    return alone, crowded, rss_before, rss_after, per_grant
+
+
 def main() -> None:
     fixed, signed = anyio.run(measure)
     ratio = signed / fixed
     print("remote mode (issue 12): per-call round trip over streamable HTTP, sandbox portal")
     print(f"  static bearer  {fixed * 1000:7.2f} ms")
     print(f"  remote mode    {signed * 1000:7.2f} ms   {ratio:.3f}x  (goal <= {GOAL:.2f}x)")
+    alone, crowded, rss_before, rss_after, per_grant = anyio.run(measure_scale)
+    print(f"remote mode on Redis, one user's calls with 1 grant stored and with {GRANTS:,} more on {PORTALS:,} portals")
+    print(f"  1 grant        {alone * 1000:7.2f} ms")
+    print(f"  {GRANTS + 1:,} grants {crowded * 1000:7.2f} ms   {crowded / alone:.3f}x  (goal <= {SCALE_GOAL:.2f}x)")
+    print(f"  server memory  {rss_before:,} KiB before, {rss_after:,} KiB after ({rss_after - rss_before:+,} KiB)")
+    print(f"  Redis          {per_grant:,.0f} bytes per grant (its pair and portal share included)")
 
 
 if __name__ == "__main__":
