@@ -31,10 +31,9 @@ from b24_telephony_mcp.bitrix import TokenPair  # noqa: E402
 from b24_telephony_mcp.bitrix.redis_state import RedisState  # noqa: E402
 from b24_telephony_mcp.remote.crypto import TokenCipher  # noqa: E402
 from b24_telephony_mcp.remote.store import Grant, Portal, RedisRemoteStore  # noqa: E402
-from b24_telephony_mcp.sandbox import SandboxConfig, start_sandbox  # noqa: E402
-from redis_server import RedisServer, free_port  # noqa: E402
-from support import FAST_LIMITS, app_env, clean_env, http_server, http_session  # noqa: E402
-from test_remote_signin import Browser, MemoryStorage, Remote, signed_in_session  # noqa: E402
+from redis_server import RedisServer  # noqa: E402
+from support import app_env, http_server, http_session  # noqa: E402
+from test_remote_signin import Browser, MemoryStorage, Remote, remote_server, signed_in_session  # noqa: E402
 
 ROUNDS = 12
 BLOCK = 25
@@ -59,33 +58,17 @@ async def block(client: Client) -> float:
 async def measure() -> tuple[float, float]:
     with tempfile.TemporaryDirectory(prefix="b24-bench-remote-") as scratch:
         directory = Path(scratch)
-        port = free_port()
-        public = f"http://127.0.0.1:{port}"
-        config = SandboxConfig(rate_limit=1e6, rate_burst=10**6, handler_url=f"{public}/bitrix24/callback")
-        with start_sandbox(config) as sandbox:
-            token = secrets.token_urlsafe(32)
-            static_env = app_env(sandbox, directory / "static" / "tokens.json", B24_MCP_AUTH_TOKEN=token, **QUIET)
-            remote_env = clean_env(
-                **FAST_LIMITS,
-                B24_CLIENT_ID=sandbox.config.client_id,
-                B24_CLIENT_SECRET=sandbox.config.client_secret,
-                B24_PORTAL_URL=sandbox.base_url,
-                B24_OAUTH_TOKEN_URL=sandbox.token_url,
-                XDG_STATE_HOME=str(directory / "remote"),
-                **QUIET,
+        token = secrets.token_urlsafe(32)
+        with remote_server(directory, **QUIET) as remote:
+            static_env = app_env(
+                remote.sandbox, directory / "static" / "tokens.json", B24_MCP_AUTH_TOKEN=token, **QUIET
             )
-            remote_args = ("--remote", "--public-url", public, "--port", str(port))
-            with http_server(static_env) as static, http_server(remote_env, "http", *remote_args) as served:
-                remote = Remote(served, sandbox, public, directory / "remote", remote_env)
-                storage, browser = MemoryStorage(), Browser()
-                async with signed_in_session(remote, storage, browser) as signing_in:
-                    await signing_in.call_tool(TOOL, {})
-                await browser.aclose()
-                assert storage.tokens is not None
+            with http_server(static_env) as static:
+                access_token = await signed_in_token(remote)
                 async with AsyncExitStack() as stack:
                     # Both with a plain bearer header: the client's own OAuth bookkeeping is not the server's cost.
                     ours = await stack.enter_async_context(http_session(static.url, token))
-                    theirs = await stack.enter_async_context(http_session(remote.mcp_url, storage.tokens.access_token))
+                    theirs = await stack.enter_async_context(http_session(remote.mcp_url, access_token))
                     for client in (ours, theirs):
                         for _ in range(WARMUP):
                             await client.call_tool(TOOL, {})
@@ -95,6 +78,18 @@ async def measure() -> tuple[float, float]:
                         fixed.append(await block(ours))
                         signed.append(await block(theirs))
                     return statistics.median(fixed), statistics.median(signed)
+
+
+async def signed_in_token(remote: Remote) -> str:
+    """A user signed in through the SDK's OAuth client: its MCP access token."""
+    storage, browser = MemoryStorage(), Browser()
+    try:
+        async with signed_in_session(remote, storage, browser) as signing_in:
+            await signing_in.call_tool(TOOL, {})
+    finally:
+        await browser.aclose()
+    assert storage.tokens is not None
+    return storage.tokens.access_token
 
 
 def rss_kib(pid: int) -> int:
@@ -149,42 +144,22 @@ async def measure_scale() -> tuple[float, float, int, int, float]:
         directory = Path(scratch)
         key = os.urandom(32)
         with RedisServer(directory / "redis") as redis:
-            port = free_port()
-            public = f"http://127.0.0.1:{port}"
-            config = SandboxConfig(rate_limit=1e6, rate_burst=10**6, handler_url=f"{public}/bitrix24/callback")
-            with start_sandbox(config) as sandbox:
-                env = clean_env(
-                    **FAST_LIMITS,
-                    B24_CLIENT_ID=sandbox.config.client_id,
-                    B24_CLIENT_SECRET=sandbox.config.client_secret,
-                    B24_PORTAL_URL=sandbox.base_url,
-                    B24_OAUTH_TOKEN_URL=sandbox.token_url,
-                    XDG_STATE_HOME=str(directory / "state"),
-                    B24_REDIS_URL=redis.url,
-                    B24_TOKEN_KEY=base64.b64encode(key).decode(),
-                    **QUIET,
-                )
-                args = ("--remote", "--public-url", public, "--port", str(port))
-                with http_server(env, "http", *args) as served:
-                    remote = Remote(served, sandbox, public, directory / "state", env)
-                    storage, browser = MemoryStorage(), Browser()
-                    async with signed_in_session(remote, storage, browser) as signing_in:
-                        await signing_in.call_tool(TOOL, {})
-                    await browser.aclose()
-                    assert storage.tokens is not None
-                    probe = RedisState(redis.url)
-                    async with http_session(remote.mcp_url, storage.tokens.access_token) as client:
-                        for _ in range(WARMUP):
-                            await client.call_tool(TOOL, {})
-                        alone = statistics.median([await block(client) for _ in range(ROUNDS)])
-                        rss_before = rss_kib(served.process.pid)
-                        memory_before = await used_memory(probe)
-                        await fill(redis.url, key)
-                        per_grant = (await used_memory(probe) - memory_before) / GRANTS
-                        crowded = statistics.median([await block(client) for _ in range(ROUNDS)])
-                        rss_after = rss_kib(served.process.pid)
-                    await probe.aclose()
-                    return alone, crowded, rss_before, rss_after, per_grant
+            env = {"B24_REDIS_URL": redis.url, "B24_TOKEN_KEY": base64.b64encode(key).decode(), **QUIET}
+            with remote_server(directory, **env) as remote:
+                access_token = await signed_in_token(remote)
+                probe = RedisState(redis.url)
+                async with http_session(remote.mcp_url, access_token) as client:
+                    for _ in range(WARMUP):
+                        await client.call_tool(TOOL, {})
+                    alone = statistics.median([await block(client) for _ in range(ROUNDS)])
+                    rss_before = rss_kib(remote.server.process.pid)
+                    memory_before = await used_memory(probe)
+                    await fill(redis.url, key)
+                    per_grant = (await used_memory(probe) - memory_before) / GRANTS
+                    crowded = statistics.median([await block(client) for _ in range(ROUNDS)])
+                    rss_after = rss_kib(remote.server.process.pid)
+                await probe.aclose()
+                return alone, crowded, rss_before, rss_after, per_grant
 
 
 def main() -> None:
