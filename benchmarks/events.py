@@ -29,7 +29,7 @@ import httpx2
 from mcp import Client
 
 from b24_telephony_mcp.bitrix.limits import DEFAULT_RATE
-from b24_telephony_mcp.events.drain import IDLE_SECONDS
+from b24_telephony_mcp.events import IDLE_SECONDS
 from b24_telephony_mcp.sandbox import RunningSandbox, start_sandbox
 from run import OUR_ARGS, app_env, http_mcp_client, http_server, mcp_client, progress, render_table, row, stdio_params
 

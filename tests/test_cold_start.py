@@ -27,7 +27,7 @@ from b24_telephony_mcp.tools.catalogue import (
 
 # Runs the real command in a fresh interpreter (this one has imported and built everything by now), which the test
 # tells initialize, then tools/list and whatever else it sends, one request after the other's answer, then ends; then
-# prints which toolset modules the run imported and, per model class, whether pydantic has built it.
+# prints which toolset modules (and which modules at all) the run imported and, per model class, whether pydantic has built it.
 PROBE = """
 import json, sys, typing
 from pydantic import BaseModel
@@ -42,11 +42,13 @@ def models(annotation):
 
 code = cli.main(sys.argv[1:])
 imported = [name for name in catalogue.TOOLSET_NAMES if f"b24_telephony_mcp.tools.{name}" in sys.modules]
+loaded = sorted(sys.modules)
 every = catalogue.ALL_TOOLS  # imports the rest (importing builds no model)
 every_model = [model for spec in every for model in (spec.params, *models(spec.result))]
 built = {model.__qualname__: model.__pydantic_complete__ for model in every_model}
 results = {spec.name: [model.__qualname__ for model in models(spec.result)] for spec in every}
-print(json.dumps({"code": code, "imported": imported, "built": built, "results": results}), file=sys.stderr)
+report = {"code": code, "imported": imported, "loaded": loaded, "built": built, "results": results}
+print(json.dumps(report), file=sys.stderr)
 """
 HANDSHAKE = [
     {
@@ -140,6 +142,32 @@ def test_a_damaged_or_unwritable_cache_only_costs_the_schemas_again(tmp_path: Pa
     if damage != "unwritable":
         [repaired] = directory.glob("schemas-*.json")
         assert json.loads(repaired.read_text()), "and kept for the next start"
+
+
+# What a default stdio start does not need: the other modes' parts and the other commands' (each pays for its
+# imports, dataclasses and models on every start if it slips in).
+NOT_ON_A_DEFAULT_START = (
+    "b24_telephony_mcp.events.drain",  # the events toolset's: its drainer, store and hub
+    "b24_telephony_mcp.events.store",
+    "b24_telephony_mcp.events.hub",
+    "b24_telephony_mcp.events.records",
+    "b24_telephony_mcp.commands.client_config",  # `config`
+    "b24_telephony_mcp.commands.login",
+    "b24_telephony_mcp.commands.doctor",
+    "b24_telephony_mcp.remote",  # remote mode
+    "b24_telephony_mcp.sandbox",
+    "b24_telephony_mcp.serving.http_transport",
+    "b24_telephony_mcp.bitrix.redis_state",
+    "redis",
+)  # cryptography, starlette and uvicorn are not here: the SDK's own `mcp.server` imports them.
+
+
+def test_a_default_stdio_start_imports_nothing_of_the_other_modes_and_commands(tmp_path: Path) -> None:
+    _, report = probe(cache=tmp_path)
+    loaded = set(report["loaded"])
+    slipped = [name for name in NOT_ON_A_DEFAULT_START if name in loaded]
+    assert not slipped, f"a default start imported {slipped}"
+    assert "b24_telephony_mcp.serving.server" in loaded  # the probe did see the start's imports
 
 
 ENABLE_SIP = {

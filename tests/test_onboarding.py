@@ -35,7 +35,8 @@ import httpx2
 import pytest
 
 from b24_telephony_mcp.bitrix import TokenPair
-from b24_telephony_mcp.commands.client_config import CLIENTS, Local, Remote, installed_command, render
+from b24_telephony_mcp.commands import CLIENTS
+from b24_telephony_mcp.commands.client_config import Local, Remote, installed_command, render
 from b24_telephony_mcp.commands.doctor import doctor_command
 from b24_telephony_mcp.commands.login import login_command
 from b24_telephony_mcp.config.settings import ConfigError, launch_env, load_settings

@@ -19,7 +19,7 @@ import anyio
 
 from b24_telephony_mcp import PROG, __version__
 from b24_telephony_mcp.bitrix import BitrixError, TokenPair
-from b24_telephony_mcp.commands.client_config import CLIENTS
+from b24_telephony_mcp.commands import CLIENTS
 from b24_telephony_mcp.common.net import is_loopback_host, listen_socket, url_host
 from b24_telephony_mcp.common.redact import JsonFormatter, RedactingFormatter, register_secret
 from b24_telephony_mcp.config.settings import (

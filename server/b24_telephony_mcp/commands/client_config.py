@@ -20,7 +20,6 @@ from b24_telephony_mcp.config.settings import CREDENTIAL_VARIABLES, ConfigError
 
 SERVER_NAME = "bitrix24-telephony"
 TOKEN_VARIABLE = "B24_MCP_AUTH_TOKEN"
-CLIENTS = ("claude-code", "claude-desktop", "cursor", "vscode", "codex", "gemini", "windsurf")
 
 # Where each client keeps the snippet (stderr hint).
 _WHERE: dict[str, str] = {

@@ -18,8 +18,7 @@ from b24_telephony_mcp.bitrix import TokenPair, TokenStore
 from b24_telephony_mcp.bitrix.limits import DEFAULT_BURST, DEFAULT_RATE
 from b24_telephony_mcp.bitrix.locations import check_redis_url, digest
 from b24_telephony_mcp.common.net import is_loopback_host
-from b24_telephony_mcp.events.drain import BUSY_SECONDS, IDLE_SECONDS
-from b24_telephony_mcp.events.store import RETENTION_DAYS
+from b24_telephony_mcp.events import BUSY_SECONDS, IDLE_SECONDS, RETENTION_DAYS
 from b24_telephony_mcp.state.profiles import (
     DEFAULT_PROFILE,
     SANDBOX_PROFILE,

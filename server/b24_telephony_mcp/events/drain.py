@@ -21,16 +21,13 @@ from typing import Any, Protocol
 import anyio
 
 from b24_telephony_mcp.bitrix import BitrixClient, BitrixError
+from b24_telephony_mcp.events import BUSY_SECONDS, IDLE_SECONDS
 from b24_telephony_mcp.events.records import StoredEvent, TelephonyEvent
 
 log = logging.getLogger(__name__)
 
 PAGE = 50
 """Records per read (event.offline.get's default limit, and event.offline.list's fixed page)."""
-IDLE_SECONDS = 30.0
-"""B24_EVENT_POLL_IDLE's default: 120 requests an hour, under 2% of the default budget of 2 a second."""
-BUSY_SECONDS = 1.0
-"""B24_EVENT_POLL_WAITING's default: how long a waiting reader may wait for a queued event beyond its arrival."""
 RETRY_SECONDS = 5.0
 """After a failure that may pass (network, limits), before the next round."""
 FATAL_CODES = frozenset({"WRONG_AUTH_TYPE", "ACCESS_DENIED", "insufficient_scope", "ERROR_METHOD_NOT_FOUND"})

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio.to_thread
 
+from b24_telephony_mcp.events import RETENTION_DAYS
 from b24_telephony_mcp.events.records import StoredEvent, TelephonyEvent
 from b24_telephony_mcp.state.sqlite_file import SqliteFile
 
@@ -23,8 +24,6 @@ if TYPE_CHECKING:
 
     from b24_telephony_mcp.bitrix.redis_state import RedisState
 
-RETENTION_DAYS = 7
-"""B24_EVENT_RETENTION_DAYS's default."""
 DAY = 24 * 3600.0
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from mcp.server import ServerRequestContext
@@ -20,8 +20,9 @@ from mcp_types import (
     UnsubscribeRequestParams,
 )
 
-from b24_telephony_mcp.events.hub import EventHub
-from b24_telephony_mcp.events.records import StoredEvent
+if TYPE_CHECKING:  # the events' modules load only when a server hears events (the events toolset)
+    from b24_telephony_mcp.events.hub import EventHub
+    from b24_telephony_mcp.events.records import StoredEvent
 
 EVENTS_URI = "b24://telephony/events"
 LATEST = 20
