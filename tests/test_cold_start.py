@@ -27,7 +27,8 @@ from b24_telephony_mcp.tools.catalogue import (
 
 # Runs the real command in a fresh interpreter (this one has imported and built everything by now), which the test
 # tells initialize, then tools/list and whatever else it sends, one request after the other's answer, then ends; then
-# prints which toolset modules (and which modules at all) the run imported and, per model class, whether pydantic has built it.
+# prints which toolset modules (and which modules at all) the run imported and, per model class, whether pydantic
+# has built it.
 PROBE = """
 import json, sys, typing
 from pydantic import BaseModel

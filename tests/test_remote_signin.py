@@ -204,6 +204,8 @@ async def test_sign_in_with_the_sdk_client_and_call_a_tool(remote: Remote) -> No
     assert 'name="portal"' not in consent.text
     policy = consent.headers["content-security-policy"]
     assert "default-src 'none'" in policy and "frame-ancestors 'none'" in policy
+    # A browser posts the form with its real Origin only when the page's policy is not no-referrer.
+    assert consent.headers["referrer-policy"] == "same-origin"
     assert "<script" not in consent.text and "src=" not in consent.text
     # The tool call went to the portal with the signed-in user's own token.
     assert remote.sandbox.portal.stats.requests.get("telephony.externalline.get") == 1

@@ -61,7 +61,7 @@ _CSS_HASH = base64.b64encode(hashlib.sha256(_CSS.encode()).digest()).decode()
 
 
 def page_headers(form_targets: str = "") -> dict[str, str]:
-    """Every page's headers: nothing loads, nothing frames it, nothing is cached or sent on as a referrer."""
+    """Every page's headers: nothing loads, nothing frames it, nothing cached, no referrer to another site."""
     csp = (
         f"default-src 'none'; style-src 'sha256-{_CSS_HASH}'; form-action 'self'{form_targets}; "
         "frame-ancestors 'none'; base-uri 'none'"
@@ -70,7 +70,9 @@ def page_headers(form_targets: str = "") -> dict[str, str]:
         "Content-Security-Policy": csp,
         "X-Frame-Options": "DENY",
         "X-Content-Type-Options": "nosniff",
-        "Referrer-Policy": "no-referrer",
+        # same-origin, not no-referrer: under no-referrer a browser posts the form with `Origin: null`, which the
+        # origin check refuses; same-origin still sends nothing to another site.
+        "Referrer-Policy": "same-origin",
         "Cache-Control": "no-store",
     }
 
