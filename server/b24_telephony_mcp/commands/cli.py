@@ -457,7 +457,9 @@ def remote_sandbox_settings(args: argparse.Namespace, stack: ExitStack | AsyncEx
             f"{PROG}: sandbox portal {number}: {portal.base_url} (type {urlsplit(portal.base_url).netloc} on the "
             "sign-in page; its users 1 and 2 sign in, see /_sandbox/sign-in-as)\n"
         )
-    return replace(load_settings(portal=config), journal_file=directory / JOURNAL_NAME)
+    return replace(
+        load_settings(portal=config), journal_file=directory / JOURNAL_NAME, events_file=directory / EVENTS_NAME
+    )
 
 
 def run_doctor(args: argparse.Namespace) -> int:
