@@ -5,7 +5,9 @@ an online post is believed only with the application token of the installation o
 
 from __future__ import annotations
 
+import base64
 import itertools
+import os
 import re
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -20,8 +22,9 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from support import FAST_LIMITS, HttpServer, clean_env, http_server, ok
-from test_remote_signin import Browser, MemoryStorage, Remote, oauth_client
+from redis_server import RedisServer
+from support import FAST_LIMITS, HttpServer, clean_env, http_server, http_session, ok
+from test_remote_signin import Browser, MemoryStorage, Remote, oauth_client, remote_server, signed_in_session
 
 pytestmark = pytest.mark.anyio
 
@@ -203,3 +206,45 @@ async def test_online_posts_are_believed_only_with_their_portals_installation(tw
     log = two_portals.server.stderr
     assert log.count("refused an event post") == 6
     assert app_a["application_token"] not in log and app_b["application_token"] not in log
+
+
+# --- replicas on Redis ---
+
+
+async def test_replicas_on_redis_share_a_portals_events_and_one_drains_it(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """Remote mode on Redis, two replicas: the portal's events are read alike from either, and its offline queue is
+    drained by one replica at a time (the single-portal mode's lease, per portal)."""
+    env = {
+        "B24_REDIS_URL": redis_server.url,
+        "B24_TOKEN_KEY": base64.b64encode(os.urandom(32)).decode(),
+        "B24_TOOLSETS": ",".join(TOOLSETS[1].split(",")),
+        "B24_EVENT_POLL_WAITING": "0.2",
+        "B24_EVENT_POLL_IDLE": "0.5",
+    }
+    with remote_server(tmp_path, **env) as remote:
+        storage, browser = MemoryStorage(), Browser()
+        try:
+            async with signed_in_session(remote, storage, browser) as client:
+                ok(await client.call_tool("add_external_line", {"NUMBER": "agent-line", "NAME": "Voice agent"}))
+        finally:
+            await browser.aclose()
+        assert storage.tokens is not None
+        token = storage.tokens.access_token
+        with http_server(remote.env, "http", "--remote", "--public-url", remote.public) as second_server:
+            servers = [remote.server, second_server]
+            async with (
+                http_session(remote.mcp_url, token) as first,
+                http_session(second_server.url, token) as second,
+            ):
+                ok(await first.call_tool("watch_telephony_events", {"event": ["OnExternalCallStart"]}))
+                cursor = (await read(second))["cursor"]  # both replicas now drain, or stand by
+                clicked = remote.sandbox.portal.click_to_call(OPERATOR, fresh_phone())
+                [on_second] = (await read(second, cursor=cursor, wait_seconds=20))["events"]
+                [on_first] = (await read(first, cursor=cursor))["events"]
+                assert on_first == on_second and on_first["data"]["CALL_ID"] == clicked["CALL_ID"]
+                drains = [server for server in servers if "this process drains it" in server.stderr]
+                assert len(drains) == 1, "one replica drains the portal's queue"
+                [standby] = [server for server in servers if server is not drains[0]]
+                assert "offline event queue: standby" in standby.stderr
