@@ -21,6 +21,8 @@ FILE_REFUSED = "FILE_REFUSED"
 STATE_STORE_UNAVAILABLE = "STATE_STORE_UNAVAILABLE"
 UNKNOWN_TOOL = "UNKNOWN_TOOL"
 INTERNAL_ERROR = "INTERNAL_ERROR"
+NOT_SIGNED_IN = "NOT_SIGNED_IN"
+"""Remote mode: the sign-in behind a request (or a drainer) was revoked, or its Bitrix24 tokens are dead."""
 
 ERROR_CORE = "ERROR_CORE"
 

@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     from starlette.routing import Route
 
     from b24_telephony_mcp.events.hub import EventHub
+    from b24_telephony_mcp.remote.connections import RemoteConnections
     from b24_telephony_mcp.sandbox import RunningSandbox
 
 DEFAULT_LOGIN_PORT = 8765
@@ -340,9 +341,18 @@ def event_routes(events: EventHub | None, settings: Settings) -> list[Route]:
     """The online handler Bitrix24 posts bound events to, while the events may be offered."""
     if events is None:
         return []
+    from b24_telephony_mcp.serving.event_intake import event_intake, one_portal
+
+    return [event_intake(one_portal(events, settings.events.application_tokens))]
+
+
+def remote_event_routes(connections: RemoteConnections) -> list[Route]:
+    """The online handler, taking each portal's posts into that portal's events, while the events may be offered."""
+    if connections.hubs is None:
+        return []
     from b24_telephony_mcp.serving.event_intake import event_intake
 
-    return [event_intake(events, settings.events.application_tokens)]
+    return [event_intake(connections.event_recipient)]
 
 
 async def serve_remote(args: argparse.Namespace, settings: Settings, stack: AsyncExitStack) -> None:
@@ -363,7 +373,7 @@ async def serve_remote(args: argparse.Namespace, settings: Settings, stack: Asyn
     journal = open_journal(settings, state)
     stack.callback(journal.close)
     described = "use the toolsets " + ", ".join(sorted(offer.enabled)) + (" (read-only)" if offer.read_only else "")
-    parts = await open_remote(settings, state, journal, described, stack)
+    parts = await open_remote(settings, state, journal, described, stack, events=offer.may_offer("events"))
     server = build_server(parts.connections, offer, await shared_approvals(state))
     public_host = urlsplit(config.public_url).netloc
     metrics_token = os.environ.get("B24_MCP_AUTH_TOKEN") or None  # remote mode: it guards /metrics, nothing else
@@ -381,6 +391,7 @@ async def serve_remote(args: argparse.Namespace, settings: Settings, stack: Asyn
             f"{PROG}: remote mode for {config.resource_url}; serving MCP over http at {url}\n"
         ),
         stateless=settings.stateless_http,
+        open_routes=remote_event_routes(parts.connections),
         metrics_token=metrics_token,
         remote=RemoteAuth(
             parts.provider,
@@ -446,7 +457,9 @@ def remote_sandbox_settings(args: argparse.Namespace, stack: ExitStack | AsyncEx
             f"{PROG}: sandbox portal {number}: {portal.base_url} (type {urlsplit(portal.base_url).netloc} on the "
             "sign-in page; its users 1 and 2 sign in, see /_sandbox/sign-in-as)\n"
         )
-    return replace(load_settings(portal=config), journal_file=directory / JOURNAL_NAME)
+    return replace(
+        load_settings(portal=config), journal_file=directory / JOURNAL_NAME, events_file=directory / EVENTS_NAME
+    )
 
 
 def run_doctor(args: argparse.Namespace) -> int:

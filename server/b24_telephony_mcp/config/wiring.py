@@ -15,7 +15,9 @@ from b24_telephony_mcp.tools.connection import Connection, FixedConnection
 
 if TYPE_CHECKING:
     from b24_telephony_mcp.bitrix.redis_state import RedisApprovals, RedisState
+    from b24_telephony_mcp.events.drain import ClientSource, Ingest, OfflineDrainer
     from b24_telephony_mcp.events.hub import EventHub
+    from b24_telephony_mcp.events.store import EventStore
 
 
 async def open_state(settings: Settings) -> RedisState | None:
@@ -104,30 +106,42 @@ def open_journal(settings: Settings, state: RedisState | None) -> CallJournal:
     return RedisCallJournal(state) if state is not None else SqliteCallJournal(settings.journal_file)
 
 
-def open_event_hub(settings: Settings, client: BitrixClient, state: RedisState | None) -> EventHub:
-    """The application's events on this portal: kept in Redis when replicas share it (one replica drains the
-    offline queue at a time, under a lease), else in the state directory's SQLite file; drained only with an
-    application's token (a webhook cannot read the offline queue)."""
-    from b24_telephony_mcp.events.drain import OfflineDrainer
-    from b24_telephony_mcp.events.hub import EventHub
+def open_event_store(settings: Settings, state: RedisState | None) -> EventStore:
+    """Where the events are kept: in Redis when replicas share it, else in the state directory's SQLite file."""
     from b24_telephony_mcp.events.store import DAY, RedisEventStore, SqliteEventStore
 
     for token in settings.events.application_tokens:
         register_secret(token)
     retention = settings.events.retention_days * DAY
-    portal = application_key(settings.portal)
-    store = (
-        RedisEventStore(state, retention) if state is not None else SqliteEventStore(settings.events_file, retention)
+    return RedisEventStore(state, retention) if state is not None else SqliteEventStore(settings.events_file, retention)
+
+
+def offline_drainer(
+    settings: Settings, state: RedisState | None, portal: str, connect: ClientSource, ingest: Ingest
+) -> OfflineDrainer:
+    """A drainer of `portal`'s offline queue, paced by the settings; with replicas, under the portal's lease (one
+    replica drains a portal at a time)."""
+    from b24_telephony_mcp.events.drain import OfflineDrainer
+
+    return OfflineDrainer(
+        connect,
+        ingest,
+        idle=settings.events.poll_idle,
+        busy=settings.events.poll_waiting,
+        lease=state.lease("events", portal) if state is not None else None,
     )
-    hub = EventHub(store, portal)
+
+
+def open_event_hub(settings: Settings, client: BitrixClient, state: RedisState | None) -> EventHub:
+    """The application's events on this portal (`open_event_store`); drained only with an application's token (a
+    webhook cannot read the offline queue)."""
+    from b24_telephony_mcp.events.drain import fixed_client
+    from b24_telephony_mcp.events.hub import EventHub
+
+    portal = application_key(settings.portal)
+    hub = EventHub(open_event_store(settings, state), portal)
     if isinstance(client.auth, OAuthAuth):
-        hub.drainer = OfflineDrainer(
-            client,
-            hub.ingest,
-            idle=settings.events.poll_idle,
-            busy=settings.events.poll_waiting,
-            lease=state.lease("events", portal) if state is not None else None,
-        )
+        hub.drainer = offline_drainer(settings, state, portal, fixed_client(client), hub.ingest)
     return hub
 
 

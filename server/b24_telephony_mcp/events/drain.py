@@ -7,6 +7,10 @@ by that `process_id` and stores them again, which the store's deduplication make
 
 Polling is paced: every `busy` seconds while a reader waits for events, every `idle` seconds otherwise, each
 request through the REST client's rate limiter. With replicas on Redis, a lease lets one replica drain a portal.
+
+The REST client is asked for at each round (`ClientSource`): the application's own, or in remote mode the
+connection of the signed-in administrator whose request started the draining, opened again each round, so that a
+revoked sign-in stops it at once.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any, Protocol
 import anyio
 
 from b24_telephony_mcp.bitrix import BitrixClient, BitrixError
+from b24_telephony_mcp.bitrix.errors import NOT_SIGNED_IN
 from b24_telephony_mcp.events import BUSY_SECONDS, IDLE_SECONDS
 from b24_telephony_mcp.events.records import StoredEvent, TelephonyEvent
 
@@ -30,10 +35,23 @@ PAGE = 50
 """Records per read (event.offline.get's default limit, and event.offline.list's fixed page)."""
 RETRY_SECONDS = 5.0
 """After a failure that may pass (network, limits), before the next round."""
-FATAL_CODES = frozenset({"WRONG_AUTH_TYPE", "ACCESS_DENIED", "insufficient_scope", "ERROR_METHOD_NOT_FOUND"})
+FATAL_CODES = frozenset(
+    {"WRONG_AUTH_TYPE", "ACCESS_DENIED", "insufficient_scope", "ERROR_METHOD_NOT_FOUND", NOT_SIGNED_IN}
+)
 """Answers that polling again will not change: draining stops and says why."""
 
 Ingest = Callable[[Sequence[TelephonyEvent]], Awaitable[list[StoredEvent]]]
+ClientSource = Callable[[], Awaitable[BitrixClient]]
+"""The REST client a round drains with; a `BitrixError` when there is none any more (a revoked sign-in)."""
+
+
+def fixed_client(client: BitrixClient) -> ClientSource:
+    """The same client every round (a process serving one portal)."""
+
+    async def source() -> BitrixClient:
+        return client
+
+    return source
 
 
 class Lease(Protocol):
@@ -58,14 +76,15 @@ class DrainStatus:
 class OfflineDrainer:
     def __init__(
         self,
-        client: BitrixClient,
+        connect: ClientSource,
         ingest: Ingest,
         *,
         idle: float = IDLE_SECONDS,
         busy: float = BUSY_SECONDS,
         lease: Lease | None = None,
     ) -> None:
-        self._client = client
+        self._connect = connect
+        self._client: BitrixClient | None = None
         self._ingest = ingest
         self.idle, self.busy = idle, busy
         self._lease = lease
@@ -94,6 +113,7 @@ class OfflineDrainer:
                         self._now("standby")
                         await self._nap(self.idle)
                         continue
+                    self._client = await self._connect()
                     self._now("draining")
                     if recover:
                         await self._recover()
@@ -112,6 +132,7 @@ class OfflineDrainer:
                     continue
                 await self._nap(self.interval)
         finally:
+            self._client = None
             if self._lease is not None:
                 with anyio.CancelScope(shield=True):
                     await self._lease.release()
@@ -142,7 +163,7 @@ class OfflineDrainer:
         reserved: list[str] = []
         start: int | None = 0
         while start is not None:
-            response = await self._client.call(
+            response = await self._rest().call(
                 "event.offline.list", {"order": {"ID": "ASC"}, "start": start}, read_only=True
             )
             for row in response.result or []:
@@ -162,8 +183,12 @@ class OfflineDrainer:
 
     async def _call(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
         # Not read-only: a read that reserves records is not repeated blindly (recovery finds its reservation).
-        result = (await self._client.call(method, params, read_only=False)).result
+        result = (await self._rest().call(method, params, read_only=False)).result
         return result if isinstance(result, dict) else {}
+
+    def _rest(self) -> BitrixClient:
+        assert self._client is not None, "a round runs with the client it was given"
+        return self._client
 
 
 def _event(row: Mapping[str, Any]) -> TelephonyEvent | None:

@@ -1,5 +1,8 @@
 """One portal's events as the tools see them: what came in (from the drainer or an online POST) goes into the
-store once and wakes the readers waiting for it; a read is by cursor, and may wait for the next event."""
+store once and wakes the readers waiting for it; a read is by cursor, and may wait for the next event.
+
+`EventHubs` keeps many portals' apart (remote mode): one hub per portal over one store, each drained with the
+connection of a request of that portal."""
 
 from __future__ import annotations
 
@@ -8,8 +11,10 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator, Sequence
 
 import anyio
+from anyio.abc import TaskGroup
 
-from b24_telephony_mcp.events.drain import DrainStatus, OfflineDrainer
+from b24_telephony_mcp.bitrix import BitrixClient
+from b24_telephony_mcp.events.drain import DrainStatus, Ingest, OfflineDrainer
 from b24_telephony_mcp.events.records import StoredEvent, TelephonyEvent
 from b24_telephony_mcp.events.store import EventStore
 
@@ -23,14 +28,24 @@ EXPIRE_EVERY_SECONDS = 3600.0
 
 Listener = Callable[[Sequence[StoredEvent]], Awaitable[None]]
 Progress = Callable[[float, float | None, str | None], Awaitable[None]]
+DrainerFor = Callable[[BitrixClient], OfflineDrainer]
+"""A drainer of the hub's portal, with the connection of the request that activates it."""
 
 
 class EventHub:
-    def __init__(self, store: EventStore, portal: str, drainer: OfflineDrainer | None = None) -> None:
+    def __init__(
+        self,
+        store: EventStore,
+        portal: str,
+        drainer: OfflineDrainer | None = None,
+        drainer_for: DrainerFor | None = None,
+    ) -> None:
         self.store = store
         self.portal = portal
         """Whose events these are: the store keeps each portal's apart."""
         self.drainer = drainer
+        self._drainer_for = drainer_for
+        """Remote mode: no connection of its own; an activating request's gives the drainer, while none drains."""
         self._arrived = anyio.Event()
         self._listeners: list[Listener] = []
         self._active = anyio.Event()
@@ -43,8 +58,13 @@ class EventHub:
         """Call `listener` with each batch of new events (resource subscriptions)."""
         self._listeners.append(listener)
 
-    def activate(self) -> None:
-        """Start draining the offline queue (once the events toolset is offered; idempotent)."""
+    def activate(self, client: BitrixClient | None = None) -> None:
+        """Start draining the offline queue (once the events toolset is offered; idempotent). `client`: the
+        activating request's connection, which a hub with `drainer_for` drains with when no drainer runs (none yet,
+        or the last one stopped: its user was no administrator, or signed out)."""
+        idle = self.drainer is None or self.drainer.status.state == "stopped"
+        if self._drainer_for is not None and client is not None and idle:
+            self.drainer = self._drainer_for(client)
         self._active.set()
 
     async def ingest(self, events: Sequence[TelephonyEvent]) -> list[StoredEvent]:
@@ -89,35 +109,97 @@ class EventHub:
 
     @contextlib.contextmanager
     def _reader_waiting(self) -> Iterator[None]:
-        if self.drainer is not None:
-            self.drainer.reader_waiting(+1)
+        drainer = self.drainer  # the one told of this reader is the one told it left, if another replaces it
+        if drainer is not None:
+            drainer.reader_waiting(+1)
         try:
             yield
         finally:
-            if self.drainer is not None:
-                self.drainer.reader_waiting(-1)
+            if drainer is not None:
+                drainer.reader_waiting(-1)
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
         """The drainer (once activated) and the store's clean-up, in the background while the block runs."""
         async with anyio.create_task_group() as group:
-            group.start_soon(self._drain_when_active)
-            group.start_soon(self._expire_now_and_then)
+            group.start_soon(self.drain)
+            group.start_soon(expire_now_and_then, self.store)
             try:
                 yield
             finally:
                 group.cancel_scope.cancel()
 
-    async def _drain_when_active(self) -> None:
-        if self.drainer is None:
-            return
-        await self._active.wait()
-        await self.drainer.run()
-
-    async def _expire_now_and_then(self) -> None:
+    async def drain(self) -> None:
+        """Run the drainer once activated; with `drainer_for`, the next one an activation gives after it stops."""
         while True:
-            await anyio.sleep(EXPIRE_EVERY_SECONDS)
+            await self._active.wait()
+            drainer = self.drainer
+            if drainer is None:
+                if self._drainer_for is None:
+                    return
+                self._active = anyio.Event()  # activated without a connection: wait for one that has it
+                continue
             try:
-                await self.store.expire()
+                await drainer.run()
             except Exception:
-                log.exception("dropping old events failed")
+                if self._drainer_for is None:
+                    raise
+                # One portal's failure must not end the others' (they share the task group): this one stops.
+                log.exception("draining a portal's offline event queue failed")
+                drainer.status.state = "stopped"
+            if self._drainer_for is None:
+                return
+            if self.drainer is drainer:  # not replaced while it stopped: the next activation starts another
+                self._active = anyio.Event()
+
+
+async def expire_now_and_then(store: EventStore) -> None:
+    """Drop the events past the retention, every hour."""
+    while True:
+        await anyio.sleep(EXPIRE_EVERY_SECONDS)
+        try:
+            await store.expire()
+        except Exception:
+            log.exception("dropping old events failed")
+
+
+PortalDrainerFor = Callable[[str, BitrixClient, Ingest], OfflineDrainer]
+"""A drainer of portal `portal` with a request's connection, storing into `ingest`."""
+
+
+class EventHubs:
+    """Many portals' events (remote mode): one `EventHub` per portal, made when a request of that portal or a post
+    proven to be from it first needs it, over one store and one clean-up. Each hub is drained by its own drainer
+    (with Redis, one per portal across the replicas: the drainer's lease)."""
+
+    def __init__(self, store: EventStore, drainer_for: PortalDrainerFor) -> None:
+        self.store = store
+        self._drainer_for = drainer_for
+        self._hubs: dict[str, EventHub] = {}
+        self._group: TaskGroup | None = None
+
+    def hub(self, portal: str) -> EventHub:
+        """Portal `portal`'s hub (the caller has proven the portal: a grant of it, or its application token)."""
+        hub = self._hubs.get(portal)
+        if hub is None:
+            if self._group is None:
+                raise RuntimeError("the event hubs are not running")
+
+            def drainer_for(client: BitrixClient) -> OfflineDrainer:
+                return self._drainer_for(portal, client, made.ingest)
+
+            hub = made = self._hubs[portal] = EventHub(self.store, portal, drainer_for=drainer_for)
+            self._group.start_soon(hub.drain)
+        return hub
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """The hubs' drainers and the store's clean-up, in the background while the block runs."""
+        async with anyio.create_task_group() as group:
+            self._group = group
+            group.start_soon(expire_now_and_then, self.store)
+            try:
+                yield
+            finally:
+                self._group = None
+                group.cancel_scope.cancel()

@@ -1,8 +1,9 @@
 """An event as Bitrix24 posts it to an online handler: form-encoded with PHP-style keys (`data[CALL_ID]=...`,
-`auth[application_token]=...`), checked against the application token before anything is kept.
+`auth[application_token]=...`), checked against the application token before anything is kept (in remote mode:
+the token the installation gave on the portal `auth[member_id]` names).
 
-The `auth` block also carries the user's access token: it is read for the application token only, and neither
-kept nor logged.
+The `auth` block also carries the user's access token: it is read for the portal and application token only, and
+neither kept nor logged.
 """
 
 from __future__ import annotations
@@ -48,15 +49,24 @@ class Refusal(Exception):
     reason: str
 
 
-def accept(form: dict[str, Any], application_tokens: Collection[str]) -> TelephonyEvent | None:
-    """The event of an online post, once its `auth[application_token]` is one of `application_tokens`; None for a
-    genuine post of an event this server does not hear. Raises `Refusal` otherwise."""
+def posted_auth(form: dict[str, Any]) -> dict[str, str]:
+    """The post's `auth` block as text: what says whose post it is (`member_id`, `application_token`). Read, never
+    kept: it holds the user's access token too."""
     auth = form.get("auth")
-    given = str(auth.get("application_token", "")) if isinstance(auth, dict) else ""
+    return {str(key): str(value) for key, value in auth.items()} if isinstance(auth, dict) else {}
+
+
+def check_application_token(form: dict[str, Any], application_tokens: Collection[str]) -> None:
+    """Raises `Refusal` unless the post's `auth[application_token]` is one of `application_tokens`."""
+    given = posted_auth(form).get("application_token", "")
     if not application_tokens:
         raise Refusal(503, "no application token is configured (B24_APPLICATION_TOKEN), so no post can be trusted")
     if not given or not any(hmac.compare_digest(given.encode(), known.encode()) for known in application_tokens):
         raise Refusal(403, "missing or wrong auth[application_token]")
+
+
+def event_of(form: dict[str, Any]) -> TelephonyEvent | None:
+    """The event of a post already found genuine; None for an event this server does not hear."""
     ts = str(form.get("ts", ""))
     when = int(ts) if ts.isdigit() else int(time.time())
     return TelephonyEvent.of(str(form.get("event", "")), form.get("data"), when)

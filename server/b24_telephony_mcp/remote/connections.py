@@ -4,6 +4,11 @@ user's connection (their pair, their portal's rate bucket, their journal entries
 Nothing is kept per grant between requests: each request reads its grant and opens its pair from the store (the
 pair's refresh runs the one `OAuthAuth` sequence through `GrantPairStore`, single-flight per user); what is shared
 is the HTTP pool, the journal, and one rate bucket per portal.
+
+The events (with the events toolset) are kept per portal: each request's context gets its own portal's hub
+(`EventHubs`, keyed by `portal_key`), never another's; an online post goes to the hub of the portal whose
+installation token it carries; a portal's offline queue is drained with the connection of the signed-in user whose
+request started the draining, opened again from their grant each round (revoked, it stops).
 """
 
 from __future__ import annotations
@@ -12,27 +17,38 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import httpx2
 from mcp.server.auth.middleware.auth_context import get_access_token
 
 from b24_telephony_mcp.bitrix import BitrixClient, BitrixError, OAuthAuth
+from b24_telephony_mcp.bitrix.errors import NOT_SIGNED_IN
 from b24_telephony_mcp.bitrix.limits import LeakyBucket, RequestBucket
 from b24_telephony_mcp.config.settings import RemoteConfig, Settings
-from b24_telephony_mcp.remote.store import GrantPairStore, RemoteStore
+from b24_telephony_mcp.remote.store import Grant, GrantPairStore, Portal, RemoteStore
 from b24_telephony_mcp.state.journal import CallJournal
 from b24_telephony_mcp.tools.base import ToolContext
 from b24_telephony_mcp.tools.connection import Connection
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:  # the events floor is loaded only when the events are offered
+    from b24_telephony_mcp.events.drain import ClientSource, Ingest, OfflineDrainer
+    from b24_telephony_mcp.events.hub import EventHub, EventHubs
 
-NOT_SIGNED_IN = "NOT_SIGNED_IN"
+    DrainerMaker = Callable[[str, ClientSource, Ingest], OfflineDrainer]
+
+log = logging.getLogger(__name__)
 
 
 def user_key(member_id: str, user_id: int) -> str:
     """Whose journal entries and cached portal values these are: one Bitrix24 user of one portal."""
     return hashlib.sha256(f"remote|{member_id}|{user_id}".encode()).hexdigest()[:32]
+
+
+def portal_key(member_id: str) -> str:
+    """Whose events these are in the event store: one portal (all its users see them, no other portal does)."""
+    return hashlib.sha256(f"remote-portal|{member_id}".encode()).hexdigest()[:32]
 
 
 TOUCH_EVERY = 60.0
@@ -88,6 +104,8 @@ class RemoteConnections:
         self._bucket = bucket
         self._buckets: dict[str, LeakyBucket] = {}
         """One bucket per portal (all its users share its limit); without Redis, this process's own."""
+        self.hubs: EventHubs | None = None
+        """Each portal's events, when the events may be offered (`hear`)."""
 
     @property
     def events(self) -> None:
@@ -104,6 +122,16 @@ class RemoteConnections:
     async def current(self) -> Connection:
         token = get_access_token()
         grant = await self.store.grant(token.subject) if token is not None and token.subject else None
+        portal, connection = await self._open(grant)
+        assert grant is not None
+        if grant.last_used is None or time.time() - grant.last_used >= TOUCH_EVERY:
+            await self.store.touch_grant(grant.grant_id)
+        # Who each call (or completion) runs as: the portal, the user and the client, never a token.
+        log.info("serving portal %s, user %s, client %r", portal.domain, grant.user_id, grant.client_name)
+        return connection
+
+    async def _open(self, grant: Grant | None) -> tuple[Portal, Connection]:
+        """The grant's connection: its user's pair, its portal's bucket and events; NOT_SIGNED_IN when it has none."""
         portal = await self.store.portal(grant.member_id) if grant is not None else None
         if grant is None or portal is None:
             raise BitrixError(NOT_SIGNED_IN, "this sign-in was revoked", 401, hint="Sign in again from your assistant.")
@@ -123,10 +151,6 @@ class RemoteConnections:
                 NOT_SIGNED_IN, "this sign-in has no usable Bitrix24 tokens", 401, hint="Sign in again."
             ) from None
         auth.grant_id, auth.store = grant.grant_id, self.store
-        if grant.last_used is None or time.time() - grant.last_used >= TOUCH_EVERY:
-            await self.store.touch_grant(grant.grant_id)
-        # Who each call (or completion) runs as: the portal, the user and the client, never a token.
-        log.info("serving portal %s, user %s, client %r", portal.domain, grant.user_id, grant.client_name)
         key = user_key(grant.member_id, grant.user_id)
         client = BitrixClient(
             auth, rate=self.settings.rate, burst=self.settings.burst, bucket=self.bucket(portal_url), http=self.http
@@ -137,5 +161,36 @@ class RemoteConnections:
             confirm_calls=self.settings.confirm_calls,
             journal=self.journal,
             application=key,
+            events=self.hubs.hub(portal_key(grant.member_id)) if self.hubs is not None else None,
         )
-        return Connection(client, context, key=key)
+        return portal, Connection(client, context, key=key)
+
+    def drainer_for(self, make: DrainerMaker) -> Callable[[str, BitrixClient, Ingest], OfflineDrainer]:
+        """What `EventHubs` makes a portal's drainer with: `make`'s, draining with the grant of the request that
+        activated it (the client's), opened again each round, so a revoked grant stops it."""
+
+        def drainer(portal: str, client: BitrixClient, ingest: Ingest) -> OfflineDrainer:
+            grant_id = client.auth.grant_id if isinstance(client.auth, GrantAuth) else ""
+
+            async def connect() -> BitrixClient:
+                grant = await self.store.grant(grant_id) if grant_id else None
+                if grant is not None and portal_key(grant.member_id) != portal:
+                    grant = None  # never another portal's queue into this portal's events
+                return (await self._open(grant))[1].client
+
+            return make(portal, connect, ingest)
+
+        return drainer
+
+    async def event_recipient(self, form: dict[str, Any]) -> EventHub:
+        """The hub of the portal an online post names (`auth[member_id]`), once its `auth[application_token]` is
+        the one that portal's installation gave (`Refusal` otherwise: an unknown portal, a wrong token)."""
+        from b24_telephony_mcp.events.online import Refusal, posted_auth
+
+        auth = posted_auth(form)
+        member_id, application_token = auth.get("member_id", ""), auth.get("application_token", "")
+        if self.hubs is None:
+            raise Refusal(503, "this server keeps no events")
+        if not member_id or not application_token or not await self.store.installed(member_id, application_token):
+            raise Refusal(403, "unknown auth[member_id], or not the auth[application_token] of its installation")
+        return self.hubs.hub(portal_key(member_id))

@@ -1,6 +1,6 @@
 """Remote mode's parts, built from the settings: the store (embedded or Redis), the provider, the sign-in and
-installation routes, and the connections the server resolves per request. The commands call `open_remote`; serving
-mounts what it returns."""
+installation routes, the connections the server resolves per request, with each portal's events when the events
+may be offered. The commands call `open_remote`; serving mounts what it returns."""
 
 from __future__ import annotations
 
@@ -35,10 +35,16 @@ class RemoteParts:
 
 
 async def open_remote(
-    settings: Settings, state: RedisState | None, journal: CallJournal, offer: str, stack: AsyncExitStack
+    settings: Settings,
+    state: RedisState | None,
+    journal: CallJournal,
+    offer: str,
+    stack: AsyncExitStack,
+    events: bool = False,
 ) -> RemoteParts:
     """Everything remote mode serves with; closed with `stack`. `offer` says in words what a signed-in client may
-    do (the consent page shows it)."""
+    do (the consent page shows it); `events`: whether the events toolset may be offered (each portal's events are
+    then kept, drained and taken in from online posts)."""
     config = settings.portal
     assert isinstance(config, RemoteConfig)
     store = open_store(config, state)
@@ -49,4 +55,17 @@ async def open_remote(
     connections = RemoteConnections(settings, config, store, journal, http, bucket)
     provider = BitrixAuthProvider(config, store, http)
     routes = [*SignIn(config, store, http, offer).routes(), *Installation(config, store, http).routes()]
+    if events:
+        from b24_telephony_mcp.config.wiring import offline_drainer, open_event_store
+        from b24_telephony_mcp.events.hub import EventHubs
+
+        event_store = open_event_store(settings, state)
+        stack.callback(event_store.close)
+        connections.hubs = EventHubs(
+            event_store,
+            connections.drainer_for(
+                lambda portal, connect, ingest: offline_drainer(settings, state, portal, connect, ingest)
+            ),
+        )
+        await stack.enter_async_context(connections.hubs.running())
     return RemoteParts(config, store, provider, connections, routes)

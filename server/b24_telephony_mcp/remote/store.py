@@ -103,6 +103,11 @@ class RemoteStore(Protocol):
     async def save_portal(self, portal: Portal) -> None: ...
     async def portal(self, member_id: str) -> Portal | None: ...
     async def install(self, portal: Portal, application_token: str) -> None: ...
+    async def installed(self, member_id: str, application_token: str) -> bool:
+        """Whether `application_token` is the one the installation on portal `member_id` gave (a known portal
+        installed, and the right token)."""
+        ...
+
     async def uninstall(self, member_id: str, application_token: str) -> bool:
         """Every pair, grant and token of the portal deleted, if `application_token` is the installation's."""
         ...
@@ -352,10 +357,17 @@ class SqliteRemoteStore:
 
         await self._run(install)
 
+    @staticmethod
+    def _installed(db: sqlite3.Connection, member_id: str, application_token: str) -> bool:
+        row = db.execute("SELECT application_token_hash FROM portals WHERE member_id = ?", (member_id,)).fetchone()
+        return row is not None and row[0] is not None and row[0] == token_hash(application_token)
+
+    async def installed(self, member_id: str, application_token: str) -> bool:
+        return await self._run(lambda db: self._installed(db, member_id, application_token))
+
     async def uninstall(self, member_id: str, application_token: str) -> bool:
         def uninstall(db: sqlite3.Connection) -> bool:
-            row = db.execute("SELECT application_token_hash FROM portals WHERE member_id = ?", (member_id,)).fetchone()
-            if row is None or row[0] is None or row[0] != token_hash(application_token):
+            if not self._installed(db, member_id, application_token):
                 return False
             for (grant_id,) in db.execute("SELECT grant_id FROM grants WHERE member_id = ?", (member_id,)).fetchall():
                 self._delete_grant(db, grant_id)
@@ -681,10 +693,13 @@ class RedisRemoteStore:
                 self._key("portal", portal.member_id), "application_token_hash", token_hash(application_token)
             )
 
-    async def uninstall(self, member_id: str, application_token: str) -> bool:
+    async def installed(self, member_id: str, application_token: str) -> bool:
         async with self._state.failures("reading an installation"):
             stored = await self._redis.hget(self._key("portal", member_id), "application_token_hash")
-        if stored is None or stored != token_hash(application_token):
+        return stored is not None and stored == token_hash(application_token)
+
+    async def uninstall(self, member_id: str, application_token: str) -> bool:
+        if not await self.installed(member_id, application_token):
             return False
         async with self._state.failures("reading a portal's grants"):
             grant_ids = await self._redis.smembers(self._key("portal-grants", member_id))

@@ -47,7 +47,7 @@ Test-control endpoints (test hooks, answered to loopback clients only; not part 
     Zero the stats.
 ``GET /_sandbox/app``, ``POST /_sandbox/app``
     The application's ``client_id``, ``client_secret``, ``handler_url`` and ``application_token`` (what every
-    event's ``auth[application_token]`` carries); POST JSON ``{"handler_url": ...}``
+    event's ``auth[application_token]`` carries), and the portal's ``member_id``; POST JSON ``{"handler_url": ...}``
     changes the handler path (``login --sandbox`` points it at its listener).
 ``POST /_sandbox/click``
     JSON ``{"phone": "+1 906 219 5047", "user_id": 1, "line_number": "...", "crm_entity_type": "CONTACT",
@@ -58,6 +58,11 @@ Test-control endpoints (test hooks, answered to loopback clients only; not part 
 ``POST /_sandbox/callback-form``
     JSON ``{"phone": ..., "text": ..., "voice": ..., "line_number": ...}`` (only ``phone`` required): a site
     visitor orders a callback; fires OnExternalCallBackStart and answers ``{"result": <the event's data>}``.
+``POST /_sandbox/install``
+    JSON ``{"url": "https://.../bitrix24/install", "user_id": 1}`` (only ``url`` required): the application is
+    installed (again) by user N; the portal posts ONAPPINSTALL to ``url`` as Bitrix24 does (form-encoded, PHP-style
+    keys: a fresh token pair, ``member_id``, ``application_token``), and answers ``{"result": {"status": <the
+    handler's HTTP status>}}``.
 ``GET /_sandbox/sign-in-as?user_id=N``
     This browser (a cookie) is signed in to the portal as user N: its next ``/oauth/authorize/`` approves for them.
 ``POST /_sandbox/oauth-delay``
@@ -82,6 +87,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import anyio
+import httpx2
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
@@ -289,6 +295,7 @@ class SandboxHttp:
                 "client_secret": config.client_secret,
                 "handler_url": config.handler_url,
                 "application_token": config.application_token,
+                "member_id": self.portal.member_id,
             }
         )
 
@@ -328,6 +335,22 @@ class SandboxHttp:
             return _error(exc)
         except (ValueError, TypeError) as exc:  # a bad body, or actions.ActionError (no such app line)
             return JSONResponse({"error": code, "error_description": str(exc)}, status_code=400)
+
+    async def install(self, request: Request) -> Response:
+        """Post ONAPPINSTALL to the application's installation handler (which may call back here to check it)."""
+        self._learn_base_url(request)
+        try:
+            body = json.loads(await request.body() or b"{}")
+            url, user_id = str(body["url"]), int(body.get("user_id", 1))
+        except (ValueError, KeyError, TypeError) as exc:
+            return JSONResponse({"error": "INVALID_INSTALL", "error_description": str(exc)}, status_code=400)
+        form = self.portal.installation_form(user_id)
+        async with httpx2.AsyncClient(timeout=10) as http:
+            try:
+                answer = await http.post(url, data=dict(form))
+            except httpx2.HTTPError as exc:
+                return JSONResponse({"error": "INSTALL_FAILED", "error_description": str(exc)}, status_code=502)
+        return JSONResponse({"result": {"status": answer.status_code}})
 
     async def add_fault(self, request: Request) -> Response:
         try:
@@ -420,6 +443,7 @@ def create_app(portal: SandboxPortal) -> Starlette:
         Route("/_sandbox/stats", _loopback_only(http.stats), methods=["GET"]),
         Route("/_sandbox/reset-stats", _loopback_only(http.reset_stats), methods=["POST"]),
         Route("/_sandbox/oauth-delay", _loopback_only(http.set_oauth_delay), methods=["POST"]),
+        Route("/_sandbox/install", _loopback_only(http.install), methods=["POST"]),
         Route("/_sandbox/sign-in-as", _loopback_only(http.sign_in_as), methods=["GET"]),
         Route("/_sandbox/click", _loopback_only(http.click), methods=["POST"]),
         Route("/_sandbox/callback-form", _loopback_only(http.callback_form), methods=["POST"]),

@@ -29,7 +29,7 @@ from .errors import (
     OAUTH_INVALID_REQUEST,
 )
 from .methods import METHODS
-from .php import php_str
+from .php import php_form_pairs, php_str
 from .records import APP_ID
 from .state import PortalState
 
@@ -82,6 +82,27 @@ class SandboxPortal(PortalState):
 
     def event_access_token(self, user_id: int) -> str:
         return self.issue_tokens(user_id).access_token
+
+    def installation_form(self, user_id: int = 1) -> list[tuple[str, str]]:
+        """What the portal posts to the application's installation handler once it is installed (ONAPPINSTALL,
+        app-installation docs): a fresh token pair of the installing user, the portal's identity and the
+        application token its events will carry. ``server_endpoint`` is the OAuth server's, as on the cloud."""
+        tokens = self.issue_tokens(user_id)
+        auth = {
+            "access_token": tokens.access_token,
+            "expires_in": int(self.config.access_token_ttl),
+            "scope": self.config.scopes,
+            "domain": urlsplit(self.base_url).netloc,
+            "server_endpoint": f"{self.oauth_url or self.base_url}/rest/",
+            "status": "L",
+            "client_endpoint": f"{self.base_url}/rest/",
+            "member_id": self.member_id,
+            "user_id": user_id,
+            "refresh_token": tokens.refresh_token,
+            "application_token": self.config.application_token,
+        }
+        data = {"VERSION": "1", "ACTIVE": "Y", "INSTALLED": "Y", "LANGUAGE_ID": "en"}
+        return php_form_pairs({"event": "ONAPPINSTALL", "data": data, "ts": int(self.clock()), "auth": auth})
 
     def authenticate_token(self, token: str | None) -> Caller:
         if not token:

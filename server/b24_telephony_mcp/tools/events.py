@@ -83,7 +83,7 @@ async def watch_telephony_events(params: WatchParams, run: ToolRun) -> dict[str,
             if exc.code != ERROR_CORE or ALREADY_BOUND not in exc.description:
                 raise
     if params.event_type == "offline" and not params.unbind:
-        _hub(run).activate()
+        _hub(run).activate(run.client)  # in remote mode, this administrator's connection drains the portal's queue
     bound = (await run.client.call("event.get", {}, read_only=True)).result or []
     ours = {name.upper() for name in EVENT_NAMES}
     rows = [row for row in bound if isinstance(row, dict) and str(row.get("event", "")).upper() in ours]
@@ -146,7 +146,7 @@ class EventsPage(RestResult):
 
 async def get_telephony_events(params: GetEventsParams, run: ToolRun) -> dict[str, Any]:
     hub = _hub(run)
-    hub.activate()
+    hub.activate(run.client)
     try:
         events = await hub.wait(
             params.cursor,
