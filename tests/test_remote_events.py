@@ -71,10 +71,11 @@ def two_portals(tmp_path: Path) -> Iterator[TwoPortals]:
 
 
 @asynccontextmanager
-async def signed_in(two: TwoPortals, portal: str) -> AsyncIterator[Client]:
-    """A client signed in (as the portal's user 1, its administrator) by typing `portal`'s address."""
+async def signed_in(two: TwoPortals, portal: str, user_id: int = 1) -> AsyncIterator[Client]:
+    """A client signed in by typing `portal`'s address, as its user `user_id` (1: its administrator)."""
     remote = Remote(two.server, None, two.public, Path(), {})  # type: ignore[arg-type]
     browser = Browser()
+    await browser.http.get(f"{portal}/_sandbox/sign-in-as", params={"user_id": str(user_id)})
     original = browser.submit
 
     async def submit(page: httpx2.Response, action: str, **fields: str) -> httpx2.Response | str:
@@ -138,6 +139,22 @@ async def test_a_click_on_one_portal_reaches_its_grants_only(two_portals: TwoPor
         assert event_b["data"]["CALL_ID"] == theirs["CALL_ID"]
         assert (await read(first, cursor=event["cursor"], wait_seconds=2))["events"] == []
         assert [e["data"]["CALL_ID"] for e in (await read(first))["events"]] == [clicked["CALL_ID"]]
+
+
+async def test_a_portals_queue_is_drained_by_an_administrator_and_read_by_all_its_users(
+    two_portals: TwoPortals,
+) -> None:
+    portal_a = two_portals.portals[0]
+    async with signed_in(two_portals, portal_a, user_id=OPERATOR) as operator:
+        # An operator alone cannot read the offline queue: the answer says so, and nothing is heard yet.
+        page = await read(operator, wait_seconds=2)
+        assert page["events"] == [] and "ACCESS_DENIED" in page.get("offline_queue", ""), page
+        async with signed_in(two_portals, portal_a) as admin:
+            cursor = await prepare(admin)  # binds as the administrator, whose grant now drains the queue
+            clicked = await click(portal_a, fresh_phone())
+            [event] = (await read(operator, cursor=cursor, wait_seconds=20))["events"]
+            assert event["data"]["CALL_ID"] == clicked["CALL_ID"], "the portal's events, for each of its users"
+            assert [e["data"]["CALL_ID"] for e in (await read(admin, cursor=cursor))["events"]] == [clicked["CALL_ID"]]
 
 
 async def installed(two: TwoPortals, portal: str) -> dict[str, str]:
