@@ -861,6 +861,9 @@ async def test_sandbox_remote_refuses_a_portal_it_does_not_serve(sandbox_remote:
             assert isinstance(again, httpx2.Response)
             answer = await browser.submit(again, "allow", portal=typed)
             assert isinstance(answer, httpx2.Response) and "Not a Bitrix24 address" in answer.text, typed
+            # The same consent page again (400), with the text kept to correct: the request is not spent.
+            assert answer.status_code == 400 and f'value="{html.escape(typed)}"' in answer.text, typed
+            assert form_fields(answer.text)["request"] == form_fields(again.text)["request"]
     finally:
         await browser.aclose()
 
