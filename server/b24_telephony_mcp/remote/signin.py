@@ -6,7 +6,8 @@ what went wrong.
    will be able to do, a labelled field for the portal (absent with a local application), Allow and Deny. The form
    carries a token that must match a cookie set with the page (SameSite=Strict), so another site cannot submit it.
 2. Allow (`POST /bitrix24/signin`) sends the browser to the portal's `/oauth/authorize/` with a fresh `state`, whose
-   hash is stored with the request and whose other half is a cookie of this browser.
+   hash is stored with the request and whose other half is a cookie of this browser. An address that is no portal's
+   shows the same page again (400) with the text kept, the request still open.
 3. `/bitrix24/callback` takes that sign-in (once), checks the cookie, that the answer comes from the portal the user
    named and names an allowed token endpoint, exchanges the code at once (it lives 30 s), reads the user (`profile`)
    and the application (`app.info`), stores the portal, the pair and a grant, and only then redirects to the client
