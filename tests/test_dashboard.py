@@ -11,7 +11,6 @@ the browser is watched (only the host page itself may be requested), and any con
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ from typing import Any
 import pytest
 from mcp import Client
 from mcp_types import CallToolResult
-from playwright.async_api import Browser, Frame, Page, Request, Route, async_playwright
+from playwright.async_api import Browser, Frame, Page, Request, Route
 
 from b24_telephony_mcp.sandbox import RunningSandbox, SandboxConfig, start_sandbox
 from b24_telephony_mcp.tools.call_analytics import CALL_DASHBOARD
@@ -30,17 +29,6 @@ from test_views import apps
 
 pytestmark = pytest.mark.anyio
 
-CHROMIUM = "/usr/bin/chromium"  # Debian's package (.ci/run installs it)
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 HOST = "http://host.test/"  # never reaches a network: the route below answers it
 PERIOD = {"from": "2020-01-01", "to": "2030-01-01"}
 DARK = {
@@ -138,16 +126,6 @@ async def session(portal: RunningSandbox, tmp_path_factory: pytest.TempPathFacto
         yield Session(client, getattr(content, "text", ""), content.meta["ui"]["csp"])
 
 
-@pytest.fixture(scope="module")
-async def browser() -> AsyncIterator[Browser]:
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.fail("Debian's chromium is needed: apt-get install chromium (.ci/run does)", False)
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
-        yield launched
-        await launched.close()
-
-
 def with_csp(html: str, csp: dict[str, list[str]]) -> str:
     """The page under the CSP a host derives from the resource's `_meta.ui.csp` (ext-apps spec's default)."""
     connect = " ".join(csp.get("connectDomains", [])) or "'none'"
@@ -216,11 +194,11 @@ async def background(shown: Shown) -> str:
     return str(await shown.view.evaluate("getComputedStyle(document.body).backgroundColor"))
 
 
-async def test_the_dashboard_shows_the_analytics_result(browser: Browser, session: Session, tmp_path: Path) -> None:
+async def test_the_dashboard_shows_the_analytics_result(chromium: Browser, session: Session, tmp_path: Path) -> None:
     arguments = {**PERIOD, "group_by": ["type"]}
     result = await session.call("get_call_analytics", arguments)
     analytics = result["structuredContent"]["result"]
-    shown = await show(browser, session, arguments, result, DARK)
+    shown = await show(chromium, session, arguments, result, DARK)
 
     # One bar per group, each with its number of calls, and the same groups in the table.
     assert await shown.view.locator(".bar").count() == len(analytics["groups"]) > 1
@@ -251,10 +229,10 @@ async def test_the_dashboard_shows_the_analytics_result(browser: Browser, sessio
     await shown.page.close()
 
 
-async def test_another_grouping_is_asked_of_the_server_through_the_host(browser: Browser, session: Session) -> None:
+async def test_another_grouping_is_asked_of_the_server_through_the_host(chromium: Browser, session: Session) -> None:
     arguments = {**PERIOD, "group_by": ["status"], "tz": "Europe/Berlin"}
     result = await session.call("get_call_analytics", arguments)
-    shown = await show(browser, session, arguments, result, {"theme": "dark"})
+    shown = await show(chromium, session, arguments, result, {"theme": "dark"})
     assert await background(shown) == "rgb(30, 31, 34)"  # the page's own dark fallback: no host variables
 
     await shown.view.locator("#group-by").select_option("day")
@@ -270,10 +248,10 @@ async def test_another_grouping_is_asked_of_the_server_through_the_host(browser:
     await shown.page.close()
 
 
-async def test_the_dashboard_tallies_a_page_of_statistics_rows(browser: Browser, session: Session) -> None:
+async def test_the_dashboard_tallies_a_page_of_statistics_rows(chromium: Browser, session: Session) -> None:
     result = await session.call("get_call_statistics", {})
     rows = result["structuredContent"]["result"]
-    shown = await show(browser, session, {}, result, {"theme": "light"})
+    shown = await show(chromium, session, {}, result, {"theme": "light"})
     days = sorted({row["CALL_START_DATE"][:10] for row in rows})
     assert await shown.view.locator("circle.point").count() == len(days) > 1
     assert digits(await shown.total("calls")) == len(rows)
@@ -292,10 +270,10 @@ async def test_the_dashboard_tallies_a_page_of_statistics_rows(browser: Browser,
     await shown.page.close()
 
 
-async def test_at_a_narrow_width_the_table_goes_under_the_chart(browser: Browser, session: Session) -> None:
+async def test_at_a_narrow_width_the_table_goes_under_the_chart(chromium: Browser, session: Session) -> None:
     arguments = {**PERIOD, "group_by": ["line"]}
     result = await session.call("get_call_analytics", arguments)
-    shown = await show(browser, session, arguments, result, DARK, viewport=(360, 720))
+    shown = await show(chromium, session, arguments, result, DARK, viewport=(360, 720))
     chart = await shown.view.locator("#chart").bounding_box()
     table = await shown.view.locator(".table-wrap").bounding_box()
     assert chart is not None and table is not None

@@ -141,6 +141,17 @@ def form_fields(page: str) -> dict[str, str]:
     }
 
 
+def client_metadata(redirect_uri: str, name: str = "Test Assistant") -> OAuthClientMetadata:
+    """What the SDK's OAuth client registers: a public client (PKCE, no secret) returning to `redirect_uri`."""
+    return OAuthClientMetadata(
+        client_name=name,
+        redirect_uris=[AnyUrl(redirect_uri)],
+        grant_types=["authorization_code", "refresh_token"],
+        response_types=["code"],
+        token_endpoint_auth_method="none",
+    )
+
+
 def oauth_client(
     remote: Remote, browser: Browser, storage: MemoryStorage, action: str = "allow"
 ) -> OAuthClientProvider:
@@ -164,13 +175,7 @@ def oauth_client(
 
     return OAuthClientProvider(
         server_url=remote.mcp_url,
-        client_metadata=OAuthClientMetadata(
-            client_name="Test Assistant",
-            redirect_uris=[AnyUrl(CLIENT_REDIRECT)],
-            grant_types=["authorization_code", "refresh_token"],
-            response_types=["code"],
-            token_endpoint_auth_method="none",
-        ),
+        client_metadata=client_metadata(CLIENT_REDIRECT),
         storage=storage,
         redirect_handler=redirect_handler,
         callback_handler=callback_handler,
@@ -790,14 +795,20 @@ class SandboxRemote:
         return self.server.url.removesuffix("/mcp")
 
 
-@pytest.fixture
-def sandbox_remote(tmp_path: Path) -> Iterator[SandboxRemote]:
+@contextmanager
+def sandbox_remote_server(tmp_path: Path, **extra_env: str) -> Iterator[SandboxRemote]:
     """`--sandbox --remote`: the server's own two sandbox portals, one marketplace application on both."""
-    env = clean_env(**FAST_LIMITS, XDG_STATE_HOME=str(tmp_path / "state"))
+    env = clean_env(**FAST_LIMITS, XDG_STATE_HOME=str(tmp_path / "state"), **extra_env)
     with http_server(env, "http", "--sandbox", "--remote") as server:
         portals = re.findall(r"sandbox portal \d: (\S+)", server.stderr)
         assert len(portals) == 2, server.stderr
         yield SandboxRemote(server, portals)
+
+
+@pytest.fixture
+def sandbox_remote(tmp_path: Path) -> Iterator[SandboxRemote]:
+    with sandbox_remote_server(tmp_path) as started:
+        yield started
 
 
 async def portal_calls(portal: str) -> int:
@@ -863,6 +874,9 @@ async def test_sandbox_remote_refuses_a_portal_it_does_not_serve(sandbox_remote:
             assert isinstance(again, httpx2.Response)
             answer = await browser.submit(again, "allow", portal=typed)
             assert isinstance(answer, httpx2.Response) and "Not a Bitrix24 address" in answer.text, typed
+            # The same consent page again (400), with the text kept to correct: the request is not spent.
+            assert answer.status_code == 400 and f'value="{html.escape(typed)}"' in answer.text, typed
+            assert form_fields(answer.text)["request"] == form_fields(again.text)["request"]
     finally:
         await browser.aclose()
 

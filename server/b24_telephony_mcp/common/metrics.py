@@ -78,8 +78,8 @@ class _Prometheus:
         self.grants = Counter(f"{PREFIX}_grants", "Remote mode: grants made by a completed sign-in", registry=registry)
         self.signins = Counter(
             f"{PREFIX}_signins",
-            "Remote mode: sign-ins by how they ended "
-            "(signed_in, denied, expired, not_bitrix24, portal_refused, failed, refused)",
+            "Remote mode: sign-ins by how they ended (signed_in, denied, expired, portal_refused, failed, refused; "
+            "not_bitrix24: a mistyped portal address, asked again)",
             ["result"],
             registry=registry,
         )

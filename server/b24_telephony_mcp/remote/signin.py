@@ -6,7 +6,8 @@ what went wrong.
    will be able to do, a labelled field for the portal (absent with a local application), Allow and Deny. The form
    carries a token that must match a cookie set with the page (SameSite=Strict), so another site cannot submit it.
 2. Allow (`POST /bitrix24/signin`) sends the browser to the portal's `/oauth/authorize/` with a fresh `state`, whose
-   hash is stored with the request and whose other half is a cookie of this browser.
+   hash is stored with the request and whose other half is a cookie of this browser. An address that is no portal's
+   shows the same page again (400) with the text kept, the request still open.
 3. `/bitrix24/callback` takes that sign-in (once), checks the cookie, that the answer comes from the portal the user
    named and names an allowed token endpoint, exchanges the code at once (it lives 30 s), reads the user (`profile`)
    and the application (`app.info`), stores the portal, the pair and a grant, and only then redirects to the client
@@ -47,6 +48,8 @@ log = logging.getLogger(__name__)
 
 CSRF_COOKIE = "b24_consent"
 STATE_COOKIE = "b24_signin"
+_SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*$")
+_NETLOC = re.compile(r"^[a-z0-9.\-]+(?::[0-9]+)?$|^\[[0-9a-f:.]+\](?::[0-9]+)?$")
 _BITRIX24_HOST = re.compile(r"^(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?\.)+bitrix24\.[a-z]{2,}(?:\.[a-z]{2,})?$")
 
 _CSS = (
@@ -56,22 +59,24 @@ _CSS = (
     ".buttons{display:flex;gap:1rem;margin-top:1.5rem}button{font:inherit;padding:.5rem 1.5rem;cursor:pointer}"
     ".allow{background:#0b66e4;color:#fff;border:0;border-radius:4px}"
     ".deny{background:#fff;border:1px solid #888;border-radius:4px}.note{color:#555;font-size:.9rem}"
+    ".error{color:#b00020;font-weight:600}input[aria-invalid=true]{border:2px solid #b00020}"
 )
 _CSS_HASH = base64.b64encode(hashlib.sha256(_CSS.encode()).digest()).decode()
 
 
 def page_headers(form_targets: str = "") -> dict[str, str]:
-    """Every page's headers: nothing loads, nothing frames it, nothing cached, no referrer to another site."""
+    """Every page's headers: nothing loads, nothing frames it, nothing is cached or sent on to another site as a
+    referrer. `same-origin`, not `no-referrer`: under `no-referrer` a browser posts the form with `Origin: null`,
+    which the Origin check (kept strict) refuses. `img-src data:` is for the page's empty icon only, without which
+    browsers fetch `/favicon.ico` (a 404 in the console)."""
     csp = (
-        f"default-src 'none'; style-src 'sha256-{_CSS_HASH}'; form-action 'self'{form_targets}; "
+        f"default-src 'none'; style-src 'sha256-{_CSS_HASH}'; img-src data:; form-action 'self'{form_targets}; "
         "frame-ancestors 'none'; base-uri 'none'"
     )
     return {
         "Content-Security-Policy": csp,
         "X-Frame-Options": "DENY",
         "X-Content-Type-Options": "nosniff",
-        # same-origin, not no-referrer: under no-referrer a browser posts the form with `Origin: null`, which the
-        # origin check refuses; same-origin still sends nothing to another site.
         "Referrer-Policy": "same-origin",
         "Cache-Control": "no-store",
     }
@@ -80,7 +85,7 @@ def page_headers(form_targets: str = "") -> dict[str, str]:
 def _page(title: str, body: str, status: int = 200, form_targets: str = "") -> HTMLResponse:
     document = (
         f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1"><link rel="icon" href="data:,">'
         f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>"
     )
     return HTMLResponse(document, status, page_headers(form_targets))
@@ -166,14 +171,28 @@ class SignIn:
                 "The sign-in request is unknown or more than ten minutes old.",
                 "Go back to your assistant and connect again.",
             )
+        return self._consent_page(request_id, record)
+
+    def _consent_page(
+        self, request_id: str, record: dict[str, Any], typed: str = "", mistyped: bool = False
+    ) -> HTMLResponse:
+        """The consent page of this request, with a fresh form token; `mistyped`: shown again (400) because the
+        portal address `typed` is not one, with the text kept in the field to correct."""
         csrf = new_token()
         redirect_host = urlsplit(record["redirect_uri"]).netloc or urlsplit(record["redirect_uri"]).scheme + ":"
+        error = (
+            '<p class="error" id="portal-error" role="alert">Not a Bitrix24 address: type your portal\'s address, '
+            "such as yourcompany.bitrix24.com.</p>"
+            if mistyped
+            else ""
+        )
+        invalid = ' aria-invalid="true" aria-describedby="portal-error"' if mistyped else ""
         portal_field = (
             ""
             if self.config.portal_url
-            else '<label for="portal">Your Bitrix24 address</label>'
+            else f'<label for="portal">Your Bitrix24 address</label>{error}'
             '<input type="text" id="portal" name="portal" required placeholder="yourcompany.bitrix24.com" '
-            'autocomplete="url" autocapitalize="off" spellcheck="false">'
+            f'value="{html.escape(typed)}"{invalid} autocomplete="url" autocapitalize="off" spellcheck="false">'
         )
         where = html.escape(urlsplit(self.config.portal_url).netloc) if self.config.portal_url else "your Bitrix24"
         body = (
@@ -187,12 +206,14 @@ class SignIn:
             '<button class="deny" type="submit" name="action" value="deny" formnovalidate>Deny</button></div></form>'
             '<p class="note">Allow sends you to Bitrix24 to sign in. Calls are made with your Bitrix24 rights.</p>'
         )
-        response = _page("Connect to Bitrix24 telephony", body, form_targets=self._form_targets())
+        targets = self._form_targets() + _redirect_target(record["redirect_uri"])
+        response = _page("Connect to Bitrix24 telephony", body, 400 if mistyped else 200, targets)
         self._cookie(response, CSRF_COOKIE, csrf, "strict")
         return response
 
     def _form_targets(self) -> str:
-        """Where the form's answer may lead (a redirect after a POST counts in some browsers): the portal."""
+        """Where the form's answer may lead (browsers check form-action on each redirect after the post): the
+        portal; the client's redirect URI is added per request (`_redirect_target`)."""
         if self.config.portal_url:
             return f" {urlsplit(self.config.portal_url).scheme}://{urlsplit(self.config.portal_url).netloc}"
         hosts = self.config.portal_hosts
@@ -213,6 +234,14 @@ class SignIn:
                 "Go back to your assistant and connect again; allow cookies for this site.",
                 403,
             )
+        typed = str(form.get("portal", ""))
+        allow = form.get("action") == "allow"
+        if allow and not self.config.portal_url and normalize_portal(typed, self.config) is None:
+            # A typo is no answer: the same request's page again, with what was typed, to correct.
+            pending = await self.store.signin(request_id)
+            if pending is not None and pending.get("kind") == "request":
+                metrics.sign_in("not_bitrix24")
+                return self._consent_page(request_id, pending, typed, mistyped=True)
         record = await self.store.take_signin(request_id)
         if record is None or record.get("kind") != "request":
             metrics.sign_in("expired")
@@ -221,7 +250,7 @@ class SignIn:
                 "The sign-in request is unknown, already answered, or more than ten minutes old.",
                 "Go back to your assistant and connect again.",
             )
-        if form.get("action") != "allow":
+        if not allow:
             log.info("sign-in denied by the user for client %r", record["client_name"])
             metrics.sign_in("denied")
             return problem(
@@ -234,13 +263,13 @@ class SignIn:
             parts = urlsplit(self.config.portal_url)
             portal: PortalAddress | None = PortalAddress(f"{parts.scheme}://{parts.netloc}", parts.netloc.lower())
         else:
-            portal = normalize_portal(str(form.get("portal", "")), self.config)
-        if portal is None:
-            metrics.sign_in("not_bitrix24")
+            portal = normalize_portal(typed, self.config)
+        if portal is None:  # checked above; only a request answered meanwhile (another tab) gets here
+            metrics.sign_in("expired")
             return problem(
-                "Not a Bitrix24 address",
-                "The address you typed is not a Bitrix24 portal (such as yourcompany.bitrix24.com).",
-                "Go back to your assistant, connect again and type your portal's address.",
+                "This sign-in has expired",
+                "The sign-in request is unknown, already answered, or more than ten minutes old.",
+                "Go back to your assistant and connect again.",
             )
         state, browser = new_token(), new_token()
         signin = {**record, "kind": "signin", "portal": portal.origin, "host": portal.host}
@@ -373,6 +402,19 @@ class SignIn:
         )
         await self.store.add_grant(grant)
         return grant
+
+
+def _redirect_target(uri: str) -> str:
+    """The client's redirect URI as a form-action source, since the Allow post ends there: its origin (https, or
+    loopback http), or its scheme for a native client's private-use scheme (`cursor:`); nothing for a URI that
+    would not make a plain source (it could not add a directive: the redirect is then refused, never widened)."""
+    parts = urlsplit(uri)
+    scheme, netloc = parts.scheme.lower(), parts.netloc.lower()
+    if not _SCHEME.match(scheme):
+        return ""
+    if scheme in ("http", "https"):
+        return f" {scheme}://{netloc}" if _NETLOC.match(netloc) else ""
+    return f" {scheme}:"
 
 
 def _failure_text(exc: BitrixError) -> str:
