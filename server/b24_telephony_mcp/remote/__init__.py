@@ -5,8 +5,8 @@ registration, authorize, token, revoke, the bearer middleware) and an OAuth clie
 half is written here:
 
 - crypto.py: AES-GCM sealing of the Bitrix24 pairs under B24_TOKEN_KEY (key rotation; the key file), token hashes;
-- store.py: registered clients, sign-ins, codes, MCP tokens (hashes only), grants, portals and pairs; an embedded
-  SQLite file, or Redis for replicas;
+- store/: registered clients, sign-ins, codes, MCP tokens (hashes only), grants, portals and pairs: the records and
+  the protocol (base.py), an embedded SQLite file (sqlite.py) or Redis for replicas (redis.py);
 - provider.py: the SDK's provider protocol over that store (clients, codes, tokens, refresh rotation);
 - signin.py: the consent page and the Bitrix24 callback;
 - connections.py: a request's access token -> its grant -> that user's connection (the seam of tools/connection);
