@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Generator, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -9,6 +9,7 @@ from playwright.async_api import Browser, async_playwright
 
 from b24_telephony_mcp.sandbox import RunningSandbox, SandboxConfig, start_sandbox
 from redis_server import RedisServer
+from skips import pytest_runtest_makereport  # noqa: F401  (the hook: in CI a skip is a failure)
 
 
 @pytest.fixture(scope="session")
@@ -67,17 +68,3 @@ async def chromium() -> AsyncIterator[Browser]:
         browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
         yield browser
         await browser.close()
-
-
-# .ci/run installs everything a test needs (redis-server, Node.js, Chromium), so there a skip means a check that never
-# ran: it fails instead of passing quietly.
-SKIPS_FAIL = os.environ.get("TESTS_SKIPS_FAIL") == "1"
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, object, None]:
-    outcome = yield
-    report: pytest.TestReport = outcome.get_result()  # type: ignore[attr-defined]
-    if SKIPS_FAIL and report.skipped and not hasattr(report, "wasxfail"):
-        report.outcome = "failed"
-        report.longrepr = f"skipped where nothing may be (TESTS_SKIPS_FAIL=1): {report.longrepr}"
