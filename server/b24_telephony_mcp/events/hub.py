@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator, Sequence
+from functools import partial
 
 import anyio
 from anyio.abc import TaskGroup
@@ -28,8 +29,8 @@ EXPIRE_EVERY_SECONDS = 3600.0
 
 Listener = Callable[[Sequence[StoredEvent]], Awaitable[None]]
 Progress = Callable[[float, float | None, str | None], Awaitable[None]]
-DrainerFor = Callable[[BitrixClient], OfflineDrainer]
-"""A drainer of the hub's portal, with the connection of the request that activates it."""
+DrainerFor = Callable[[BitrixClient, Ingest], OfflineDrainer]
+"""A drainer of the hub's portal with the connection of the request that activates it, storing into `ingest`."""
 
 
 class EventHub:
@@ -64,7 +65,7 @@ class EventHub:
         or the last one stopped: its user was no administrator, or signed out)."""
         idle = self.drainer is None or self.drainer.status.state == "stopped"
         if self._drainer_for is not None and client is not None and idle:
-            self.drainer = self._drainer_for(client)
+            self.drainer = self._drainer_for(client, self.ingest)
         self._active.set()
 
     async def ingest(self, events: Sequence[TelephonyEvent]) -> list[StoredEvent]:
@@ -131,25 +132,22 @@ class EventHub:
 
     async def drain(self) -> None:
         """Run the drainer once activated; with `drainer_for`, the next one an activation gives after it stops."""
+        if self._drainer_for is None:  # one portal: its drainer (if it has one) runs until the server ends
+            await self._active.wait()
+            if self.drainer is not None:
+                await self.drainer.run()
+            return
         while True:
             await self._active.wait()
-            drainer = self.drainer
-            if drainer is None:
-                if self._drainer_for is None:
-                    return
-                self._active = anyio.Event()  # activated without a connection: wait for one that has it
-                continue
-            try:
-                await drainer.run()
-            except Exception:
-                if self._drainer_for is None:
-                    raise
-                # One portal's failure must not end the others' (they share the task group): this one stops.
-                log.exception("draining a portal's offline event queue failed")
-                drainer.status.state = "stopped"
-            if self._drainer_for is None:
-                return
-            if self.drainer is drainer:  # not replaced while it stopped: the next activation starts another
+            drainer = self.drainer  # None: activated without a connection, so it waits for one that has it
+            if drainer is not None:
+                try:
+                    await drainer.run()
+                except Exception:
+                    # One portal's failure must not end the others' (they share the task group): this one stops.
+                    log.exception("draining a portal's offline event queue failed")
+                    drainer.status.state = "stopped"
+            if self.drainer is drainer:  # not replaced meanwhile: the next activation starts another
                 self._active = anyio.Event()
 
 
@@ -184,11 +182,7 @@ class EventHubs:
         if hub is None:
             if self._group is None:
                 raise RuntimeError("the event hubs are not running")
-
-            def drainer_for(client: BitrixClient) -> OfflineDrainer:
-                return self._drainer_for(portal, client, made.ingest)
-
-            hub = made = self._hubs[portal] = EventHub(self.store, portal, drainer_for=drainer_for)
+            hub = self._hubs[portal] = EventHub(self.store, portal, drainer_for=partial(self._drainer_for, portal))
             self._group.start_soon(hub.drain)
         return hub
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING
 
 import httpx2
@@ -63,9 +64,7 @@ async def open_remote(
         stack.callback(event_store.close)
         connections.hubs = EventHubs(
             event_store,
-            connections.drainer_for(
-                lambda portal, connect, ingest: offline_drainer(settings, state, portal, connect, ingest)
-            ),
+            connections.drainer_for(partial(offline_drainer, settings, state)),
         )
         await stack.enter_async_context(connections.hubs.running())
     return RemoteParts(config, store, provider, connections, routes)
