@@ -336,6 +336,51 @@ async def test_uninstall_needs_the_installations_token(backend: tuple[str, Path]
         await close(store)
 
 
+async def test_a_request_is_served_from_one_read_of_token_grant_portal_and_pair(backend: tuple[str, Path]) -> None:
+    old, new = key(), key()
+    store = make_store(backend, TokenCipher((old,)))
+    pair = TokenPair("access-1", "refresh-1", 9.0)
+    expires = time.time() + 60
+    try:
+        await store.save_portal(PORTAL)
+        await store.save_pair("m1", 1, pair, None)
+        await store.add_grant(grant("g1"))
+        await store.put_token("t1", StoredToken("access", "g1", "client-a", ("mcp",), "https://x/mcp", expires))
+    finally:
+        await close(store)
+    rotated = make_store(backend, TokenCipher((new, old)))
+    try:
+        found = await rotated.token_access("t1")
+        assert found is not None
+        stored, access = found
+        assert (stored.kind, stored.grant_id, stored.resource) == ("access", "g1", "https://x/mcp")
+        assert (access.grant.grant_id, access.grant.user_id, access.portal, access.pair) == ("g1", 1, PORTAL, pair)
+        assert await rotated.grant_access("g1") == access
+        assert await rotated.token_access("unknown") is None and await rotated.grant_access("unknown") is None
+    finally:
+        await close(rotated)
+    # The pair read under the old key was sealed again: the new key alone opens it.
+    only_new = make_store(backend, TokenCipher((new,)))
+    try:
+        assert (await only_new.grant_access("g1")).pair == pair  # type: ignore[union-attr]
+        # A grant whose user has no pair, or whose portal is unknown, serves nothing.
+        await only_new.add_grant(grant("g2", user_id=2))
+        assert await only_new.grant_access("g2") is None
+        await only_new.save_pair("m9", 1, pair, None)
+        await only_new.add_grant(grant("g3", member_id="m9"))
+        assert await only_new.grant_access("g3") is None
+        await only_new.put_token("t2", StoredToken("access", "g2", "client-a", (), None, expires))
+        assert await only_new.token_access("t2") is None
+    finally:
+        await close(only_new)
+    with pytest.raises(SealError):  # a key dropped too soon: said, so the caller can ask for a new sign-in
+        gone = make_store(backend, TokenCipher((key(),)))
+        try:
+            await gone.token_access("t1")
+        finally:
+            await close(gone)
+
+
 async def test_a_pair_read_under_an_old_key_is_sealed_again(backend: tuple[str, Path]) -> None:
     old, new = key(), key()
     store = make_store(backend, TokenCipher((old,)))

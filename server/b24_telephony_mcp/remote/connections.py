@@ -1,9 +1,10 @@
 """The seam of `tools/connection.py` in remote mode: the request's MCP access token -> its grant -> that Bitrix24
 user's connection (their pair, their portal's rate bucket, their journal entries).
 
-Nothing is kept per grant between requests: each request reads its grant and opens its pair from the store (the
-pair's refresh runs the one `OAuthAuth` sequence through `GrantPairStore`, single-flight per user); what is shared
-is the HTTP pool, the journal, and one rate bucket per portal.
+Nothing is kept per grant between requests: each request's grant, portal and pair come with its access token, read
+in one store read by the bearer check (`SignedInToken`), and its connection is built from them (the pair's refresh
+runs the one `OAuthAuth` sequence through `GrantPairStore`, single-flight per user); what is shared is the HTTP pool,
+the journal, and one rate bucket per portal.
 
 The events (with the events toolset) are kept per portal: each request's context gets its own portal's hub
 (`EventHubs`, keyed by `portal_key`), never another's; an online post goes to the hub of the portal whose
@@ -27,7 +28,9 @@ from b24_telephony_mcp.bitrix import BitrixClient, BitrixError, OAuthAuth
 from b24_telephony_mcp.bitrix.errors import NOT_SIGNED_IN
 from b24_telephony_mcp.bitrix.limits import LeakyBucket, RequestBucket
 from b24_telephony_mcp.config.settings import RemoteConfig, Settings
-from b24_telephony_mcp.remote.store import Grant, GrantPairStore, Portal, RemoteStore
+from b24_telephony_mcp.remote.crypto import SealError
+from b24_telephony_mcp.remote.provider import SignedInToken
+from b24_telephony_mcp.remote.store import Access, GrantPairStore, RemoteStore
 from b24_telephony_mcp.state.journal import CallJournal
 from b24_telephony_mcp.tools.base import ToolContext
 from b24_telephony_mcp.tools.connection import Connection
@@ -121,35 +124,32 @@ class RemoteConnections:
 
     async def current(self) -> Connection:
         token = get_access_token()
-        grant = await self.store.grant(token.subject) if token is not None and token.subject else None
-        portal, connection = await self._open(grant)
-        assert grant is not None
+        # Read with the token by the bearer check (`load_access_token`): this request costs the store one read.
+        access = token.access if isinstance(token, SignedInToken) else None
+        connection = self._connect(access)
+        assert access is not None
+        grant = access.grant
         if grant.last_used is None or time.time() - grant.last_used >= TOUCH_EVERY:
             await self.store.touch_grant(grant.grant_id)
         # Who each call (or completion) runs as: the portal, the user and the client, never a token.
-        log.info("serving portal %s, user %s, client %r", portal.domain, grant.user_id, grant.client_name)
+        log.info("serving portal %s, user %s, client %r", access.portal.domain, grant.user_id, grant.client_name)
         return connection
 
-    async def _open(self, grant: Grant | None) -> tuple[Portal, Connection]:
+    def _connect(self, access: Access | None) -> Connection:
         """The grant's connection: its user's pair, its portal's bucket and events; NOT_SIGNED_IN when it has none."""
-        portal = await self.store.portal(grant.member_id) if grant is not None else None
-        if grant is None or portal is None:
+        if access is None:
             raise BitrixError(NOT_SIGNED_IN, "this sign-in was revoked", 401, hint="Sign in again from your assistant.")
+        grant, portal = access.grant, access.portal
         parts = urlsplit(portal.client_endpoint)
         portal_url = f"{parts.scheme}://{parts.netloc}"
-        try:
-            auth = await GrantAuth.open(
-                portal_url,
-                self.config.client_id,
-                self.config.client_secret,
-                portal.token_url,
-                GrantPairStore(self.store, grant.member_id, grant.user_id),
-                None,
-            )
-        except ValueError:  # no pair (revoked meanwhile), or one no configured key opens
-            raise BitrixError(
-                NOT_SIGNED_IN, "this sign-in has no usable Bitrix24 tokens", 401, hint="Sign in again."
-            ) from None
+        auth = GrantAuth(
+            portal_url,
+            self.config.client_id,
+            self.config.client_secret,
+            portal.token_url,
+            GrantPairStore(self.store, grant.member_id, grant.user_id),
+            access.pair,
+        )
         auth.grant_id, auth.store = grant.grant_id, self.store
         key = user_key(grant.member_id, grant.user_id)
         client = BitrixClient(
@@ -163,7 +163,7 @@ class RemoteConnections:
             application=key,
             events=self.hubs.hub(portal_key(grant.member_id)) if self.hubs is not None else None,
         )
-        return portal, Connection(client, context, key=key)
+        return Connection(client, context, key=key)
 
     def drainer_for(self, make: DrainerMaker) -> Callable[[str, BitrixClient, Ingest], OfflineDrainer]:
         """What `EventHubs` makes a portal's drainer with: `make`'s, draining with the grant of the request that
@@ -173,10 +173,13 @@ class RemoteConnections:
             grant_id = client.auth.grant_id if isinstance(client.auth, GrantAuth) else ""
 
             async def connect() -> BitrixClient:
-                grant = await self.store.grant(grant_id) if grant_id else None
-                if grant is not None and portal_key(grant.member_id) != portal:
-                    grant = None  # never another portal's queue into this portal's events
-                return (await self._open(grant))[1].client
+                try:
+                    access = await self.store.grant_access(grant_id) if grant_id else None
+                except SealError:
+                    access = None
+                if access is not None and portal_key(access.grant.member_id) != portal:
+                    access = None  # never another portal's queue into this portal's events
+                return self._connect(access).client
 
             return make(portal, connect, ingest)
 

@@ -31,11 +31,11 @@ from mcp.server.auth.provider import (
     TokenError,
 )
 from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
-from pydantic import AnyUrl
+from pydantic import AnyUrl, PrivateAttr
 
 from b24_telephony_mcp.config.settings import RemoteConfig
-from b24_telephony_mcp.remote.crypto import new_token
-from b24_telephony_mcp.remote.store import RemoteStore, StoredToken
+from b24_telephony_mcp.remote.crypto import SealError, new_token
+from b24_telephony_mcp.remote.store import Access, RemoteStore, StoredToken
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,30 @@ def redirect_uri_refusal(uri: str) -> str | None:
     if "." in scheme or scheme.isalpha():
         return None
     return f"the {scheme}: scheme is not allowed for a redirect URI"
+
+
+class SignedInToken(AccessToken):
+    """A valid access token with what its request is served with (its grant, portal and pair), read with it in one
+    store read; `RemoteConnections` builds the request's connection from it."""
+
+    _access: Access | None = PrivateAttr(default=None)
+
+    @classmethod
+    def of(cls, token: str, stored: StoredToken, access: Access) -> SignedInToken:
+        signed_in = cls(
+            token=token,
+            client_id=stored.client_id,
+            scopes=list(stored.scopes),
+            expires_at=int(stored.expires) if stored.expires is not None else None,
+            resource=stored.resource,
+            subject=stored.grant_id,
+        )
+        signed_in._access = access
+        return signed_in
+
+    @property
+    def access(self) -> Access | None:
+        return self._access
 
 
 class BitrixAuthProvider:
@@ -269,20 +293,18 @@ class BitrixAuthProvider:
             raise TokenError("invalid_grant", "the grant was revoked; sign in again")
         return await self._issue(client, refresh_token.subject, scopes)
 
-    async def load_access_token(self, token: str) -> AccessToken | None:
-        stored = await self.store.token(token)
-        if stored is None or stored.kind != "access":
+    async def load_access_token(self, token: str) -> SignedInToken | None:
+        try:
+            found = await self.store.token_access(token)
+        except SealError:
+            log.warning("a signed-in user's Bitrix24 tokens open under no configured B24_TOKEN_KEY: sign in again")
             return None
-        if stored.expires is not None and stored.expires < time.time():
+        if found is None:  # unknown, or its grant, portal or pair is gone: 401, and the client signs in again
             return None
-        return AccessToken(
-            token=token,
-            client_id=stored.client_id,
-            scopes=list(stored.scopes),
-            expires_at=int(stored.expires) if stored.expires is not None else None,
-            resource=stored.resource,
-            subject=stored.grant_id,
-        )
+        stored, access = found
+        if stored.kind != "access" or (stored.expires is not None and stored.expires < time.time()):
+            return None
+        return SignedInToken.of(token, stored, access)
 
     async def revoke_token(self, token: AccessToken | RefreshToken) -> None:
         # Either token ends the sign-in it came from: the grant, its other tokens, its codes.

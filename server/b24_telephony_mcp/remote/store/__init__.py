@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from b24_telephony_mcp.remote.crypto import TokenCipher, key_file_keys
 from b24_telephony_mcp.remote.store.base import (
     STORE_NAME,
+    Access,
     Grant,
     GrantPairStore,
     Portal,
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "STORE_NAME",
+    "Access",
     "Grant",
     "GrantPairStore",
     "Portal",

@@ -53,6 +53,15 @@ class StoredToken:
 
 
 @dataclass(frozen=True)
+class Access:
+    """What a signed-in user's request is served with, read together: the grant, its portal, the user's pair."""
+
+    grant: Grant
+    portal: Portal
+    pair: TokenPair
+
+
+@dataclass(frozen=True)
 class StoredCode:
     grant_id: str
     record: dict[str, Any]
@@ -97,6 +106,16 @@ class RemoteStore(Protocol):
 
     async def add_grant(self, grant: Grant) -> None: ...
     async def grant(self, grant_id: str) -> Grant | None: ...
+    async def grant_access(self, grant_id: str) -> Access | None:
+        """The grant with its portal and its user's pair, in one read; None when any of them is gone (revoked,
+        uninstalled). SealError when the pair opens under no configured key."""
+        ...
+
+    async def token_access(self, token: str) -> tuple[StoredToken, Access] | None:
+        """The MCP token's record with its grant's `Access`, in one read (what each request is served with); None
+        as `grant_access`, or for an unknown token."""
+        ...
+
     async def grants(self, member_id: str | None = None) -> list[Grant]: ...
     async def touch_grant(self, grant_id: str) -> None: ...
     async def revoke_grant(self, grant_id: str) -> bool:

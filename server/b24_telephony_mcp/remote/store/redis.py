@@ -12,6 +12,7 @@ from b24_telephony_mcp.bitrix.pair_store import StalePairError
 from b24_telephony_mcp.bitrix.token_store import TokenPair
 from b24_telephony_mcp.remote.crypto import TokenCipher, token_hash
 from b24_telephony_mcp.remote.store.base import (
+    Access,
     Grant,
     Portal,
     Sealing,
@@ -137,9 +138,7 @@ class RedisRemoteStore:
     async def portal(self, member_id: str) -> Portal | None:
         async with self._state.failures("reading a portal"):
             record = await self._redis.hgetall(self._key("portal", member_id))
-        if not record or "domain" not in record:
-            return None
-        return Portal(member_id, record["domain"], record["client_endpoint"], record["token_url"])
+        return _redis_portal(member_id, record)
 
     async def install(self, portal: Portal, application_token: str) -> None:
         await self.save_portal(portal)
@@ -173,16 +172,19 @@ class RedisRemoteStore:
     # --- pairs ---
 
     async def load_pair(self, member_id: str, user_id: int) -> TokenPair | None:
-        key = f"{self._pair_base(member_id, user_id)}:sealed"
         async with self._state.failures("reading a token pair"):
-            sealed = await self._redis.hget(key, "sealed")
-        if sealed is None:
-            return None
+            sealed = await self._redis.hget(self._sealed_key(member_id, user_id), "sealed")
+        return await self._open_pair(member_id, user_id, sealed) if sealed is not None else None
+
+    def _sealed_key(self, member_id: str, user_id: int) -> str:
+        return f"{self._pair_base(member_id, user_id)}:sealed"
+
+    async def _open_pair(self, member_id: str, user_id: int, sealed: str) -> TokenPair:
         pair, stale = self._sealing.open_pair(member_id, user_id, sealed)
         if stale:
             again = self._sealing.seal_pair(member_id, user_id, pair)
             async with self._state.failures("re-sealing a token pair"):
-                await self._replace_field(keys=[key], args=["sealed", sealed, again])
+                await self._replace_field(keys=[self._sealed_key(member_id, user_id)], args=["sealed", sealed, again])
         return pair
 
     async def save_pair(self, member_id: str, user_id: int, pair: TokenPair, spent: str | None) -> None:
@@ -226,6 +228,24 @@ class RedisRemoteStore:
         async with self._state.failures("reading a grant"):
             record = await self._redis.hgetall(self._key("grant", grant_id))
         return _redis_grant(grant_id, record) if record else None
+
+    async def grant_access(self, grant_id: str) -> Access | None:
+        grant = await self.grant(grant_id)
+        if grant is None:
+            return None
+        async with self._state.failures("reading a sign-in"), self._redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self._key("portal", grant.member_id))
+            pipe.hget(self._sealed_key(grant.member_id, grant.user_id), "sealed")
+            record, sealed = await pipe.execute()
+        portal = _redis_portal(grant.member_id, record)
+        if portal is None or sealed is None:
+            return None
+        return Access(grant, portal, await self._open_pair(grant.member_id, grant.user_id, sealed))
+
+    async def token_access(self, token: str) -> tuple[StoredToken, Access] | None:
+        stored = await self.token(token)
+        access = await self.grant_access(stored.grant_id) if stored is not None else None
+        return (stored, access) if stored is not None and access is not None else None
 
     async def grants(self, member_id: str | None = None) -> list[Grant]:
         index = self._key("grants") if member_id is None else self._key("portal-grants", member_id)
@@ -343,6 +363,12 @@ class RedisRemoteStore:
             await self._redis.delete(self._key("token", hashed))
             if grant_id is not None:
                 await self._redis.srem(self._key("grant-tokens", grant_id), hashed)
+
+
+def _redis_portal(member_id: str, record: dict[str, str]) -> Portal | None:
+    if not record or "domain" not in record:
+        return None
+    return Portal(member_id, record["domain"], record["client_endpoint"], record["token_url"])
 
 
 def _redis_grant(grant_id: str, record: dict[str, str]) -> Grant:

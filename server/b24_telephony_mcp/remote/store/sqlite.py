@@ -16,6 +16,7 @@ from b24_telephony_mcp.bitrix.pair_store import StalePairError
 from b24_telephony_mcp.bitrix.token_store import TokenPair
 from b24_telephony_mcp.remote.crypto import TokenCipher, token_hash
 from b24_telephony_mcp.remote.store.base import (
+    Access,
     Grant,
     Portal,
     Sealing,
@@ -57,6 +58,18 @@ CREATE TABLE IF NOT EXISTS pairs (
 """
 _GRANT_COLUMNS = (
     "grant_id, client_id, client_name, member_id, user_id, user_name, toolsets, read_only, created, last_used"
+)
+_GRANT_WIDTH = len(_GRANT_COLUMNS.split(","))
+_TOKEN_COLUMNS = "kind, grant_id, client_id, scopes, resource, expires, used"
+_TOKEN_WIDTH = len(_TOKEN_COLUMNS.split(","))
+_TOKEN_COLUMNS_OF_T = ", ".join(f"t.{column.strip()}" for column in _TOKEN_COLUMNS.split(","))
+# A grant with its portal and its user's pair: what `Access` holds, in one statement (completed by WHERE, or by a
+# JOIN of the tokens table `t`).
+_ACCESS = (
+    ", ".join(f"g.{column.strip()}" for column in _GRANT_COLUMNS.split(","))
+    + ", p.domain, p.client_endpoint, p.token_url, s.sealed FROM grants g"
+    " JOIN portals p ON p.member_id = g.member_id"
+    " JOIN pairs s ON s.member_id = g.member_id AND s.user_id = g.user_id"
 )
 _LOCK_STRIPES = 64
 
@@ -224,15 +237,16 @@ class SqliteRemoteStore:
                 "SELECT sealed FROM pairs WHERE member_id = ? AND user_id = ?", (member_id, user_id)
             ).fetchone()
         )
-        if row is None:
-            return None
-        pair, stale = self._sealing.open_pair(member_id, user_id, row[0])
+        return await self._open_pair(member_id, user_id, row[0]) if row is not None else None
+
+    async def _open_pair(self, member_id: str, user_id: int, sealed: str) -> TokenPair:
+        pair, stale = self._sealing.open_pair(member_id, user_id, sealed)
         if stale:  # read under an old key: sealed again under the current one, unless a newer pair came meanwhile
             again = self._sealing.seal_pair(member_id, user_id, pair)
             await self._run(
                 lambda db: db.execute(
                     "UPDATE pairs SET sealed = ? WHERE member_id = ? AND user_id = ? AND sealed = ?",
-                    (again, member_id, user_id, row[0]),
+                    (again, member_id, user_id, sealed),
                 )
             )
         return pair
@@ -287,6 +301,28 @@ class SqliteRemoteStore:
             lambda db: db.execute(f"SELECT {_GRANT_COLUMNS} FROM grants WHERE grant_id = ?", (grant_id,)).fetchone()
         )
         return _sqlite_grant(row) if row is not None else None
+
+    async def grant_access(self, grant_id: str) -> Access | None:
+        row = await self._run(lambda db: db.execute(f"SELECT {_ACCESS} WHERE g.grant_id = ?", (grant_id,)).fetchone())
+        return await self._access(row) if row is not None else None
+
+    async def token_access(self, token: str) -> tuple[StoredToken, Access] | None:
+        row = await self._run(
+            lambda db: db.execute(
+                f"SELECT {_TOKEN_COLUMNS_OF_T}, {_ACCESS} JOIN tokens t ON t.grant_id = g.grant_id "
+                "WHERE t.token_hash = ?",
+                (token_hash(token),),
+            ).fetchone()
+        )
+        if row is None:
+            return None
+        return _stored_token(row[:_TOKEN_WIDTH]), await self._access(row[_TOKEN_WIDTH:])
+
+    async def _access(self, row: tuple[Any, ...]) -> Access:
+        grant = _sqlite_grant(row[:_GRANT_WIDTH])
+        domain, client_endpoint, token_url, sealed = row[_GRANT_WIDTH:]
+        pair = await self._open_pair(grant.member_id, grant.user_id, sealed)
+        return Access(grant, Portal(grant.member_id, domain, client_endpoint, token_url), pair)
 
     async def grants(self, member_id: str | None = None) -> list[Grant]:
         def select(db: sqlite3.Connection) -> list[tuple[Any, ...]]:
@@ -362,14 +398,10 @@ class SqliteRemoteStore:
     async def token(self, token: str) -> StoredToken | None:
         row = await self._run(
             lambda db: db.execute(
-                "SELECT kind, grant_id, client_id, scopes, resource, expires, used FROM tokens WHERE token_hash = ?",
-                (token_hash(token),),
+                f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE token_hash = ?", (token_hash(token),)
             ).fetchone()
         )
-        if row is None:
-            return None
-        kind, grant_id, client_id, scopes, resource, expires, used = row
-        return StoredToken(kind, grant_id, client_id, tuple(scopes.split()), resource, expires, bool(used))
+        return _stored_token(row) if row is not None else None
 
     async def spend_refresh_token(self, token: str) -> bool:
         def spend(db: sqlite3.Connection) -> bool:
@@ -386,6 +418,11 @@ class SqliteRemoteStore:
 
     async def delete_token(self, token: str) -> None:
         await self._run(lambda db: db.execute("DELETE FROM tokens WHERE token_hash = ?", (token_hash(token),)))
+
+
+def _stored_token(row: tuple[Any, ...]) -> StoredToken:
+    kind, grant_id, client_id, scopes, resource, expires, used = row
+    return StoredToken(kind, grant_id, client_id, tuple(scopes.split()), resource, expires, bool(used))
 
 
 def _sqlite_grant(row: tuple[Any, ...]) -> Grant:
