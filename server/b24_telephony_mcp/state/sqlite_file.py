@@ -1,6 +1,7 @@
 """One SQLite file in the state directory, opened the way every store here needs it: created 0600 in a 0700
 directory (the rows hold phone numbers), WAL, one connection per process kept open, used from worker threads one
-at a time.
+at a time; and, for the reads on a request's path, a second connection used on the caller's own thread (a thread hop
+costs more than the read, and under WAL a reader never waits for a writer).
 
 The connection is kept because closing the last connection to a WAL database checkpoints it, which would cost a
 few fsyncs per operation. Each statement commits on its own (fully synced), so a store whose writes are single
@@ -15,13 +16,18 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
     import sqlite3
 
+T = TypeVar("T")
+
 BUSY_TIMEOUT = 10.0
 """Seconds a statement waits for another process's write (and the file's setup for another's)."""
+
+READ_TIMEOUT = 1.0
+"""Seconds a read on the caller's thread may wait: only a WAL recovery by another process makes a reader wait."""
 
 
 class SqliteFile:
@@ -31,6 +37,7 @@ class SqliteFile:
         self.path = path
         self._prepare = prepare
         self._db: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
         self._lock = threading.Lock()
 
     @contextmanager
@@ -40,6 +47,19 @@ class SqliteFile:
             if self._db is None:
                 self._db = self._open()
             yield self._db
+
+    def read(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """`work` (SELECTs only) on the caller's thread, on the reading connection: the file's last commit."""
+        if self._reader is None:
+            import sqlite3
+
+            with self.connection():  # the file exists, in WAL, its tables made
+                pass
+            self._reader = sqlite3.connect(
+                self.path, timeout=READ_TIMEOUT, isolation_level=None, check_same_thread=False
+            )
+            self._reader.execute("PRAGMA query_only = ON")
+        return work(self._reader)
 
     def _open(self) -> sqlite3.Connection:
         import sqlite3  # here, so a server that never writes a row does not load it at start
@@ -67,3 +87,6 @@ class SqliteFile:
             if self._db is not None:
                 self._db.close()
                 self._db = None
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
