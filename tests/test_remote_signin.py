@@ -34,7 +34,7 @@ from pydantic import AnyUrl
 
 from b24_telephony_mcp.sandbox import RunningSandbox, SandboxConfig, start_sandbox
 from redis_server import RedisServer, free_port
-from support import FAST_LIMITS, HttpServer, clean_env, error_of, http_server, http_session, ok, server_command
+from support import FAST_LIMITS, HttpServer, clean_env, http_server, http_session, ok, server_command
 
 pytestmark = pytest.mark.anyio
 
@@ -463,32 +463,47 @@ async def signed_in_tokens(remote: Remote, browser: Browser) -> dict[str, Any]:
     return tokens
 
 
+class RawSession:
+    """One MCP session over plain HTTP with one access token, to see each answer's status, headers and body."""
+
+    def __init__(self, http: httpx2.AsyncClient, remote: Remote, access_token: str) -> None:
+        self.http, self.url = http, remote.mcp_url
+        self.headers = {
+            "Accept": "application/json, text/event-stream",
+            "Content-Type": "application/json",
+            "Authorization": f"Bearer {access_token}",
+        }
+        self.ids = 0
+
+    async def post(self, method: str, params: dict[str, Any] | None = None) -> httpx2.Response:
+        self.ids += 1
+        message: dict[str, Any] = {"jsonrpc": "2.0", "id": self.ids, "method": method}
+        if params is not None:
+            message["params"] = params
+        return await self.http.post(self.url, json=message, headers=self.headers)
+
+    async def open(self) -> None:
+        opened = await self.post(
+            "initialize",
+            {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+        )
+        assert opened.status_code == 200, opened.text
+        self.headers["Mcp-Session-Id"] = opened.headers["mcp-session-id"]
+        initialized = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+        assert (await self.http.post(self.url, json=initialized, headers=self.headers)).status_code == 202
+
+
 async def test_a_session_refuses_another_grants_token(remote: Remote) -> None:
     browser = Browser()
     try:
         first, second = await signed_in_tokens(remote, browser), await signed_in_tokens(remote, browser)
-        headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
-        initialize = {
-            "jsonrpc": "2.0",
-            "id": 1,
-            "method": "initialize",
-            "params": {
-                "protocolVersion": "2025-06-18",
-                "capabilities": {},
-                "clientInfo": {"name": "t", "version": "1"},
-            },
-        }
-        opened = await browser.http.post(
-            remote.mcp_url, json=initialize, headers={**headers, "Authorization": f"Bearer {first['access_token']}"}
-        )
-        assert opened.status_code == 200, opened.text
-        session = opened.headers["mcp-session-id"]
-        borrowed = await browser.http.post(
-            remote.mcp_url,
-            json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
-            headers={**headers, "Authorization": f"Bearer {second['access_token']}", "Mcp-Session-Id": session},
-        )
+        owner = RawSession(browser.http, remote, first["access_token"])
+        await owner.open()
+        borrowing = RawSession(browser.http, remote, second["access_token"])
+        borrowing.headers["Mcp-Session-Id"] = owner.headers["Mcp-Session-Id"]
+        borrowed = await borrowing.post("tools/list")
         assert borrowed.status_code in (401, 403, 404), borrowed.text
+        assert (await owner.post("tools/list")).status_code == 200
     finally:
         await browser.aclose()
 
@@ -643,31 +658,46 @@ async def test_a_client_id_metadata_document_signs_in_without_registration(remot
         await browser.aclose()
 
 
-async def test_a_refused_bitrix24_refresh_revokes_the_grant(remote: Remote) -> None:
+async def test_a_refused_bitrix24_refresh_revokes_the_grant_and_that_call_answers_401(remote: Remote) -> None:
+    browser = Browser()
+    try:
+        # Two sign-ins of one user: their grants share the user's pair.
+        first, second = await signed_in_tokens(remote, browser), await signed_in_tokens(remote, browser)
+        answered, streamed = (RawSession(browser.http, remote, tokens["access_token"]) for tokens in (first, second))
+        for session in (answered, streamed):
+            await session.open()
+        call = {"name": "list_external_lines", "arguments": {}}
+        assert (await answered.post("tools/call", call)).json()["result"]["isError"] is False
+        # The portal forgets every refresh token (a user deactivated, the application reinstalled), and the
+        # access token expires: the next call's refresh is refused for good.
+        portal = remote.sandbox.portal
+        portal.expire_all_tokens()
+        with portal.lock:
+            portal._refresh_tokens.clear()
+        refused = await answered.post("tools/call", call)
+        # That very call answers 401 with the bearer challenge, so the client signs in again at once.
+        assert refused.status_code == 401, refused.text
+        challenge = refused.headers["www-authenticate"]
+        assert challenge.startswith('Bearer error="invalid_token"') and "resource_metadata=" in challenge
+        assert refused.json()["error"] == "invalid_token" and first["access_token"] not in refused.text
+        assert (await answered.post("tools/list")).status_code == 401  # the grant is gone
+        # A call answered as a stream has started its answer before the refresh: the error result says it,
+        # never a success-shaped one, and the next request is the 401.
+        streamed_call = await streamed.post("tools/call", {**call, "_meta": {"progressToken": "p1"}})
+        assert streamed_call.headers["content-type"].startswith("text/event-stream")
+        event = next(line for line in streamed_call.text.splitlines() if line.startswith("data:") and '"id"' in line)
+        result = json.loads(event.removeprefix("data:"))["result"]
+        assert result["isError"] and result["structuredContent"]["error"]["code"] == "NOT_SIGNED_IN"
+        assert (await streamed.post("tools/list")).status_code == 401
+    finally:
+        await browser.aclose()
+    # Signing in again works: a new grant with a new Bitrix24 pair.
     storage, browser = MemoryStorage(), Browser()
     try:
         async with signed_in_session(remote, storage, browser) as client:
             assert ok(await client.call_tool("list_external_lines", {})) == []
-            # The portal forgets every refresh token (a user deactivated, the application reinstalled), and the
-            # access token expires: the next call's refresh is refused for good.
-            portal = remote.sandbox.portal
-            portal.expire_all_tokens()
-            with portal.lock:
-                portal._refresh_tokens.clear()
-            failed = await client.call_tool("list_external_lines", {})
-            assert failed.is_error
-            assert error_of(failed)["code"] == "NOT_SIGNED_IN"
-            assert storage.tokens is not None
-            access = storage.tokens.access_token
     finally:
         await browser.aclose()
-    async with httpx2.AsyncClient(timeout=10) as http:
-        after = await http.post(
-            remote.mcp_url,
-            json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
-            headers={"Authorization": f"Bearer {access}", "Accept": "application/json"},
-        )
-    assert after.status_code == 401 and "resource_metadata" in after.headers["www-authenticate"]
 
 
 def grants(remote: Remote, *args: str) -> subprocess.CompletedProcess[str]:

@@ -30,6 +30,7 @@ from b24_telephony_mcp.bitrix.limits import LeakyBucket, RequestBucket
 from b24_telephony_mcp.config.settings import RemoteConfig, Settings
 from b24_telephony_mcp.remote.crypto import SealError
 from b24_telephony_mcp.remote.provider import SignedInToken
+from b24_telephony_mcp.remote.signed_out import signed_out
 from b24_telephony_mcp.remote.store import Access, GrantPairStore, RemoteStore
 from b24_telephony_mcp.state.journal import CallJournal
 from b24_telephony_mcp.tools.base import ToolContext
@@ -65,7 +66,7 @@ application reinstalled, or the token expired unused."""
 
 class GrantAuth(OAuthAuth):
     """A signed-in user's pair: when Bitrix24 refuses its refresh token for good, the grant is revoked (every
-    token of it dies, so the client's next request gets 401 and it signs in again)."""
+    token of it dies) and the request answers 401 (`signed_out`), so the client signs in again."""
 
     grant_id = ""
     store: RemoteStore | None = None
@@ -78,6 +79,7 @@ class GrantAuth(OAuthAuth):
                 raise
             await self.store.revoke_grant(self.grant_id)
             log.warning("Bitrix24 refused a user's refresh token: the sign-in was revoked")
+            signed_out("Bitrix24 refused this sign-in's tokens; sign in again")
             raise BitrixError(
                 NOT_SIGNED_IN,
                 "Bitrix24 refused this sign-in's tokens (the user may be deactivated or the application reinstalled); "

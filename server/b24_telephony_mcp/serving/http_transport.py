@@ -398,8 +398,13 @@ async def serve_http(
     routes = [metrics_route()] if remote is None else [metrics_route(metrics_token)] if metrics_token else []
     app = make_app(server, AppOptions(routes, server_requests, stateless, remote))
     if remote is not None:
+        from mcp.server.auth.routes import build_resource_metadata_url
+
+        from b24_telephony_mcp.remote.signed_out import SignedOutAs401
         from b24_telephony_mcp.serving.address_limits import PerAddressLimit
 
+        metadata_url = str(build_resource_metadata_url(remote.resource_url))  # type: ignore[arg-type]
+        app = SignedOutAs401(app, path, metadata_url)  # a call whose sign-in ended mid-call answers 401
         app = PerAddressLimit(app)  # /register and /token, which anyone may call, per client address
     open_paths: dict[str, ASGIApp] = {**probes(ready or _always_ready), **{route.path: route for route in open_routes}}
     cors_paths = OAUTH_CORS_PATHS if remote is not None else ()
