@@ -14,6 +14,7 @@ from pathlib import Path
 from types import TracebackType
 
 _START_TIMEOUT = 10.0
+DATABASES = 64
 INSTALL_HINT = "redis-server is not installed: run `apt-get install -y redis-server` (.ci/run does it when missing)"
 
 
@@ -46,6 +47,7 @@ class RedisServer:
         self.persistent = persistent
         self.password = password
         self.port = 0
+        self.databases_given = 0
         self.process: subprocess.Popen[bytes] | None = None
         workdir.mkdir(parents=True, exist_ok=True)
 
@@ -53,6 +55,14 @@ class RedisServer:
     def url(self) -> str:
         credentials = f":{self.password}@" if self.password else ""
         return f"redis://{credentials}127.0.0.1:{self.port}/0"
+
+    def own_database(self) -> str:
+        """The URL of a database no other test uses, for state keyed by something tests share (the client address
+        of the per-address limits is 127.0.0.1 for all of them)."""
+        self.databases_given += 1
+        if self.databases_given >= DATABASES:
+            raise RuntimeError(f"more than {DATABASES - 1} tests asked for their own Redis database: raise DATABASES")
+        return self.url.removesuffix("/0") + f"/{self.databases_given}"
 
     def start(self) -> RedisServer:
         """Start on a free port, or on the same port again after `stop()` (the data stays with AOF on)."""
@@ -65,6 +75,7 @@ class RedisServer:
                 "save": "",
                 "appendonly": "yes" if self.persistent else "no",
                 "appendfsync": "always",
+                "databases": str(DATABASES),
                 "loglevel": "warning",
                 "logfile": str(self.workdir / "redis.log"),
                 **({"requirepass": self.password} if self.password else {}),

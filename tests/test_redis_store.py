@@ -14,6 +14,7 @@ from pathlib import Path
 import anyio
 import httpx2
 import pytest
+from starlette.types import Message, Receive, Scope, Send
 
 from b24_telephony_mcp.bitrix import BitrixClient, BitrixError, OAuthAuth, StalePairError, TokenPair, TokenStore
 from b24_telephony_mcp.bitrix.redis_state import RedisState
@@ -22,6 +23,7 @@ from b24_telephony_mcp.commands.store import run_store_command
 from b24_telephony_mcp.config.settings import ConfigError, load_settings
 from b24_telephony_mcp.config.wiring import build_client, open_state
 from b24_telephony_mcp.sandbox import RunningSandbox
+from b24_telephony_mcp.serving.address_limits import PerAddressLimit
 from redis_server import RedisServer, free_port
 from support import app_env, clean_env, error_of, http_server, http_session, ok, server_command
 from test_onboarding import installed_profile, profile_file
@@ -395,3 +397,41 @@ async def test_a_yes_is_spent_once_across_replicas(redis_server: RedisServer) ->
     finally:
         await first.aclose()
         await second.aclose()
+
+
+async def test_the_shared_address_limit_fails_closed_while_redis_is_away(tmp_path: Path) -> None:
+    """/register and /token are limited on Redis: while it is gone they answer 503 (retry in a second) without
+    reaching the handler, and serve again once it is back."""
+    reached: list[str] = []
+
+    async def handler(scope: Scope, receive: Receive, send: Send) -> None:
+        reached.append(scope["path"])
+        await send({"type": "http.response.start", "status": 201, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def post(app: PerAddressLimit, path: str) -> tuple[int, dict[bytes, bytes]]:
+        sent: list[Message] = []
+
+        async def send(message: Message) -> None:
+            sent.append(message)
+
+        async def receive() -> Message:
+            return {"type": "http.request", "body": b""}
+
+        await app({"type": "http", "path": path, "method": "POST", "client": ("203.0.113.7", 5000)}, receive, send)
+        return sent[0]["status"], dict(sent[0]["headers"])
+
+    with RedisServer(tmp_path / "redis", persistent=True) as redis:
+        state = RedisState(redis.url)
+        app = PerAddressLimit(handler, shared=state)
+        try:
+            assert (await post(app, "/register"))[0] == 201
+            redis.stop()
+            status, headers = await post(app, "/token")
+            assert (status, headers[b"retry-after"]) == (503, b"1")
+            assert reached == ["/register"]
+            redis.start()
+            assert (await post(app, "/token"))[0] == 201
+            assert reached == ["/register", "/token"]
+        finally:
+            await state.aclose()

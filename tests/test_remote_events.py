@@ -234,7 +234,7 @@ async def test_replicas_on_redis_share_a_portals_events_and_one_drains_it(
     """Remote mode on Redis, two replicas: the portal's events are read alike from either, and its offline queue is
     drained by one replica at a time (the single-portal mode's lease, per portal)."""
     env = {
-        "B24_REDIS_URL": redis_server.url,
+        "B24_REDIS_URL": redis_server.own_database(),
         "B24_TOKEN_KEY": base64.b64encode(os.urandom(32)).decode(),
         "B24_TOOLSETS": ",".join(TOOLSETS[1].split(",")),
         "B24_EVENT_POLL_WAITING": "0.2",

@@ -251,9 +251,10 @@ async def test_unauthenticated_mcp_names_the_resource_metadata(remote: Remote) -
         assert forged.status_code == 401
 
 
-async def register(http: httpx2.AsyncClient, remote: Remote, *uris: str) -> httpx2.Response:
+async def register(http: httpx2.AsyncClient, remote: Remote, *uris: str, at: str | None = None) -> httpx2.Response:
+    """Registers a client at `at` (a replica's base URL), else at the remote's public URL."""
     return await http.post(
-        f"{remote.public}/register",
+        f"{at or remote.public}/register",
         json={"client_name": "x", "redirect_uris": list(uris), "token_endpoint_auth_method": "none"},
     )
 
@@ -527,7 +528,7 @@ async def test_an_expired_bitrix24_token_is_refreshed_into_the_store(remote: Rem
 @pytest.fixture
 def redis_remote(tmp_path: Path, redis_server: RedisServer) -> Iterator[Remote]:
     key = base64.b64encode(os.urandom(32)).decode()
-    with remote_server(tmp_path, B24_REDIS_URL=redis_server.url, B24_TOKEN_KEY=key) as started:
+    with remote_server(tmp_path, B24_REDIS_URL=redis_server.own_database(), B24_TOKEN_KEY=key) as started:
         yield started
 
 
@@ -813,6 +814,20 @@ async def test_registration_is_rate_limited_per_address(remote: Remote) -> None:
         answers = [(await register(http, remote, "http://127.0.0.1:5555/cb")).status_code for _ in range(12)]
     assert answers[:10] == [201] * 10
     assert answers[10:] == [429, 429]
+
+
+async def test_replicas_on_redis_share_the_registration_limit(redis_remote: Remote) -> None:
+    """Behind a balancer the limit is the limit, not its sum over replicas: 12 registrations alternating between
+    two replicas get 10 x 201, then 429."""
+    with http_server(redis_remote.env, "http", "--remote", "--public-url", redis_remote.public) as second:
+        replicas = [redis_remote.public, second.url.removesuffix("/mcp")]
+        async with httpx2.AsyncClient(timeout=10) as http:
+            answers = [
+                await register(http, redis_remote, "http://127.0.0.1:5555/cb", at=replicas[n % 2]) for n in range(12)
+            ]
+    assert [answer.status_code for answer in answers] == [201] * 10 + [429, 429]
+    assert answers[-1].json()["error"] == "slow_down"
+    assert int(answers[-1].headers["retry-after"]) >= 1
 
 
 @dataclass

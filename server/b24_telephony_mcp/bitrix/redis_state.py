@@ -42,7 +42,8 @@ KEY_PREFIX = "b24-telephony-mcp"
 
 # A stored bucket's level, 1 per request, drains at `rate` per second from the moment it was last updated.
 # Each call reserves the next free slot: the level may rise above `burst` (requests waiting for their slot),
-# and the caller sleeps the returned seconds, so waiters on every replica go in the order they reserved.
+# and the caller sleeps the returned seconds, so waiters on every replica go in the order they reserved. With
+# ARGV[3] = '1' a request that does not fit now is refused instead: not counted, only told how long to wait.
 # Redis's own clock (TIME) is the one clock all replicas share.
 _RESERVE_SLOT = """
 local rate = tonumber(ARGV[1])
@@ -54,7 +55,9 @@ local level = tonumber(state[1]) or 0
 local updated = tonumber(state[2]) or now
 level = math.max(0, level - (now - updated) * rate)
 local wait = math.max(0, (level + 1 - burst) / rate)
-level = level + 1
+if wait == 0 or ARGV[3] ~= '1' then
+    level = level + 1
+end
 redis.call('HSET', KEYS[1], 'level', string.format('%.6f', level), 'updated', string.format('%.6f', now))
 redis.call('PEXPIRE', KEYS[1], math.ceil(level / rate * 1000) + 1000)
 return string.format('%.6f', wait)
@@ -129,6 +132,12 @@ class RedisState:
         parts = urlsplit(portal_url)
         return RedisBucket(self, self.key("bucket", digest(f"{parts.scheme}://{parts.netloc}")), rate, burst)
 
+    async def admit(self, name: str, rate: float, burst: int) -> float:
+        """A request under the leaky bucket `name` (shared by every replica), refused rather than queued: 0 when it
+        fits now (and is counted), else the seconds until it would."""
+        async with self.failures("checking a request limit"):
+            return float(await self._reserve_slot(keys=[self.key("limit", name)], args=[rate, burst, "1"]))
+
     def pair_store(self, portal_url: str, client_id: str, lease: float = LOCK_LEASE) -> RedisPairStore:
         """The token pair of this portal and application, shared with every replica serving them."""
         return RedisPairStore(self, self.key("app", digest(portal_url, client_id)), lease)
@@ -184,7 +193,7 @@ class RedisBucket:
 
     async def acquire(self) -> float:
         async with self._state.failures("pacing the request"):
-            wait = float(await self._state._reserve_slot(keys=[self.key], args=[self.rate, self.burst]))
+            wait = float(await self._state._reserve_slot(keys=[self.key], args=[self.rate, self.burst, "0"]))
         if wait > 0:
             await anyio.sleep(wait)
         return wait

@@ -399,6 +399,7 @@ async def serve_remote(args: argparse.Namespace, settings: Settings, stack: Asyn
             config.resource_url,
             parts.routes,
             parts.provider.metadata_extension(),
+            state,
         ),
     )
 

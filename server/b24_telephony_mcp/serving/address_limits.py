@@ -1,8 +1,10 @@
 """Per-client-IP limits on the OAuth endpoints anyone may call without a token (`/register`, `/token`), so one
 address cannot fill the store with registrations or guess at codes and refresh tokens.
 
-Each (path, address) has a leaky bucket in this process (replicas each keep their own, so the limit behind a
-balancer is the sum); a request over the limit gets 429 with `Retry-After`, before the SDK's handler reads it.
+Each (path, address) has a leaky bucket: on Redis when the replicas share one (so the limit behind a balancer
+is the limit, not its sum over replicas), else in this process. A request over the limit gets 429 with
+`Retry-After`, before the SDK's handler reads it; when the shared store cannot be reached, 503 (the limit fails
+closed: these endpoints write to the store anyway).
 The address is the connection's (uvicorn takes it from `X-Forwarded-For` only for a trusted proxy, loopback by
 default).
 """
@@ -14,8 +16,15 @@ import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from b24_telephony_mcp.bitrix.errors import BitrixError
+from b24_telephony_mcp.bitrix.locations import digest
+
+if TYPE_CHECKING:
+    from b24_telephony_mcp.bitrix.redis_state import RedisState
 
 MAX_ADDRESSES = 10_000
 """Buckets kept per path; the least recently used go first (an idle address's bucket is full again anyway)."""
@@ -31,11 +40,14 @@ DEFAULT_LIMITS: Mapping[str, Limit] = {"/register": Limit(10, 10), "/token": Lim
 
 
 class PerAddressLimit:
-    """ASGI middleware: `limits` per path, per client address."""
+    """ASGI middleware: `limits` per path, per client address, kept in `shared` when given."""
 
-    def __init__(self, app: ASGIApp, limits: Mapping[str, Limit] = DEFAULT_LIMITS) -> None:
+    def __init__(
+        self, app: ASGIApp, limits: Mapping[str, Limit] = DEFAULT_LIMITS, shared: RedisState | None = None
+    ) -> None:
         self.app = app
         self.limits = limits
+        self.shared = shared
         self._levels: dict[str, OrderedDict[str, tuple[float, float]]] = {path: OrderedDict() for path in limits}
 
     def _wait(self, path: str, address: str, now: float) -> float:
@@ -59,20 +71,33 @@ class PerAddressLimit:
             await self.app(scope, receive, send)
             return
         client = scope.get("client")
-        wait = self._wait(path, client[0] if client else "", time.monotonic())
+        address = client[0] if client else ""
+        if self.shared is None:
+            wait = self._wait(path, address, time.monotonic())
+        else:
+            limit, name = self.limits[path], f"{path.strip('/')}:{digest(address)}"
+            try:
+                wait = await self.shared.admit(name, limit.per_minute / 60, limit.burst)
+            except BitrixError:
+                await _refuse(send, 503, "temporarily_unavailable", "the request limits cannot be checked now", 1)
+                return
         if wait <= 0:
             await self.app(scope, receive, send)
             return
-        body = json.dumps({"error": "slow_down", "error_description": "too many requests from this address"}).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 429,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"retry-after", str(max(1, round(wait))).encode()),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await _refuse(send, 429, "slow_down", "too many requests from this address", wait)
+
+
+async def _refuse(send: Send, status: int, error: str, description: str, retry_after: float) -> None:
+    body = json.dumps({"error": error, "error_description": description}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"retry-after", str(max(1, round(retry_after))).encode()),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

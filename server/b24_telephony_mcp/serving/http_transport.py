@@ -18,7 +18,7 @@ import json
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import uvicorn
@@ -39,6 +39,9 @@ from b24_telephony_mcp.common.net import is_loopback_host, listen_socket, url_ho
 from b24_telephony_mcp.config.settings import ConfigError
 from b24_telephony_mcp.serving.narrowing import Narrowings, SelectionHeaderError, narrowing
 from b24_telephony_mcp.serving.server import TelephonyServer
+
+if TYPE_CHECKING:
+    from b24_telephony_mcp.bitrix.redis_state import RedisState
 
 # The guard below does the Host/Origin checks for every route, so the SDK's copy is switched off.
 _SDK_CHECKS_OFF = TransportSecuritySettings(enable_dns_rebinding_protection=False)
@@ -180,6 +183,8 @@ class RemoteAuth:
     resource_url: str
     routes: list[Route]
     metadata_extension: Mapping[str, Any]
+    shared_limits: RedisState | None = None
+    """Where the per-address limits live when replicas share Redis (else each process keeps its own)."""
 
     def settings(self) -> AuthSettings:
         return AuthSettings(
@@ -405,7 +410,8 @@ async def serve_http(
 
         metadata_url = str(build_resource_metadata_url(remote.resource_url))  # type: ignore[arg-type]
         app = SignedOutAs401(app, path, metadata_url)  # a call whose sign-in ended mid-call answers 401
-        app = PerAddressLimit(app)  # /register and /token, which anyone may call, per client address
+        # /register and /token, which anyone may call, per client address (across replicas with Redis)
+        app = PerAddressLimit(app, shared=remote.shared_limits)
     open_paths: dict[str, ASGIApp] = {**probes(ready or _always_ready), **{route.path: route for route in open_routes}}
     cors_paths = OAUTH_CORS_PATHS if remote is not None else ()
     config = uvicorn.Config(
