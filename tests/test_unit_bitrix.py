@@ -31,7 +31,7 @@ from b24_telephony_mcp.bitrix.errors import (
     hint_for,
 )
 from b24_telephony_mcp.common.net import is_loopback_host
-from b24_telephony_mcp.common.redact import RedactingFormatter, redact, register_secret
+from b24_telephony_mcp.common.redact import RedactingFormatter, redact, register_secret, request_secrets
 from b24_telephony_mcp.config.settings import (
     AppConfig,
     ConfigError,
@@ -223,6 +223,43 @@ def test_redact_a_secret_containing_another_leaves_no_part_behind() -> None:
     for value in nested:
         register_secret(value)
     assert redact(f"a {nested[-1]} b {nested[0]}") == "a *** b ***"
+
+
+@pytest.mark.anyio
+async def test_a_requests_secrets_are_redacted_in_it_and_the_tasks_it_starts_then_forgotten(tmp_path: Path) -> None:
+    """Remote mode: a user's pair (registered as its connection is built) is redacted while that request (or a
+    task it started) runs, and not kept after, so a server of many users keeps none of theirs."""
+    process_secret = secrets.token_hex(12)
+    register_secret(process_secret)
+    pair = TokenPair(secrets.token_hex(16), secrets.token_hex(16), None)
+    seen_in_task: list[str] = []
+    with request_secrets():
+        OAuthAuth(
+            "https://p.bitrix24.com",
+            "app",
+            process_secret,
+            "https://o/",
+            FilePairStore(TokenStore(tmp_path / "t")),
+            pair,
+        )
+        assert redact(f"{pair.access_token} {pair.refresh_token} {process_secret}") == "*** *** ***"
+        async with anyio.create_task_group() as group:
+
+            async def log_in_a_task() -> None:
+                seen_in_task.append(redact(pair.access_token))
+
+            group.start_soon(log_in_a_task)
+        for number in range(100):  # one long task's rotations: only the newest are kept
+            register_secret(f"rotated-{number:04d}")
+        assert redact("rotated-0099") == "***" and redact("rotated-0000") == "rotated-0000"
+    assert seen_in_task == ["***"]
+    assert redact(pair.access_token) == pair.access_token  # forgotten with the request
+    assert redact(process_secret) == "***"  # the process's own stay
+    failing = secrets.token_hex(12)
+    with pytest.raises(RuntimeError), request_secrets():
+        register_secret(failing)
+        raise RuntimeError("a failed request's exception may be logged after it")
+    assert redact(failing) == "***"  # so its secrets are kept
 
 
 def test_redacting_formatter_covers_message_args_and_tracebacks() -> None:

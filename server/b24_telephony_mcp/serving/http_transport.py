@@ -36,6 +36,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from b24_telephony_mcp.common import metrics
 from b24_telephony_mcp.common.net import is_loopback_host, listen_socket, url_host
+from b24_telephony_mcp.common.redact import request_secrets
 from b24_telephony_mcp.config.settings import ConfigError
 from b24_telephony_mcp.serving.narrowing import Narrowings, SelectionHeaderError, narrowing
 from b24_telephony_mcp.serving.server import TelephonyServer
@@ -260,6 +261,18 @@ def streamable_http_app(server: Server[Any], options: AppOptions) -> ASGIApp:
     return StreamWhenProgress(sdk_app)
 
 
+@dataclass(frozen=True)
+class SecretsPerRequest:
+    """ASGI middleware (remote mode): the secrets a request learns (its user's Bitrix24 tokens) are its own
+    (`request_secrets`), so a server of many users does not keep them all."""
+
+    app: ASGIApp
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        with request_secrets():
+            await self.app(scope, receive, send)
+
+
 _STREAM_THIS_REQUEST: ContextVar[bool] = ContextVar("stream_this_request", default=True)
 """Whether the request being served gets an SSE stream. Unset (true) outside a request we classified: the
 initialize request, and the session's message router, whose context is copied from it; the router must keep
@@ -412,6 +425,7 @@ async def serve_http(
         app = SignedOutAs401(app, path, metadata_url)  # a call whose sign-in ended mid-call answers 401
         # /register and /token, which anyone may call, per client address (across replicas with Redis)
         app = PerAddressLimit(app, shared=remote.shared_limits)
+        app = SecretsPerRequest(app)  # each user's tokens are redacted in their own requests, not kept for good
     open_paths: dict[str, ASGIApp] = {**probes(ready or _always_ready), **{route.path: route for route in open_routes}}
     cors_paths = OAUTH_CORS_PATHS if remote is not None else ()
     config = uvicorn.Config(
