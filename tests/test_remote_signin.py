@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from contextlib import AsyncExitStack, ExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -58,21 +58,31 @@ class Remote:
 @contextmanager
 def remote_server(tmp_path: Path, **extra_env: str) -> Iterator[Remote]:
     """Remote mode for a local application on a fresh sandbox portal, at a public URL known before it listens."""
-    port = free_port()
-    public = f"http://127.0.0.1:{port}"
-    config = SandboxConfig(rate_limit=1000.0, rate_burst=10000, handler_url=f"{public}/bitrix24/callback")
-    with start_sandbox(config) as sandbox:
-        env = clean_env(
-            **FAST_LIMITS,
-            B24_CLIENT_ID=sandbox.config.client_id,
-            B24_CLIENT_SECRET=sandbox.config.client_secret,
-            B24_PORTAL_URL=sandbox.base_url,
-            B24_OAUTH_TOKEN_URL=sandbox.token_url,
-            XDG_STATE_HOME=str(tmp_path / "state"),
-            **extra_env,
-        )
-        with http_server(env, "http", "--remote", "--public-url", public, "--port", str(port)) as server:
+    for attempt in range(3):
+        with ExitStack() as stack:
+            port = free_port()  # another process may bind it before the server does: then again, on another
+            public = f"http://127.0.0.1:{port}"
+            config = SandboxConfig(rate_limit=1000.0, rate_burst=10000, handler_url=f"{public}/bitrix24/callback")
+            sandbox = stack.enter_context(start_sandbox(config))
+            env = clean_env(
+                **FAST_LIMITS,
+                B24_CLIENT_ID=sandbox.config.client_id,
+                B24_CLIENT_SECRET=sandbox.config.client_secret,
+                B24_PORTAL_URL=sandbox.base_url,
+                B24_OAUTH_TOKEN_URL=sandbox.token_url,
+                XDG_STATE_HOME=str(tmp_path / "state"),
+                **extra_env,
+            )
+            try:
+                server = stack.enter_context(
+                    http_server(env, "http", "--remote", "--public-url", public, "--port", str(port))
+                )
+            except AssertionError as exc:
+                if "cannot listen on" in str(exc) and attempt < 2:
+                    continue
+                raise
             yield Remote(server, sandbox, public, tmp_path / "state", env)
+            return
 
 
 @pytest.fixture
