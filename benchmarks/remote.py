@@ -39,7 +39,7 @@ from redis_server import RedisServer  # noqa: E402
 from support import app_env, http_server, http_session  # noqa: E402
 from test_remote_signin import Browser, MemoryStorage, Remote, remote_server, signed_in_session  # noqa: E402
 
-ROUNDS = 16
+ROUNDS = 30
 BLOCK = 20
 WARMUP = 20
 TOOL = "list_external_lines"
