@@ -12,9 +12,10 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import IO, Any
 
@@ -199,3 +200,34 @@ def error_of(result: CallToolResult) -> dict[str, Any]:
     error = result.structured_content["error"]
     assert text_of(result).startswith(f"{error['code']}: {error['description']}")
     return error
+
+
+@contextmanager
+def loopback_site(port: int, page: Callable[[str], tuple[str, bytes] | None]) -> Iterator[None]:
+    """A plain HTTP server on 127.0.0.1:`port` (another party's site: a client's landing page, its metadata
+    document) answering each GET with `page(path)`: its content type and body, or 404 for None."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            found = page(self.path)
+            if found is None:
+                self.send_error(404)
+                return
+            content_type, body = found
+            self.send_response(200)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return None
+
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -17,11 +17,9 @@ import hashlib
 import html
 import secrets
 import sqlite3
-import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -36,7 +34,7 @@ from playwright.async_api import Browser, BrowserContext, ConsoleMessage, Page, 
 
 from b24_telephony_mcp.remote.store import STORE_NAME
 from redis_server import free_port
-from support import ok
+from support import loopback_site, ok
 from test_remote_signin import (
     MemoryStorage,
     SandboxRemote,
@@ -94,34 +92,17 @@ def listener() -> Iterator[Listener]:
     port = free_port()
     listening = Listener(f"http://127.0.0.1:{port}/callback")
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            parts = urlsplit(self.path)
-            if parts.path == "/callback":
-                listening.queries.append(parse_qs(parts.query))
-                body = LANDING.encode()
-            elif parts.path in listening.pages:
-                body = listening.pages[parts.path].encode()
-            else:
-                self.send_error(404)
-                return
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html; charset=utf-8")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def page(path: str) -> tuple[str, bytes] | None:
+        parts = urlsplit(path)
+        if parts.path == "/callback":
+            listening.queries.append(parse_qs(parts.query))
+            return "text/html; charset=utf-8", LANDING.encode()
+        if parts.path in listening.pages:
+            return "text/html; charset=utf-8", listening.pages[parts.path].encode()
+        return None
 
-        def log_message(self, format: str, *args: Any) -> None:
-            return None
-
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with loopback_site(port, page):
         yield listening
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 # --- the person's browser ---

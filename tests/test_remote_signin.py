@@ -14,11 +14,9 @@ import os
 import re
 import subprocess
 import sys
-import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack, ExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urljoin, urlsplit
@@ -34,7 +32,7 @@ from pydantic import AnyUrl
 
 from b24_telephony_mcp.sandbox import RunningSandbox, SandboxConfig, start_sandbox
 from redis_server import RedisServer, free_port
-from support import FAST_LIMITS, HttpServer, clean_env, http_server, http_session, ok, server_command
+from support import FAST_LIMITS, HttpServer, clean_env, http_server, http_session, loopback_site, ok, server_command
 
 pytestmark = pytest.mark.anyio
 
@@ -598,26 +596,8 @@ def metadata_document(make: Callable[[str], dict[str, Any]]) -> Iterator[str]:
     port = free_port()
     url = f"http://127.0.0.1:{port}/oauth/client.json"
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = json.dumps(make(url)).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            return None
-
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with loopback_site(port, lambda path: ("application/json", json.dumps(make(url)).encode())):
         yield url
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def authorize_query(client_id: str, challenge: str, **extra: str) -> str:
