@@ -356,7 +356,7 @@ def remote_event_routes(connections: RemoteConnections) -> list[Route]:
 
 
 async def serve_remote(args: argparse.Namespace, settings: Settings, stack: AsyncExitStack) -> None:
-    """Remote mode: streamable HTTP where MCP clients sign in with their Bitrix24 users (issue 12, in progress)."""
+    """Remote mode: streamable HTTP where MCP clients sign in with their Bitrix24 users."""
     from b24_telephony_mcp.remote.serve import open_remote
     from b24_telephony_mcp.serving.http_transport import RemoteAuth, serve_http
     from b24_telephony_mcp.serving.server import build_server
