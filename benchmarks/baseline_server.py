@@ -1,16 +1,23 @@
 """The SDK floor: a one-tool `MCPServer`, as small as an MCP server gets with the official SDK.
 
 Usage: `baseline_server.py` serves stdio; `baseline_server.py --http [--json] [--port N]` serves streamable
-HTTP under uvicorn and announces its URL on stderr the way our server does.
+HTTP under uvicorn and announces its URL on stderr the way our server does. `--collector-paused` starts it the way
+our command starts (the garbage collector off until the server is built, then start-up's objects frozen), so the
+cold start can also be compared with that trick taken out of the ratio.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import socket
 import sys
 
-from mcp.server.mcpserver import MCPServer
+COLLECTOR_PAUSED = "--collector-paused" in sys.argv
+if COLLECTOR_PAUSED:  # before the SDK's imports, as b24_telephony_mcp.__main__ does
+    gc.disable()
+
+from mcp.server.mcpserver import MCPServer  # noqa: E402
 
 # WARNING: the SDK's INFO lines (one per HTTP session) would only clutter the benchmark's report.
 server = MCPServer("bench-baseline", log_level="WARNING")
@@ -46,7 +53,11 @@ def main() -> None:
     parser.add_argument("--http", action="store_true")
     parser.add_argument("--json", action="store_true", help="answer POSTs with JSON instead of an SSE stream")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--collector-paused", action="store_true", help="start as our command starts (see above)")
     args = parser.parse_args()
+    if COLLECTOR_PAUSED:
+        gc.freeze()
+        gc.enable()
     if args.http:
         serve_http(args.port, args.json)
     else:

@@ -63,7 +63,9 @@ HANDSHAKE = [
 ]
 
 
-def probe(*args: str, cache: Path, then: tuple[dict[str, Any], ...] = ()) -> tuple[dict[int, Any], dict[str, Any]]:
+def probe(
+    *args: str, cache: Path, then: tuple[dict[str, Any], ...] = (), script: str = PROBE
+) -> tuple[dict[int, Any], dict[str, Any]]:
     """The answers by request id, and the probe's report; the schema cache under `cache` (XDG_CACHE_HOME)."""
     env = {
         **os.environ,
@@ -73,7 +75,7 @@ def probe(*args: str, cache: Path, then: tuple[dict[str, Any], ...] = ()) -> tup
     }
     answers: dict[int, Any] = {}
     with subprocess.Popen(
-        [sys.executable, "-c", PROBE, *args],
+        [sys.executable, "-c", script, *args],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -226,3 +228,36 @@ def test_the_catalogue_names_every_toolset_and_tool_as_its_module_declares_them(
         assert isinstance(toolset, Toolset)
         assert toolset.name == name
         assert tuple(spec.name for spec in toolset.tools) == tool_names, name
+
+
+# The command as installed (the console script and `python -m` both run __main__), reporting the garbage collector.
+COLLECTOR_PROBE = """
+import gc, json, sys
+from b24_telephony_mcp.__main__ import main
+
+paused = not gc.isenabled()
+code = main(sys.argv[1:])
+report = {"code": code, "paused": paused, "on": gc.isenabled(), "frozen": gc.get_freeze_count()}
+print(json.dumps(report), file=sys.stderr)
+"""
+
+
+def test_the_collector_pauses_for_start_up_and_serves_on_with_start_up_set_aside(tmp_path: Path) -> None:
+    answers, report = probe(cache=tmp_path, script=COLLECTOR_PROBE)
+    assert listed(answers) == [spec.name for spec in select_tools()]
+    assert report["paused"], "importing the command pauses the collector"
+    assert report["on"], "and serving turns it back on"
+    # What start-up made (the SDK's models, the tools'), never to be walked again: tens of thousands of objects.
+    assert report["frozen"] > 20_000
+
+
+def test_the_other_commands_run_with_the_collector_on(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", COLLECTOR_PROBE, "config", "cursor"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "B24_WEBHOOK_URL": "https://example.bitrix24.ru/rest/1/abc/", "HOME": str(tmp_path)},
+        timeout=60,
+    )
+    report = json.loads(result.stderr.strip().splitlines()[-1])
+    assert report == {"code": 0, "paused": True, "on": True, "frozen": 0}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import secrets
@@ -209,6 +210,8 @@ def fail(message: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.command is not None:  # not serving: nothing to gain from the collector's start-up pause (__main__)
+        gc.enable()
     try:
         # The commands talk to a person: their own output says what matters, logs only when asked for.
         configure_logging("INFO" if args.command in (None, "sandbox") else "WARNING")
@@ -315,6 +318,7 @@ async def serve(args: argparse.Namespace, token: str | None) -> None:
             stack.callback(events.store.close)
             await stack.enter_async_context(events.running())  # drains once the events are offered
         server = build_server(fixed_connection(settings, client, journal, events), offer, await shared_approvals(state))
+        collect_from_here()
         if args.transport == "stdio":
             async with stdio_server() as (read_stream, write_stream):
                 await server.run(read_stream, write_stream, server.create_initialization_options())
@@ -335,6 +339,14 @@ async def serve(args: argparse.Namespace, token: str | None) -> None:
                 stateless=settings.stateless_http,
                 open_routes=event_routes(events, settings),
             )
+
+
+def collect_from_here() -> None:
+    """The cyclic garbage collector back on once the server is built (__main__ paused it for start-up), with every
+    object start-up made moved where it never looks again: they live as long as the process, and each later pass
+    would walk them all."""
+    gc.freeze()
+    gc.enable()
 
 
 def event_routes(events: EventHub | None, settings: Settings) -> list[Route]:
@@ -375,6 +387,7 @@ async def serve_remote(args: argparse.Namespace, settings: Settings, stack: Asyn
     described = "use the toolsets " + ", ".join(sorted(offer.enabled)) + (" (read-only)" if offer.read_only else "")
     parts = await open_remote(settings, state, journal, described, stack, events=offer.may_offer("events"))
     server = build_server(parts.connections, offer, await shared_approvals(state))
+    collect_from_here()
     public_host = urlsplit(config.public_url).netloc
     metrics_token = os.environ.get("B24_MCP_AUTH_TOKEN") or None  # remote mode: it guards /metrics, nothing else
     if metrics_token is not None:
